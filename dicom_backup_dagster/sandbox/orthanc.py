@@ -1,0 +1,265 @@
+"""An Orthanc 1.10 server (Debian's /usr/sbin/Orthanc) as a sandbox peer: main archive or staging.
+
+Config follows research/dicom.md 2.1: REST authentication on, HTTP answers loopback clients only, DICOM
+access only for the AEs listed in DicomModalities (each listed AE may echo/find/get/move/store; everything
+else is refused), StorageCompression off so stored bytes are the received ones. Orthanc 1.10 has no bind
+address: its DICOM port listens on every interface, guarded only by AET (and host) checks.
+
+Start-up waits until GET /system answers with our credentials *and* the PID we started is still alive,
+because an old Orthanc still shutting down can answer HTTP while the new one died on a locked index
+(research/dicom.md 2.2). Stop waits for the PID to exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dicom_backup_dagster.dicom.network import Peer
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, port_open, wait_until
+
+ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
+
+
+class OrthancServer:
+    """One Orthanc process with a fresh storage dir under `workdir`.
+
+    modalities: Orthanc's DicomModalities, symbolic name -> Peer. Every AE that stores into, queries or
+    retrieves from this Orthanc, and every C-MOVE destination, must be listed (or added at runtime with
+    add_modality()).
+    """
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        aet: str,
+        dicom_port: int,
+        http_port: int,
+        username: str,
+        password: str,
+        modalities: dict[str, Peer] | None = None,
+        overwrite_instances: bool = False,
+        check_modality_host: bool = True,
+        extra_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.aet = aet
+        self.dicom_port = dicom_port
+        self.http_port = http_port
+        self.username = username
+        self.password = password
+        self.modalities = dict(modalities or {})
+        self.overwrite_instances = overwrite_instances
+        self.check_modality_host = check_modality_host
+        self.extra_config = dict(extra_config or {})
+        self.process: ManagedProcess | None = None
+        self._session = requests.Session()
+        self._session.auth = (username, password)
+        self.startup_seconds: float | None = None
+
+    # --- addresses ---------------------------------------------------------------------------------
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.aet, "127.0.0.1", self.dicom_port)
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "orthanc.json"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "orthanc.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    # --- config ------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "Name": self.aet,
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "DicomServerEnabled": True,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.aet,
+            "DicomCheckCalledAet": True,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": {self.username: self.password},
+            # Echo is harmless and lets connectivity checks tell "down" from "not configured".
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": False,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
+            "DicomCheckModalityHost": self.check_modality_host,
+            "DicomModalities": {name: self._modality_json(p) for name, p in self.modalities.items()},
+            "DicomModalitiesInDatabase": False,
+            "UnknownSopClassAccepted": False,
+            "OverwriteInstances": self.overwrite_instances,
+            "StoreMD5ForAttachments": True,
+            "StorageCompression": False,
+            "SaveJobs": False,
+            "JobsHistorySize": 100,
+            "SynchronousCMove": True,
+            "DicomScuTimeout": 30,
+            "DicomScpTimeout": 60,
+            "StorageAccessOnFind": "Always",
+            "ExecuteLuaEnabled": False,
+            "HttpsVerifyPeers": False,
+            "HttpsCACertificates": "",
+            "ConcurrentJobs": 2,
+            "LimitFindResults": 0,
+            "LimitFindInstances": 0,
+            "KeepAlive": True,
+            "TcpNoDelay": True,
+            "MaximumStorageSize": 0,
+            "MaximumPatientCount": 0,
+        }
+        cfg.update(self.extra_config)
+        return cfg
+
+    @staticmethod
+    def _modality_json(peer: Peer) -> dict[str, Any]:
+        return {"AET": peer.aet, "Host": peer.host, "Port": peer.port}
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0, fresh: bool = True) -> OrthancServer:
+        """Write the config, start Orthanc with TCP_NODELAY=1, wait until it answers.
+
+        fresh: start from empty storage (else restart on the data of the previous run, as after an outage).
+        """
+        if self.alive:
+            raise SandboxError(f"Orthanc {self.aet} already running (pid {self.pid})")
+        t0 = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for sub in ("storage", "index") if fresh else ():
+            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        os.chmod(self.config_path, 0o600)  # it holds the REST password
+        self.log_path.write_bytes(b"")
+        # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment (research 0.1).
+        self.process = ManagedProcess(
+            f"Orthanc {self.aet}",
+            [ORTHANC_BINARY, str(self.config_path)],
+            self.log_path,
+            env={"TCP_NODELAY": "1"},
+            cwd=self.workdir,
+        ).start()
+        try:
+            wait_until(
+                self._answers,
+                timeout,
+                f"Orthanc {self.aet} REST API on {self.rest_url}/system",
+                process=self.process,
+            )
+            wait_until(
+                lambda: port_open(self.dicom_port),
+                timeout,
+                f"Orthanc {self.aet} DICOM port {self.dicom_port}",
+                process=self.process,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _answers(self) -> bool:
+        r = self._session.get(f"{self.rest_url}/system", timeout=2)
+        if r.status_code != 200:
+            return False
+        info = r.json()
+        # The PID we started must be the one answering (an old instance could still hold the port).
+        return bool(
+            info.get("DicomAet") == self.aet and info.get("DicomPort") == self.dicom_port and self.alive
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        # Close our keep-alive connections first: Orthanc's HTTP server waits for open ones when stopping.
+        self._session.close()
+        self._session = requests.Session()
+        self._session.auth = (self.username, self.password)
+        if self.process is not None:
+            self.process.stop(timeout=timeout)
+
+    def __enter__(self) -> OrthancServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- REST helpers ------------------------------------------------------------------------------
+    def rest(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """An authenticated REST call; raises on HTTP errors."""
+        kwargs.setdefault("timeout", 60)
+        r = self._session.request(method, f"{self.rest_url}{path}", **kwargs)
+        r.raise_for_status()
+        return r
+
+    def system(self) -> dict[str, Any]:
+        return self.rest("GET", "/system").json()
+
+    def add_modality(self, name: str, peer: Peer) -> None:
+        """Register a DICOM peer at runtime (in memory only: also kept here for the next start)."""
+        self.modalities[name] = peer
+        self.rest("PUT", f"/modalities/{name}", data=json.dumps(self._modality_json(peer)))
+
+    def count_instances(self) -> int:
+        return int(self.rest("GET", "/statistics").json()["CountInstances"])
+
+    def instance_ids(self) -> list[str]:
+        return list(self.rest("GET", "/instances").json())
+
+    def lookup_instance(self, sop_instance_uid: str) -> str | None:
+        """Orthanc ID of the instance with this SOP Instance UID, or None."""
+        hits = self.rest("POST", "/tools/lookup", data=sop_instance_uid).json()
+        for hit in hits:
+            if hit.get("Type") == "Instance":
+                return str(hit["ID"])
+        return None
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        return self.lookup_instance(sop_instance_uid) is not None
+
+    def delete_instance(self, sop_instance_uid: str) -> bool:
+        """Delete one instance by SOP Instance UID; False if it was not there."""
+        oid = self.lookup_instance(sop_instance_uid)
+        if oid is None:
+            return False
+        self.rest("DELETE", f"/instances/{oid}")
+        return True
+
+    def upload(self, path: str | os.PathLike[str]) -> str:
+        """POST a DICOM file over REST (bypasses DICOM AE checks); returns the Orthanc instance ID."""
+        with open(path, "rb") as f:
+            return str(self.rest("POST", "/instances", data=f.read()).json()["ID"])
+
+    def download(self, sop_instance_uid: str) -> bytes | None:
+        oid = self.lookup_instance(sop_instance_uid)
+        if oid is None:
+            return None
+        return self.rest("GET", f"/instances/{oid}/file").content
+
+    def clear(self) -> None:
+        """Delete every patient (and so every instance)."""
+        for pid in self.rest("GET", "/patients").json():
+            self.rest("DELETE", f"/patients/{pid}")
