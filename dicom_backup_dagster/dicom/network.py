@@ -32,7 +32,11 @@ class Peer:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to wait, per PS3.8 layer. `dimse` bounds each DIMSE reply (a long C-MOVE needs more)."""
+    """Seconds to wait, per PS3.8 layer. `dimse` bounds each DIMSE reply (a long C-MOVE needs more).
+
+    `network` is pynetdicom's idle timeout, which also runs while we wait for a DIMSE reply; make_ae() uses
+    max(network, dimse) for it so that a reply is always given the full `dimse` seconds.
+    """
 
     acse: float = 30.0
     dimse: float = 120.0
@@ -81,6 +85,6 @@ def make_ae(calling_aet: str, timeouts: Timeouts | None = None) -> AE:
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = timeouts.acse
     ae.dimse_timeout = timeouts.dimse
-    ae.network_timeout = timeouts.network
+    ae.network_timeout = max(timeouts.network, timeouts.dimse)
     ae.connection_timeout = timeouts.connect
     return ae
