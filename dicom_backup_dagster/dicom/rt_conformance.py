@@ -1,0 +1,374 @@
+"""Our own conformance check for RT Beams Treatment Records (PS3.3 A.29, C.8.8.17/18/21, C.7.x, C.12.1).
+
+dciodvfy (dicom3tools 2022) is one check among several: it flags the correct TreatmentVerificationStatus
+values VERIFIED/NOT_VERIFIED (a typo in its table), does not check the "required for control point 0"
+conditions, and accepts Modality RTPLAN in a record (research dicom.md 0.7, 7.1). This module checks:
+Type 1 presence and non-empty, Type 2 presence, enumerated values, the control-point-0 1C/2C
+conditions, NumberOfControlPoints == len(ControlPointDeliverySequence), NumberOfLeafJawPairs against
+LeafJawPositions, monotonic metersets, leaf/jaw ordering (a sign error in the Mosaiq leaf decoding shows
+up as bank 1 beyond bank 2), angle ranges, UID syntax, and the character set for non-ASCII text.
+
+Findings name the attribute path and the problem. They quote values only of enumerated (coded)
+attributes, never of names, IDs, dates or free text, so a finding list is safe to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from pydicom.dataset import Dataset
+
+from dicom_backup_dagster.dicom.rt_record import (
+    RT_BEAMS_TREATMENT_RECORD_STORAGE,
+    RT_PLAN_STORAGE,
+    is_valid_uid,
+)
+from dicom_backup_dagster.mosaiq import enums
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+_TOP_TYPE1 = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "TreatmentMachineSequence",
+    "PrimaryDosimeterUnit",
+    "TreatmentSessionBeamSequence",
+)
+_TOP_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "SeriesNumber",
+    "OperatorsName",
+    "Manufacturer",
+    "TreatmentDate",
+    "TreatmentTime",
+    "ReferencedRTPlanSequence",
+    "NumberOfFractionsPlanned",
+)
+_MACHINE_TYPE2 = (
+    "TreatmentMachineName",
+    "Manufacturer",
+    "InstitutionName",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+)
+_BEAM_TYPE1 = (
+    "BeamType",
+    "RadiationType",
+    "BeamLimitingDeviceLeafPairsSequence",
+    "NumberOfWedges",
+    "TreatmentTerminationStatus",
+    "NumberOfControlPoints",
+    "ControlPointDeliverySequence",
+)
+_BEAM_TYPE2 = (
+    "NumberOfCompensators",
+    "NumberOfBoli",
+    "NumberOfBlocks",
+    "CurrentFractionNumber",
+    "TreatmentDeliveryType",
+    "TreatmentVerificationStatus",
+)
+_CP_TYPE1 = ("TreatmentControlPointDate", "TreatmentControlPointTime", "DeliveredMeterset")
+_CP_TYPE2 = ("SpecifiedMeterset", "DoseRateSet", "DoseRateDelivered")
+_ANGLE_PAIRS = (
+    ("GantryAngle", "GantryRotationDirection"),
+    ("BeamLimitingDeviceAngle", "BeamLimitingDeviceRotationDirection"),
+    ("PatientSupportAngle", "PatientSupportRotationDirection"),
+    ("TableTopEccentricAngle", "TableTopEccentricRotationDirection"),
+    ("TableTopPitchAngle", "TableTopPitchRotationDirection"),
+    ("TableTopRollAngle", "TableTopRollRotationDirection"),
+)
+_CP0_TYPE2C = ("TableTopVerticalPosition", "TableTopLongitudinalPosition", "TableTopLateralPosition")
+_DEVICE_TYPES = frozenset({"X", "Y", "ASYMX", "ASYMY", "MLCX", "MLCY"})
+_SEX_VALUES = frozenset({"M", "F", "O"})
+_TEXT_FOR_CHARSET = ("PatientName", "PatientID", "StudyDescription", "StudyID", "SeriesDescription")
+
+
+def _empty(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return len(value) == 0  # type: ignore[arg-type]
+    except TypeError:
+        return str(value) == ""
+
+
+def _type1(ds: Dataset, keyword: str, path: str, out: list[Finding]) -> bool:
+    if keyword not in ds:
+        out.append(Finding(f"{path}{keyword}", "Type 1 attribute missing"))
+        return False
+    if _empty(ds[keyword].value):
+        out.append(Finding(f"{path}{keyword}", "Type 1 attribute empty"))
+        return False
+    return True
+
+
+def _type2(ds: Dataset, keyword: str, path: str, out: list[Finding]) -> None:
+    if keyword not in ds:
+        out.append(Finding(f"{path}{keyword}", "Type 2 attribute missing"))
+
+
+def _enum(
+    ds: Dataset,
+    keyword: str,
+    allowed: Iterable[str],
+    path: str,
+    out: list[Finding],
+    *,
+    empty_ok: bool = False,
+    quote: bool = True,
+) -> None:
+    """``quote`` False for patient attributes: a wrong value there may itself be patient data."""
+    if keyword not in ds:
+        return
+    value = ds[keyword].value
+    if _empty(value):
+        if not empty_ok:
+            out.append(Finding(f"{path}{keyword}", "empty where an enumerated value is required"))
+        return
+    if str(value) not in allowed:
+        shown = f"value {str(value)[:16]!r}" if quote else "value"
+        out.append(Finding(f"{path}{keyword}", f"{shown} is not one of {sorted(allowed)}"))
+
+
+def _number(value: object) -> Decimal | None:
+    try:
+        return Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _non_ascii(value: object) -> bool:
+    return any(ord(c) > 127 for c in str(value))
+
+
+def check_rt_record(ds: Dataset) -> list[Finding]:
+    """All findings for one RT Beams Treatment Record; an empty list means it passed every check."""
+    out: list[Finding] = []
+    for kw in _TOP_TYPE1:
+        _type1(ds, kw, "", out)
+    for kw in _TOP_TYPE2:
+        _type2(ds, kw, "", out)
+    if ds.get("SOPClassUID") not in (None, "") and ds.SOPClassUID != RT_BEAMS_TREATMENT_RECORD_STORAGE:
+        out.append(
+            Finding("SOPClassUID", "not RT Beams Treatment Record Storage (1.2.840.10008.5.1.4.1.1.481.4)")
+        )
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPClassUID" in meta:
+        if meta.MediaStorageSOPClassUID != ds.get("SOPClassUID"):
+            out.append(Finding("(0002,0002) MediaStorageSOPClassUID", "differs from SOPClassUID"))
+        if meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID"):
+            out.append(Finding("(0002,0003) MediaStorageSOPInstanceUID", "differs from SOPInstanceUID"))
+    _enum(ds, "Modality", {"RTRECORD"}, "", out)
+    _enum(ds, "PatientSex", _SEX_VALUES, "", out, empty_ok=True, quote=False)
+    _enum(ds, "PrimaryDosimeterUnit", enums.PRIMARY_DOSIMETER_UNIT_VALUES, "", out)
+    for kw in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if not _empty(ds.get(kw)) and not is_valid_uid(str(ds[kw].value)):
+            out.append(
+                Finding(kw, "not a valid UID (digits and dots, no leading zeros, at most 64 characters)")
+            )
+    if "SpecificCharacterSet" not in ds and any(_non_ascii(ds.get(kw, "")) for kw in _TEXT_FOR_CHARSET):
+        out.append(Finding("SpecificCharacterSet", "missing although text values are not ASCII (Type 1C)"))
+
+    refs = ds.get("ReferencedRTPlanSequence")
+    if refs is not None:
+        if len(refs) > 1:
+            out.append(Finding("ReferencedRTPlanSequence", "more than one item (zero or one allowed)"))
+        for i, item in enumerate(refs):
+            path = f"ReferencedRTPlanSequence[{i}]."
+            if (
+                _type1(item, "ReferencedSOPClassUID", path, out)
+                and item.ReferencedSOPClassUID != RT_PLAN_STORAGE
+            ):
+                out.append(Finding(f"{path}ReferencedSOPClassUID", "not RT Plan Storage"))
+            if _type1(item, "ReferencedSOPInstanceUID", path, out) and not is_valid_uid(
+                str(item.ReferencedSOPInstanceUID)
+            ):
+                out.append(Finding(f"{path}ReferencedSOPInstanceUID", "not a valid UID"))
+
+    machines = ds.get("TreatmentMachineSequence")
+    if machines is not None and len(machines) != 1:
+        out.append(Finding("TreatmentMachineSequence", f"has {len(machines)} items (exactly one required)"))
+    for i, item in enumerate(machines or []):
+        for kw in _MACHINE_TYPE2:
+            _type2(item, kw, f"TreatmentMachineSequence[{i}].", out)
+
+    for i, setup in enumerate(ds.get("PatientSetupSequence") or []):
+        path = f"PatientSetupSequence[{i}]."
+        _type1(setup, "PatientSetupNumber", path, out)
+        if "PatientPosition" not in setup and "PatientAdditionalPosition" not in setup:
+            out.append(
+                Finding(f"{path}PatientPosition", "Type 1C: PatientPosition or PatientAdditionalPosition")
+            )
+
+    for b, beam in enumerate(ds.get("TreatmentSessionBeamSequence") or []):
+        _check_beam(beam, f"TreatmentSessionBeamSequence[{b}].", out)
+    return out
+
+
+def _check_beam(beam: Dataset, path: str, out: list[Finding]) -> None:
+    for kw in _BEAM_TYPE1:
+        _type1(beam, kw, path, out)
+    for kw in _BEAM_TYPE2:
+        _type2(beam, kw, path, out)
+    _enum(beam, "BeamType", enums.BEAM_TYPE_VALUES, path, out)
+    _enum(beam, "RadiationType", enums.RADIATION_TYPE_VALUES, path, out)
+    _enum(beam, "TreatmentTerminationStatus", enums.TERMINATION_STATUS_VALUES, path, out)
+    _enum(beam, "TreatmentVerificationStatus", enums.VERIFICATION_STATUS_VALUES, path, out, empty_ok=True)
+    _enum(beam, "TreatmentDeliveryType", enums.TREATMENT_DELIVERY_TYPE_VALUES, path, out, empty_ok=True)
+
+    pairs: dict[str, int] = {}
+    for d, item in enumerate(beam.get("BeamLimitingDeviceLeafPairsSequence") or []):
+        dpath = f"{path}BeamLimitingDeviceLeafPairsSequence[{d}]."
+        if _type1(item, "RTBeamLimitingDeviceType", dpath, out):
+            _enum(item, "RTBeamLimitingDeviceType", _DEVICE_TYPES, dpath, out)
+        if _type1(item, "NumberOfLeafJawPairs", dpath, out):
+            device = str(item.get("RTBeamLimitingDeviceType", ""))
+            if device in pairs:
+                out.append(Finding(f"{dpath}RTBeamLimitingDeviceType", "device listed twice"))
+            pairs[device] = int(item.NumberOfLeafJawPairs)
+            if device in ("X", "Y", "ASYMX", "ASYMY") and pairs[device] != 1:
+                out.append(Finding(f"{dpath}NumberOfLeafJawPairs", "must be 1 for a jaw pair"))
+
+    wedges = beam.get("NumberOfWedges")
+    if wedges not in (None, "") and int(wedges) > 0:
+        recorded = beam.get("RecordedWedgeSequence")
+        if not recorded:
+            out.append(Finding(f"{path}RecordedWedgeSequence", "Type 1C: required when NumberOfWedges > 0"))
+        else:
+            for w, wedge in enumerate(recorded):
+                _type2(wedge, "WedgeType", f"{path}RecordedWedgeSequence[{w}].", out)
+
+    cps = beam.get("ControlPointDeliverySequence") or []
+    declared = beam.get("NumberOfControlPoints")
+    if declared not in (None, "") and int(declared) != len(cps):
+        out.append(
+            Finding(
+                f"{path}NumberOfControlPoints", f"is {int(declared)} but the sequence has {len(cps)} items"
+            )
+        )
+    previous_delivered: Decimal | None = None
+    previous_specified: Decimal | None = None
+    for c, cp in enumerate(cps):
+        cpath = f"{path}ControlPointDeliverySequence[{c}]."
+        for kw in _CP_TYPE1:
+            _type1(cp, kw, cpath, out)
+        for kw in _CP_TYPE2:
+            _type2(cp, kw, cpath, out)
+        has_energy = "NominalBeamEnergy" in cp and not _empty(cp.NominalBeamEnergy)
+        if has_energy and _type1(cp, "NominalBeamEnergyUnit", cpath, out):
+            _enum(cp, "NominalBeamEnergyUnit", enums.ENERGY_UNIT_VALUES, cpath, out)
+        for angle_kw, dir_kw in _ANGLE_PAIRS:
+            if c == 0:
+                _type1(cp, angle_kw, cpath, out)
+                _type1(cp, dir_kw, cpath, out)
+            elif (angle_kw in cp) != (dir_kw in cp):
+                out.append(Finding(f"{cpath}{dir_kw}", f"{angle_kw} and {dir_kw} must be given together"))
+            _enum(cp, dir_kw, enums.ROTATION_DIRECTION_VALUES, cpath, out)
+            if angle_kw in cp and not _empty(cp[angle_kw].value):
+                angle = _number(cp[angle_kw].value)
+                if angle is None or not (0 <= angle < 360):
+                    out.append(Finding(f"{cpath}{angle_kw}", "must be in [0, 360)"))
+        if c == 0:
+            for kw in _CP0_TYPE2C:
+                _type2(cp, kw, cpath, out)
+        _check_positions(cp, c, pairs, cpath, out)
+        delivered = (
+            _number(cp.get("DeliveredMeterset", "")) if not _empty(cp.get("DeliveredMeterset")) else None
+        )
+        if delivered is not None and previous_delivered is not None and delivered < previous_delivered:
+            out.append(Finding(f"{cpath}DeliveredMeterset", "decreases (it is cumulative)"))
+        previous_delivered = delivered if delivered is not None else previous_delivered
+        specified = (
+            _number(cp.get("SpecifiedMeterset", "")) if not _empty(cp.get("SpecifiedMeterset")) else None
+        )
+        if specified is not None and previous_specified is not None and specified < previous_specified:
+            out.append(Finding(f"{cpath}SpecifiedMeterset", "decreases (it is cumulative)"))
+        previous_specified = specified if specified is not None else previous_specified
+    total = beam.get("DeliveredPrimaryMeterset")
+    total_number = None if _empty(total) else _number(total)
+    if cps and total_number is not None and previous_delivered is not None:  # noqa: SIM102
+        if abs(total_number - previous_delivered) > Decimal("0.001"):
+            out.append(Finding(f"{path}DeliveredPrimaryMeterset", "differs from the last DeliveredMeterset"))
+
+
+def _check_positions(cp: Dataset, index: int, pairs: dict[str, int], cpath: str, out: list[Finding]) -> None:
+    positions = cp.get("BeamLimitingDevicePositionSequence")
+    if positions is None:
+        if index == 0:
+            out.append(
+                Finding(f"{cpath}BeamLimitingDevicePositionSequence", "Type 1C: required at control point 0")
+            )
+        return
+    seen = set()
+    for p, item in enumerate(positions):
+        ppath = f"{cpath}BeamLimitingDevicePositionSequence[{p}]."
+        if not _type1(item, "RTBeamLimitingDeviceType", ppath, out):
+            continue
+        device = str(item.RTBeamLimitingDeviceType)
+        seen.add(device)
+        if device not in pairs:
+            out.append(
+                Finding(
+                    f"{ppath}RTBeamLimitingDeviceType", "device not in BeamLimitingDeviceLeafPairsSequence"
+                )
+            )
+            continue
+        if not _type1(item, "LeafJawPositions", ppath, out):
+            continue
+        values = item.LeafJawPositions
+        values = (
+            list(values) if isinstance(values, (list, tuple)) or hasattr(values, "__iter__") else [values]
+        )
+        if len(values) != 2 * pairs[device]:
+            out.append(
+                Finding(
+                    f"{ppath}LeafJawPositions",
+                    f"has {len(values)} values; NumberOfLeafJawPairs {pairs[device]} "
+                    f"needs {2 * pairs[device]}",
+                )
+            )
+            continue
+        numbers = [_number(v) for v in values]
+        if any(n is None for n in numbers):
+            out.append(Finding(f"{ppath}LeafJawPositions", "non-numeric value"))
+            continue
+        n = pairs[device]
+        crossed = [i + 1 for i in range(n) if numbers[i] > numbers[n + i]]  # type: ignore[operator]
+        if crossed:
+            out.append(
+                Finding(
+                    f"{ppath}LeafJawPositions",
+                    f"bank 1 beyond bank 2 for {len(crossed)} pair(s), first pair {crossed[0]} "
+                    "(leaf/jaw sign or bank order wrong)",
+                )
+            )
+    if index == 0:
+        for device in sorted(set(pairs) - seen):
+            out.append(
+                Finding(f"{cpath}BeamLimitingDevicePositionSequence", f"no {device} item at control point 0")
+            )
