@@ -1,0 +1,231 @@
+"""One sandbox night, end to end: start the sandbox, serve Dagster on 127.0.0.1, launch every job a night
+runs through the Dagster GraphQL API (so the runs appear in the UI exactly as an operator's would),
+print a summary, then keep serving the UI until Ctrl-C.
+
+Dagster is driven as a separate process (`dagster dev`) and over HTTP, so this module imports no dagster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, free_port, wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LOCATION = "dicom_backup"  # workspace.yaml
+REPOSITORY = "__repository__"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+class DagsterGraphQL:
+    """The few GraphQL calls a night needs (the same API the UI uses)."""
+
+    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+
+    def query(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.base_url}/graphql",
+            json={"query": document, "variables": variables or {}},
+            timeout=self.timeout_s,
+        )
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise SandboxError(f"Dagster GraphQL error: {body['errors'][0].get('message')}")
+        return body["data"]
+
+    def location_status(self) -> tuple[str, str | None]:
+        """(load status, error message) of our code location."""
+        data = self.query(
+            """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+                 locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+        )
+        for entry in data["workspaceOrError"]["locationEntries"]:
+            if entry["name"] == LOCATION:
+                error = entry.get("locationOrLoadError") or {}
+                return entry["loadStatus"], error.get("message")
+        return "MISSING", None
+
+    def launch_job(self, job_name: str, tags: dict[str, str] | None = None) -> str:
+        data = self.query(
+            """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
+                 ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+                 ... on RunConfigValidationInvalid { errors { message } } } }""",
+            {
+                "p": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": job_name,
+                    },
+                    "runConfigData": {},
+                    "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
+                }
+            },
+        )
+        result = data["launchRun"]
+        if result["__typename"] != "LaunchRunSuccess":
+            raise SandboxError(f"could not launch {job_name}: {result}")
+        return result["run"]["runId"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        data = self.query(
+            """query($id: ID!) { runOrError(runId: $id) { __typename
+                 ... on Run { runId jobName status startTime endTime } } }""",
+            {"id": run_id},
+        )
+        return data["runOrError"]
+
+    def run_messages(self, run_id: str) -> list[dict[str, Any]]:
+        data = self.query(
+            """query($id: ID!) { logsForRun(runId: $id, limit: 5000) { __typename
+                 ... on EventConnection { events { __typename
+                   ... on MessageEvent { message level } } } } }""",
+            {"id": run_id},
+        )
+        return data["logsForRun"].get("events", [])
+
+    def wait_for_run(self, run_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            run = self.run(run_id)
+            if run.get("status") in FINISHED:
+                return run
+            if time.monotonic() > deadline:
+                raise SandboxError(f"run {run_id} still {run.get('status')} after {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+@dataclass
+class NightResult:
+    ui_url: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r["status"] == "SUCCESS" for r in self.runs)
+
+
+def _connectivity_step(client: DagsterGraphQL, result: NightResult) -> None:
+    run_id = client.launch_job("connectivity_check", tags={"dicom_backup/launched_by": "sandbox-night"})
+    run = client.wait_for_run(run_id, timeout_s=300)
+    result.runs.append(run)
+    result.lines.append(f"connectivity_check: {run['status']}  ({result.ui_url}/runs/{run_id})")
+    for event in client.run_messages(run_id):
+        message = event.get("message") or ""
+        if message.startswith(("UP ", "DOWN ")):
+            result.lines.append(f"  {message}")
+
+
+# What one night runs, in order. Each later feature adds its step here.
+NIGHT_STEPS: list[Callable[[DagsterGraphQL, NightResult], None]] = [_connectivity_step]
+
+
+class DagsterDev:
+    """`dagster dev` (webserver + daemon + code server) on 127.0.0.1 with its own DAGSTER_HOME."""
+
+    def __init__(self, root: Path, env: dict[str, str], port: int | None = None) -> None:
+        self.home = root / "dagster_home"
+        self.port = port or free_port()
+        self.env = env
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 180.0) -> DagsterGraphQL:
+        self.home.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", self.home / "dagster.yaml")
+        argv = [
+            sys.executable,
+            "-m",
+            "dagster",
+            "dev",
+            "-w",
+            str(REPO_ROOT / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+        env = {**self.env, "DAGSTER_HOME": str(self.home)}
+        self.process = ManagedProcess(
+            "dagster-dev", argv, self.home / "dagster-dev.log", env=env, cwd=REPO_ROOT
+        )
+        self.process.start()
+        try:
+            return self._wait_until_loaded(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_loaded(self, timeout_s: float) -> DagsterGraphQL:
+        client = DagsterGraphQL(self.url)
+        wait_until(
+            lambda: requests.get(f"{self.url}/server_info", timeout=2).ok,
+            timeout_s,
+            f"Dagster webserver on {self.url}",
+            process=self.process,
+        )
+
+        def location_loaded() -> bool:
+            status, error = client.location_status()
+            if error:
+                raise SandboxError(f"the code location failed to load:\n{error}")
+            return status == "LOADED"
+
+        wait_until(location_loaded, timeout_s, "the dicom_backup code location", process=self.process)
+        return client
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=15)
+
+
+def run_night(sandbox_env: dict[str, str], root: Path, serve: bool, port: int | None = None) -> NightResult:
+    """Serve Dagster against an already started sandbox, run one night, print the summary."""
+    dagster = DagsterDev(root, sandbox_env, port)
+    started = time.perf_counter()
+    client = dagster.start()
+    result = NightResult(ui_url=dagster.url)
+    print(f"Dagster UI: {dagster.url} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+    try:
+        for step in NIGHT_STEPS:
+            step(client, result)
+        print("\n== Sandbox night summary ==")
+        for line in result.lines:
+            print(line)
+        print(f"overall: {'OK' if result.ok else 'FAILED'}", flush=True)
+        if serve:
+            print(f"\nServing the Dagster UI at {dagster.url} - press Ctrl-C to stop everything.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while dagster.process and dagster.process.alive:
+                    time.sleep(1)
+    finally:
+        dagster.stop()
+    return result
+
+
+def sandbox_environment(config_path: Path, env_vars: dict[str, str]) -> dict[str, str]:
+    """Environment for processes that use the sandbox's site config."""
+    return {
+        **env_vars,
+        "DICOM_BACKUP_CONFIG": str(config_path),
+        "DICOM_BACKUP_ENVIRONMENT": "SANDBOX",
+        "PYTHONUNBUFFERED": "1",
+        **({"PATH": os.environ["PATH"]} if "PATH" in os.environ else {}),
+    }

@@ -1,0 +1,46 @@
+"""The README's first command, end to end: sandbox peers + `dagster dev` + runs launched over GraphQL."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_one_sandbox_night_runs_every_job_and_cleans_up(tmp_path):
+    root = tmp_path / "night"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dicom_backup_dagster.sandbox",
+            "night",
+            "--no-serve",
+            "--root",
+            str(root),
+            "--patients",
+            "2",
+        ],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("DICOM_BACKUP_", "DAGSTER_"))},
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "== Sandbox night summary ==" in output
+    assert re.search(r"connectivity_check: SUCCESS\s+\(http://127\.0\.0\.1:\d+/runs/[0-9a-f-]{36}\)", output)
+    assert len(re.findall(r"^\s+UP\s+\S+: (C-ECHO|ODBC connect) ", output, re.M)) == 5
+    assert "overall: OK" in output
+    # Runs were recorded in the night's own Dagster instance, and nothing is left running.
+    assert (root / "dagster_home" / "history" / "runs.db").exists()
+    assert not (root / "state.json").exists() or '"running": false' in (root / "state.json").read_text()
