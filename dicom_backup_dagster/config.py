@@ -22,10 +22,10 @@ import os
 import re
 import sys
 import zoneinfo
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 try:
@@ -53,6 +53,8 @@ __all__ = [
     "is_sqlite_driver",
     "load_config",
 ]
+
+_T = TypeVar("_T")
 
 CONFIG_ENV_VAR = "DICOM_BACKUP_CONFIG"
 ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
@@ -476,6 +478,22 @@ class _Validator:
             return None
         return value
 
+    def present(
+        self, env: str, path: str, table: Mapping[str, Any], key: str, *, required: bool, example: str
+    ) -> bool:
+        """Whether `key` is in `table`; a missing key that is `required` is reported."""
+        if key in table:
+            return True
+        if required:
+            self.add(env, f"{path}.{key}", f"missing required key {key!r}", f"add {key} = {example}")
+        return False
+
+    def subtable(
+        self, env: str, path: str, table: Mapping[str, Any], key: str, *, required: bool, example: str
+    ) -> dict | None:
+        """The table under `key` (None if it is missing or not a table)."""
+        return self.table(env, f"{path}.{key}", table.get(key), required=required, example=example)
+
     def string(
         self,
         env: str,
@@ -487,11 +505,9 @@ class _Validator:
         example: str,
         default: str | None = None,
     ) -> str | None:
-        dotted = f"{path}.{key}"
-        if key not in table:
-            if required:
-                self.add(env, dotted, f"missing required key {key!r}", f"add {key} = {example}")
+        if not self.present(env, path, table, key, required=required, example=example):
             return default
+        dotted = f"{path}.{key}"
         value = table[key]
         if not isinstance(value, str):
             self.add(
@@ -517,11 +533,9 @@ class _Validator:
         default: int | None = None,
         what: str = "",
     ) -> int | None:
-        dotted = f"{path}.{key}"
-        if key not in table:
-            if required:
-                self.add(env, dotted, f"missing required key {key!r}", f"add {key} = {example}")
+        if not self.present(env, path, table, key, required=required, example=example):
             return default
+        dotted = f"{path}.{key}"
         value = table[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             shown = repr(value) if isinstance(value, (int, float, str, bool)) else _type_name(value)
@@ -534,6 +548,22 @@ class _Validator:
             )
             return default
         return value
+
+    def port(
+        self, env: str, path: str, table: Mapping[str, Any], key: str, *, required: bool, example: str
+    ) -> int | None:
+        """A TCP port (integer 1..65535) under `key`."""
+        return self.integer(
+            env,
+            path,
+            table,
+            key,
+            required=required,
+            low=1,
+            high=65535,
+            example=example,
+            what="a TCP port (integer 1..65535)",
+        )
 
     def number(
         self,
@@ -567,10 +597,9 @@ class _Validator:
         return float(value)
 
     def aet(self, env: str, path: str, table: Mapping[str, Any], example: str) -> str | None:
-        dotted = f"{path}.aet"
-        if "aet" not in table:
-            self.add(env, dotted, "missing required key 'aet'", f"add aet = {example}")
+        if not self.present(env, path, table, "aet", required=True, example=example):
             return None
+        dotted = f"{path}.aet"
         raw = table["aet"]
         if not isinstance(raw, str):
             self.add(env, dotted, f"must be a string, got {_type_name(raw)}", f"write it as aet = {example}")
@@ -761,17 +790,7 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
     v.unknown_keys(env, path, raw, _QR_KEYS, f"for a source of type {kind!r}")
     aet = v.aet(env, path, raw, f'"{alias[:16]}"')
     ip = v.host(env, path, raw, "ip", '"10.0.0.20"')
-    port = v.integer(
-        env,
-        path,
-        raw,
-        "port",
-        required=True,
-        low=1,
-        high=65535,
-        example="104",
-        what="a TCP port (integer 1..65535)",
-    )
+    port = v.port(env, path, raw, "port", required=True, example="104")
     level = _choice(v, env, path, raw, "query_level", QUERY_LEVELS, "IMAGE", "query_level")
     transfer = _choice(v, env, path, raw, "transfer", TRANSFERS, "c-move", "transfer")
     if kind == "aria" and transfer == "c-get":
@@ -799,17 +818,7 @@ def _parse_mosaiq_source(
     driver = v.string(env, path, raw, "odbc_driver", required=True, example='"FreeTDS"')
     sqlite = driver is not None and is_sqlite_driver(driver)
     server = v.host(env, path, raw, "db_server", '"mosaiq-sql.example.org"', required=not sqlite)
-    port = v.integer(
-        env,
-        path,
-        raw,
-        "db_port",
-        required=False,
-        low=1,
-        high=65535,
-        example="1433",
-        what="a TCP port (integer 1..65535)",
-    )
+    port = v.port(env, path, raw, "db_port", required=False, example="1433")
     database = v.string(
         env,
         path,
@@ -825,12 +834,8 @@ def _parse_mosaiq_source(
     password_env = v.env_var_name(
         env, path, raw, "db_password_env", f'"{env}_{alias}_PASSWORD"', required=True
     )
-    options_raw = v.table(
-        env,
-        f"{path}.odbc_options",
-        raw.get("odbc_options"),
-        required=False,
-        example='{ TDS_Version = "7.4" }',
+    options_raw = v.subtable(
+        env, path, raw, "odbc_options", required=False, example='{ TDS_Version = "7.4" }'
     )
     options: dict[str, str] = {}
     for key, value in (options_raw or {}).items():
@@ -879,17 +884,7 @@ def _parse_target(v: _Validator, env: str, alias: str, path: str, raw: dict) -> 
     v.unknown_keys(env, path, raw, allowed, f"for a backup target of type {kind!r}")
     aet = v.aet(env, path, raw, f'"{alias[:16]}"')
     ip = v.host(env, path, raw, "ip", '"10.0.0.30"')
-    port = v.integer(
-        env,
-        path,
-        raw,
-        "port",
-        required=True,
-        low=1,
-        high=65535,
-        example="4242",
-        what="a TCP port (integer 1..65535)",
-    )
+    port = v.port(env, path, raw, "port", required=True, example="4242")
     rest_url = rest_user = rest_env = None
     if kind == "orthanc":
         rest_url = v.string(env, path, raw, "rest_url", required=True, example='"http://10.0.0.30:8042"')
@@ -1014,7 +1009,7 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         default=d.verification_fraction,
     )
     timeouts = Timeouts()
-    t_raw = v.table(env, f"{path}.timeouts", table.get("timeouts"), required=False, example="acse = 30")
+    t_raw = v.subtable(env, path, table, "timeouts", required=False, example="acse = 30")
     if t_raw is not None:
         v.unknown_keys(env, f"{path}.timeouts", t_raw, _TIMEOUT_KEYS)
         values = {
@@ -1033,12 +1028,8 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         }
         timeouts = Timeouts(**values)
     queries: dict[str, str] = {}
-    q_raw = v.table(
-        env,
-        f"{path}.mosaiq_queries",
-        table.get("mosaiq_queries"),
-        required=False,
-        example='deliveries = "SELECT ..."',
+    q_raw = v.subtable(
+        env, path, table, "mosaiq_queries", required=False, example='deliveries = "SELECT ..."'
     )
     for name, sql in (q_raw or {}).items():
         if not _NAME_RE.match(name):
@@ -1081,6 +1072,46 @@ def _check_aliases(v: _Validator, env: str, section: str, table: Mapping[str, An
             )
 
 
+def _parse_aliases(
+    v: _Validator,
+    env: str,
+    raw: dict,
+    section: str,
+    what: str,
+    example_alias: str,
+    example_type: str,
+    parse: Callable[[str, str, dict], _T | None],
+) -> tuple[dict | None, dict[str, _T]]:
+    """Check the [env.<section>] table of aliases (sources or backup targets) and parse each entry.
+
+    Returns the table as written (None if it is missing or not a table), for the cross-reference checks, and
+    alias -> parse(alias, dotted path, entry) for every entry that is a table and parses.
+    """
+    section_raw = v.subtable(
+        env,
+        env,
+        raw,
+        section,
+        required=True,
+        example=f'[{env}.{section}.{example_alias}] type = "{example_type}" ...',
+    )
+    if section_raw is not None and not section_raw:
+        v.add(
+            env, f"{env}.{section}", f"no {what} defined", f"add at least one [{env}.{section}.<ALIAS>] table"
+        )
+    _check_aliases(v, env, section, section_raw or {})
+    parsed: dict[str, _T] = {}
+    for alias, item in (section_raw or {}).items():
+        path = f"{env}.{section}.{alias}"
+        table = v.table(env, path, item, required=True, example=f'type = "{example_type}"')
+        if table is None:
+            continue
+        value = parse(alias, path, table)
+        if value is not None:
+            parsed[alias] = value
+    return section_raw, parsed
+
+
 def _parse_environment(v: _Validator, env: str, raw: dict, config_dir: Path) -> EnvironmentConfig | None:
     start = len(v.issues)
     v.unknown_keys(env, env, raw, _ENV_KEYS, "in an environment")
@@ -1089,77 +1120,29 @@ def _parse_environment(v: _Validator, env: str, raw: dict, config_dir: Path) -> 
     default_backup = v.string(env, env, raw, "default_backup", required=True, example='"ORTHANC_MAIN"')
 
     script_ae: ScriptAE | None = None
-    s_raw = v.table(
-        env, f"{env}.script_ae", raw.get("script_ae"), required=True, example='aet = "DICOM_BACKUP"'
-    )
+    s_raw = v.subtable(env, env, raw, "script_ae", required=True, example='aet = "DICOM_BACKUP"')
     if s_raw is not None:
         v.unknown_keys(env, f"{env}.script_ae", s_raw, ("aet", "port"))
         aet = v.aet(env, f"{env}.script_ae", s_raw, '"DICOM_BACKUP"')
-        port = v.integer(
-            env,
-            f"{env}.script_ae",
-            s_raw,
-            "port",
-            required=False,
-            low=1,
-            high=65535,
-            example="11113",
-            what="a TCP port (integer 1..65535)",
-        )
+        port = v.port(env, f"{env}.script_ae", s_raw, "port", required=False, example="11113")
         if aet is not None:
             script_ae = ScriptAE(aet, port)
 
-    sources: dict[str, Source] = {}
-    src_raw = v.table(
-        env,
-        f"{env}.sources",
-        raw.get("sources"),
-        required=True,
-        example=f'[{env}.sources.ARIA_MAIN] type = "aria" ...',
-    )
-    if src_raw is not None and not src_raw:
-        v.add(env, f"{env}.sources", "no sources defined", f"add at least one [{env}.sources.<ALIAS>] table")
-    _check_aliases(v, env, "sources", src_raw or {})
-    for alias, item in (src_raw or {}).items():
-        path = f"{env}.sources.{alias}"
-        table = v.table(env, path, item, required=True, example='type = "aria"')
-        if table is None:
-            continue
+    def parse_source(alias: str, path: str, table: dict) -> Source | None:
         kind = _choice(v, env, path, table, "type", SOURCE_TYPES, None, "source type")
         if kind is None:
-            continue
-        parsed: Source | None
+            return None
         if kind == "mosaiq":
-            parsed = _parse_mosaiq_source(v, env, alias, path, table, config_dir)
-        else:
-            parsed = _parse_qr_source(v, env, alias, path, table, kind)
-        if parsed is not None:
-            sources[alias] = parsed
+            return _parse_mosaiq_source(v, env, alias, path, table, config_dir)
+        return _parse_qr_source(v, env, alias, path, table, kind)
 
-    targets: dict[str, BackupTarget] = {}
-    tgt_raw = v.table(
-        env,
-        f"{env}.backup_targets",
-        raw.get("backup_targets"),
-        required=True,
-        example=f'[{env}.backup_targets.ORTHANC_MAIN] type = "orthanc" ...',
+    def parse_target(alias: str, path: str, table: dict) -> BackupTarget | None:
+        return _parse_target(v, env, alias, path, table)
+
+    src_raw, sources = _parse_aliases(v, env, raw, "sources", "sources", "ARIA_MAIN", "aria", parse_source)
+    tgt_raw, targets = _parse_aliases(
+        v, env, raw, "backup_targets", "backup targets", "ORTHANC_MAIN", "orthanc", parse_target
     )
-    if tgt_raw is not None and not tgt_raw:
-        v.add(
-            env,
-            f"{env}.backup_targets",
-            "no backup targets defined",
-            f"add at least one [{env}.backup_targets.<ALIAS>] table",
-        )
-    _check_aliases(v, env, "backup_targets", tgt_raw or {})
-    for alias, item in (tgt_raw or {}).items():
-        path = f"{env}.backup_targets.{alias}"
-        table = v.table(env, path, item, required=True, example='type = "orthanc"')
-        if table is None:
-            continue
-        parsed_t = _parse_target(v, env, alias, path, table)
-        if parsed_t is not None:
-            targets[alias] = parsed_t
 
     settings = _parse_settings(v, env, raw.get("settings"))
 

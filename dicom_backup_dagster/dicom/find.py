@@ -174,6 +174,16 @@ class FindSession:
                 )
         return rows
 
+    def _unique_rows(
+        self,
+        level: Level,
+        keys: Mapping[str, KeyValue],
+        extra_keys: Mapping[str, KeyValue] | None,
+        unique_key: str,
+    ) -> list[Dataset]:
+        """find() on `keys` plus `extra_keys` (which win), one row per value of `unique_key`."""
+        return _dedupe(self.find(level, {**keys, **(extra_keys or {})}), unique_key)
+
     def studies(
         self,
         *,
@@ -189,7 +199,6 @@ class FindSession:
             "ModalitiesInStudy": "",
             "NumberOfStudyRelatedInstances": "",
         }
-        keys.update(extra_keys or {})
         return [
             StudyRecord(
                 study_instance_uid=str(_text(row, "StudyInstanceUID")),
@@ -198,7 +207,7 @@ class FindSession:
                 modalities_in_study=_multi(row, "ModalitiesInStudy"),
                 number_of_study_related_instances=_int(row, "NumberOfStudyRelatedInstances"),
             )
-            for row in _dedupe(self.find("STUDY", keys), "StudyInstanceUID")
+            for row in self._unique_rows("STUDY", keys, extra_keys, "StudyInstanceUID")
         ]
 
     def series(
@@ -216,7 +225,6 @@ class FindSession:
             "SeriesNumber": "",
             "NumberOfSeriesRelatedInstances": "",
         }
-        keys.update(extra_keys or {})
         return [
             SeriesRecord(
                 study_instance_uid=_text(row, "StudyInstanceUID") or study_instance_uid,
@@ -225,7 +233,7 @@ class FindSession:
                 series_number=_int(row, "SeriesNumber"),
                 number_of_series_related_instances=_int(row, "NumberOfSeriesRelatedInstances"),
             )
-            for row in _dedupe(self.find("SERIES", keys), "SeriesInstanceUID")
+            for row in self._unique_rows("SERIES", keys, extra_keys, "SeriesInstanceUID")
         ]
 
     def instances(
@@ -246,9 +254,8 @@ class FindSession:
             "SOPClassUID": "",
             "InstanceNumber": "",
         }
-        keys.update(extra_keys or {})
         records = []
-        for row in _dedupe(self.find("IMAGE", keys), "SOPInstanceUID"):
+        for row in self._unique_rows("IMAGE", keys, extra_keys, "SOPInstanceUID"):
             series_uid = _text(row, "SeriesInstanceUID") or series_instance_uid
             if series_uid is None:
                 log.warning(

@@ -9,7 +9,6 @@ the 128-context limit. Each instance is written to the spool directory as it arr
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from pynetdicom import build_role, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
-from .association import association
+from .move import run_retrieve
 from .network import Peer, Timeouts, make_ae
-from .retrieve import RetrieveResult, collect_responses, evaluate, retrieve_identifier
+from .retrieve import RetrieveResult, retrieve_identifier
 from .spool import STORAGE_TRANSFER_SYNTAXES, ReceivedInstance, retrieve_storage_classes, write_received
 
 log = logging.getLogger(__name__)
@@ -68,27 +67,17 @@ def c_get(
         return 0x0000
 
     _, identifier = retrieve_identifier(study_instance_uid, series_instance_uid, sop_instance_uids)
-    started = time.monotonic()
-    with association(
+    return run_retrieve(
         ae,
         peer,
-        timeouts=timeouts,
-        operation="C-GET",
-        ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, on_c_store)],
-        required_abstract_syntaxes=[GET_SOP_CLASS],
-    ) as assoc:
-        responses = assoc.send_c_get(identifier, GET_SOP_CLASS)
-        final, final_identifier, last_pending = collect_responses(responses, assoc, peer, "C-GET", timeouts)
-    return evaluate(
-        peer,
         "C-GET",
-        final,
-        final_identifier,
-        last_pending,
-        seconds=time.monotonic() - started,
+        GET_SOP_CLASS,
+        lambda assoc: assoc.send_c_get(identifier, GET_SOP_CLASS),
+        timeouts=timeouts,
         expected_count=expected_count,
         allow_warnings=allow_warnings,
-        received=received,
         advice={0xA700: f"{peer.aet} could not run the sub-operations: check its log, disk and load"},
+        received=received,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_C_STORE, on_c_store)],
     )

@@ -7,13 +7,18 @@ must accept the source's AE title) and reports sub-operation counts; see retriev
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
 from .association import association
 from .network import Peer, Timeouts, make_ae
 from .retrieve import RetrieveResult, collect_responses, evaluate, retrieve_identifier
+from .spool import ReceivedInstance
 
 MOVE_SOP_CLASS = StudyRootQueryRetrieveInformationModelMove
 
@@ -51,20 +56,60 @@ def c_move(
             f"associations from calling AE {peer.aet}, and {peer.aet}'s disk, load and logs"
         ),
     }
-    started = time.monotonic()
-    with association(
-        ae, peer, timeouts=timeouts, operation="C-MOVE", required_abstract_syntaxes=[MOVE_SOP_CLASS]
-    ) as assoc:
-        responses = assoc.send_c_move(identifier, move_destination, MOVE_SOP_CLASS)
-        final, final_identifier, last_pending = collect_responses(responses, assoc, peer, "C-MOVE", timeouts)
-    return evaluate(
+    return run_retrieve(
+        ae,
         peer,
         "C-MOVE",
+        MOVE_SOP_CLASS,
+        lambda assoc: assoc.send_c_move(identifier, move_destination, MOVE_SOP_CLASS),
+        timeouts=timeouts,
+        expected_count=expected_count,
+        allow_warnings=allow_warnings,
+        advice=advice,
+    )
+
+
+def run_retrieve(
+    ae: AE,
+    peer: Peer,
+    operation: str,
+    sop_class: str,
+    send: Callable[[Association], Iterator[tuple[Dataset, Dataset | None]]],
+    *,
+    timeouts: Timeouts,
+    expected_count: int | None,
+    allow_warnings: bool,
+    advice: dict[int, str],
+    received: Sequence[ReceivedInstance] = (),
+    **association_options: Any,
+) -> RetrieveResult:
+    """One C-MOVE or C-GET exchange, shared by c_move() and c_get(): open an association that must accept
+    `sop_class`, send the request (`send`), drain the responses and account the sub-operations (evaluate()).
+
+    `association_options` go to association() (C-GET: ext_neg and evt_handlers). `received` is read only
+    after the exchange, so C-GET passes the list its C-STORE handler fills.
+    """
+    started = time.monotonic()
+    with association(
+        ae,
+        peer,
+        timeouts=timeouts,
+        operation=operation,
+        required_abstract_syntaxes=[sop_class],
+        **association_options,
+    ) as assoc:
+        final, final_identifier, last_pending = collect_responses(
+            send(assoc), assoc, peer, operation, timeouts
+        )
+    return evaluate(
+        peer,
+        operation,
         final,
         final_identifier,
         last_pending,
         seconds=time.monotonic() - started,
         expected_count=expected_count,
         allow_warnings=allow_warnings,
+        received=received,
         advice=advice,
     )

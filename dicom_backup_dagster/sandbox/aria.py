@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dicom_backup_dagster.dicom.network import Peer, make_ae
-from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, wait_until
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, ManagedServer, SandboxError
 
 DCMQRSCP = shutil.which("dcmqrscp") or "/usr/bin/dcmqrscp"
 DCMQRIDX = shutil.which("dcmqridx") or "/usr/bin/dcmqridx"
@@ -65,7 +65,7 @@ def _symbol(name: str, used: set[str]) -> str:
     return sym
 
 
-class AriaSimulator:
+class AriaSimulator(ManagedServer):
     """dcmqrscp under `workdir` (db/ holds the files, dcmqrscp.cfg, dcmqrscp.log).
 
     move_destinations: name -> Peer for every AE it may C-MOVE to (its HostTable).
@@ -106,14 +106,6 @@ class AriaSimulator:
     @property
     def peer(self) -> Peer:
         return Peer(self.aet, "127.0.0.1", self.port)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive
 
     def reset(self) -> None:
         """Empty the storage area and its index."""
@@ -211,33 +203,17 @@ class AriaSimulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.db_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_text())
-        self.process = ManagedProcess(
-            f"dcmqrscp {self.aet}",
-            [DCMQRSCP, "-c", str(self.config_path), "-ll", self.log_level],
-            self.log_path,
-            env={"TCP_NODELAY": "1"},
-            cwd=self.workdir,
-        ).start()
-        try:
-            wait_until(
-                lambda: echo_ok(self.peer),
-                timeout,
-                f"C-ECHO answer from {self.peer}",
-                interval=0.05,
-                process=self.process,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - t0
+        self._launch(
+            ManagedProcess(
+                f"dcmqrscp {self.aet}",
+                [DCMQRSCP, "-c", str(self.config_path), "-ll", self.log_level],
+                self.log_path,
+                env={"TCP_NODELAY": "1"},
+                cwd=self.workdir,
+            ),
+            [(lambda: echo_ok(self.peer), f"C-ECHO answer from {self.peer}")],
+            timeout,
+            started=t0,
+            interval=0.05,
+        )
         return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=timeout)
-
-    def __enter__(self) -> AriaSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -42,7 +42,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_backup_dagster.dicom.network import Peer, enable_tcp_nodelay
-from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, wait_until
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, ManagedServer, SandboxError
 
 log = logging.getLogger("dicom_backup_dagster.sandbox.mim")
 INDEX_CACHE = ".mim-index.jsonl"
@@ -552,6 +552,16 @@ class MimServer:
         _, objs = select(self.index, ident, self.relational)
         return _instances_of(objs)
 
+    def _sub_operations(self, event: Any, instances: list[Instance], operation: str) -> Iterator[Any]:
+        """The end of a C-MOVE/C-GET handler: the number of sub-operations, then one data set each."""
+        yield len(instances)
+        log.warning("%s: %d sub-operations", operation, len(instances))
+        for inst in instances:
+            if event.is_cancelled:
+                yield CANCEL, None
+                return
+            yield PENDING, dcmread(inst.path)
+
     def _on_move(self, event: Any) -> Iterator[Any]:
         from pynetdicom.presentation import build_context
 
@@ -578,13 +588,7 @@ class MimServer:
                 ts.insert(0, inst.transfer_syntax)
         contexts = [build_context(c, t) for c, t in list(syntaxes.items())[:128]]
         yield dest.host, dest.port, {"contexts": contexts}
-        yield len(instances)
-        log.warning("C-MOVE: %d sub-operations", len(instances))
-        for inst in instances:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            yield PENDING, dcmread(inst.path)
+        yield from self._sub_operations(event, instances, "C-MOVE")
 
     def _on_get(self, event: Any) -> Iterator[Any]:
         try:
@@ -594,13 +598,7 @@ class MimServer:
             yield 0
             yield UNABLE_TO_PROCESS, None
             return
-        yield len(instances)
-        log.warning("C-GET: %d sub-operations", len(instances))
-        for inst in instances:
-            if event.is_cancelled:
-                yield CANCEL, None
-                return
-            yield PENDING, dcmread(inst.path)
+        yield from self._sub_operations(event, instances, "C-GET")
 
     def _on_store(self, event: Any) -> int:
         ds = event.dataset
@@ -616,7 +614,7 @@ class MimServer:
 # --------------------------------------------------------------------------------------------------
 # The managed subprocess
 # --------------------------------------------------------------------------------------------------
-class MimSimulator:
+class MimSimulator(ManagedServer):
     """Runs MimServer as `python -m dicom_backup_dagster.sandbox.mim` under `workdir` (mim.log)."""
 
     def __init__(
@@ -649,14 +647,6 @@ class MimSimulator:
     def log_path(self) -> Path:
         return self.workdir / "mim.log"
 
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive
-
     def argv(self) -> list[str]:
         argv = [
             sys.executable,
@@ -687,36 +677,24 @@ class MimSimulator:
         t0 = time.monotonic()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = ManagedProcess(
-            f"MIM simulator {self.aet}",
-            self.argv(),
-            self.log_path,
-            env={"PYTHONUNBUFFERED": "1"},
-            cwd=self.workdir,
-        ).start()
-        try:
-            wait_until(
-                lambda: "ready" in self.process.log_tail(5) and echo_ok(self.peer),  # type: ignore[union-attr]
-                timeout,
-                f"C-ECHO answer from {self.peer}",
-                interval=0.05,
-                process=self.process,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - t0
+
+        def ready() -> bool:
+            return "ready" in self.process.log_tail(5) and echo_ok(self.peer)  # type: ignore[union-attr]
+
+        self._launch(
+            ManagedProcess(
+                f"MIM simulator {self.aet}",
+                self.argv(),
+                self.log_path,
+                env={"PYTHONUNBUFFERED": "1"},
+                cwd=self.workdir,
+            ),
+            [(ready, f"C-ECHO answer from {self.peer}")],
+            timeout,
+            started=t0,
+            interval=0.05,
+        )
         return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=timeout)
-
-    def __enter__(self) -> MimSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _parse_dest(text: str) -> Peer:

@@ -22,12 +22,12 @@ from typing import Any
 import requests
 
 from dicom_backup_dagster.dicom.network import Peer
-from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, port_open, wait_until
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, ManagedServer, SandboxError, port_open
 
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
 
 
-class OrthancServer:
+class OrthancServer(ManagedServer):
     """One Orthanc process with a fresh storage dir under `workdir`.
 
     modalities: Orthanc's DicomModalities, symbolic name -> Peer. Every AE that stores into, queries or
@@ -79,14 +79,6 @@ class OrthancServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / "orthanc.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive
 
     # --- config ------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -157,30 +149,21 @@ class OrthancServer:
         os.chmod(self.config_path, 0o600)  # it holds the REST password
         self.log_path.write_bytes(b"")
         # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment (research 0.1).
-        self.process = ManagedProcess(
-            f"Orthanc {self.aet}",
-            [ORTHANC_BINARY, str(self.config_path)],
-            self.log_path,
-            env={"TCP_NODELAY": "1"},
-            cwd=self.workdir,
-        ).start()
-        try:
-            wait_until(
-                self._answers,
-                timeout,
-                f"Orthanc {self.aet} REST API on {self.rest_url}/system",
-                process=self.process,
-            )
-            wait_until(
-                lambda: port_open(self.dicom_port),
-                timeout,
-                f"Orthanc {self.aet} DICOM port {self.dicom_port}",
-                process=self.process,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.monotonic() - t0
+        self._launch(
+            ManagedProcess(
+                f"Orthanc {self.aet}",
+                [ORTHANC_BINARY, str(self.config_path)],
+                self.log_path,
+                env={"TCP_NODELAY": "1"},
+                cwd=self.workdir,
+            ),
+            [
+                (self._answers, f"Orthanc {self.aet} REST API on {self.rest_url}/system"),
+                (lambda: port_open(self.dicom_port), f"Orthanc {self.aet} DICOM port {self.dicom_port}"),
+            ],
+            timeout,
+            started=t0,
+        )
         return self
 
     def _answers(self) -> bool:
@@ -198,14 +181,7 @@ class OrthancServer:
         self._session.close()
         self._session = requests.Session()
         self._session.auth = (self.username, self.password)
-        if self.process is not None:
-            self.process.stop(timeout=timeout)
-
-    def __enter__(self) -> OrthancServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop(timeout=timeout)
 
     # --- REST helpers ------------------------------------------------------------------------------
     def rest(self, method: str, path: str, **kwargs: Any) -> requests.Response:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Self
 
 _handed_out: set[int] = set()
 _port_lock = threading.Lock()
@@ -257,3 +258,57 @@ class ManagedProcess:
     def __repr__(self) -> str:
         state = "running" if self.alive else f"exited {self.returncode}" if self._popen else "not started"
         return f"ManagedProcess({self.name!r}, pid={self.pid}, {state})"
+
+
+class ManagedServer:
+    """The lifecycle the sandbox servers (ARIA, MIM and Orthanc simulators) share around one ManagedProcess.
+
+    A subclass sets `process` and `startup_seconds` to None in __init__ and writes start(), which prepares
+    its files and calls _launch(); stop() and the context manager protocol come from here.
+    """
+
+    process: ManagedProcess | None
+    startup_seconds: float | None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive
+
+    def _launch(
+        self,
+        process: ManagedProcess,
+        ready: Sequence[tuple[Callable[[], object], str]],
+        timeout: float,
+        started: float,
+        interval: float = 0.02,
+    ) -> None:
+        """Start `process` and wait for each (predicate, what) of `ready` in turn, each within `timeout`.
+
+        On failure (or interruption) the server is stopped and the error re-raised; on success
+        `startup_seconds` is the time since `started` (a time.monotonic() value).
+        """
+        self.process = process.start()
+        try:
+            for predicate, what in ready:
+                wait_until(predicate, timeout, what, interval=interval, process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process is not None:
+            self.process.stop(timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -589,6 +589,37 @@ def _ct_slice(
     return ds
 
 
+def _planning_object(
+    p: SyntheticPatient,
+    sop_class: str,
+    sop_uid: str,
+    series: str,
+    series_no: int,
+    modality: str,
+    series_desc: str,
+) -> Dataset:
+    """The common part of the planning study's single-instance RT objects (structures, plan, dose)."""
+    ds = _base(
+        p,
+        sop_class,
+        sop_uid,
+        p.planning_study_uid,
+        p.planning_date,
+        "100000",
+        "RT planning",
+        "1",
+        p.uid("series", series),
+        series_no,
+        modality,
+        series_desc,
+        p.planning_date,
+    )
+    ds.FrameOfReferenceUID = p.planning_for_uid
+    ds.PositionReferenceIndicator = ""
+    ds.InstanceNumber = 1
+    return ds
+
+
 def _contour_ring(cx: float, cy: float, rx: float, ry: float, z: float, n: int = 16) -> list[float]:
     pts: list[float] = []
     for k in range(n):
@@ -600,24 +631,7 @@ def _contour_ring(cx: float, cy: float, rx: float, ry: float, z: float, n: int =
 def _rtstruct(p: SyntheticPatient, ph: _Phantom, ct_series_uid: str, thickness: float) -> Dataset:
     o = p.options
     t = "110000"
-    ds = _base(
-        p,
-        RT_STRUCT,
-        p.struct_uid,
-        p.planning_study_uid,
-        p.planning_date,
-        "100000",
-        "RT planning",
-        "1",
-        p.uid("series", "rtstruct"),
-        2,
-        "RTSTRUCT",
-        "Structures",
-        p.planning_date,
-    )
-    ds.FrameOfReferenceUID = p.planning_for_uid
-    ds.PositionReferenceIndicator = ""
-    ds.InstanceNumber = 1
+    ds = _planning_object(p, RT_STRUCT, p.struct_uid, "rtstruct", 2, "RTSTRUCT", "Structures")
     ds.StructureSetLabel = "SBX_RS"
     ds.StructureSetDate = _da(p.planning_date)
     ds.StructureSetTime = t
@@ -709,24 +723,7 @@ def _bld_positions(cp: ControlPoint, with_jaws: bool) -> Sequence:
 
 def _rtplan(p: SyntheticPatient) -> Dataset:
     o = p.options
-    ds = _base(
-        p,
-        RT_PLAN,
-        p.plan_uid,
-        p.planning_study_uid,
-        p.planning_date,
-        "100000",
-        "RT planning",
-        "1",
-        p.uid("series", "rtplan"),
-        3,
-        "RTPLAN",
-        f"Plan {p.technique}",
-        p.planning_date,
-    )
-    ds.FrameOfReferenceUID = p.planning_for_uid
-    ds.PositionReferenceIndicator = ""
-    ds.InstanceNumber = 1
+    ds = _planning_object(p, RT_PLAN, p.plan_uid, "rtplan", 3, "RTPLAN", f"Plan {p.technique}")
     ds.RTPlanLabel = f"{p.site_name[:8]}_{p.technique}"[:16]
     ds.RTPlanName = f"{p.site_name} {p.technique}"
     ds.RTPlanDate = _da(p.planning_date)
@@ -828,24 +825,7 @@ def _rtplan(p: SyntheticPatient) -> Dataset:
 
 def _rtdose(p: SyntheticPatient, ph: _Phantom, thickness: float) -> Dataset:
     o = p.options
-    ds = _base(
-        p,
-        RT_DOSE,
-        p.dose_uid,
-        p.planning_study_uid,
-        p.planning_date,
-        "100000",
-        "RT planning",
-        "1",
-        p.uid("series", "rtdose"),
-        4,
-        "RTDOSE",
-        "Dose",
-        p.planning_date,
-    )
-    ds.FrameOfReferenceUID = p.planning_for_uid
-    ds.PositionReferenceIndicator = ""
-    ds.InstanceNumber = 1
+    ds = _planning_object(p, RT_DOSE, p.dose_uid, "rtdose", 4, "RTDOSE", "Dose")
     ds.ContentDate = _da(p.planning_date)
     ds.ContentTime = "120000"
     n = max(4, ph.n // 2)
