@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib  # type: ignore[no-redef]
 
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -1047,7 +1048,18 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
                 'write it as a TOML string, e.g. name = """SELECT ..."""',
             )
         else:
-            queries[name] = sql
+            try:
+                resolve_queries({name: sql})
+            except QueryOverrideError as error:
+                v.add(
+                    env,
+                    f"{path}.mosaiq_queries.{name}",
+                    str(error),
+                    "start from the default query in dicom_backup_dagster/mosaiq/queries.py and keep its "
+                    "parameters (start, end)",
+                )
+            else:
+                queries[name] = sql
     return Settings(
         max_uids,
         timezone,

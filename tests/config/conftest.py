@@ -21,6 +21,9 @@ SECRETS = {
 OTHER_SECRETS = {"SITE_B_MAIN_PW": "site-b-Secret4"}
 
 
+DELIVERIES_OVERRIDE = 'SELECT "DHS_ID" FROM "Dose_Hst" WHERE ? <= "Tx_DtTm" AND "Tx_DtTm" < ?'
+
+
 def valid_config() -> dict[str, Any]:
     return copy.deepcopy(
         {
@@ -78,7 +81,7 @@ def valid_config() -> dict[str, Any]:
                     "lookback_days": 2,
                     "verification_fraction": 0.5,
                     "timeouts": {"acse": 5, "dimse": 60, "network": 30, "connect": 3},
-                    "mosaiq_queries": {"deliveries": "SELECT 1"},
+                    "mosaiq_queries": {"deliveries": DELIVERIES_OVERRIDE},
                 },
             },
             "SITE_B": {

@@ -23,7 +23,7 @@ from dicom_backup_dagster.config import (
 )
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 
-from .conftest import OTHER_SECRETS, SECRETS, valid_config
+from .conftest import DELIVERIES_OVERRIDE, OTHER_SECRETS, SECRETS, valid_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config" / "environments.example.toml"
@@ -94,7 +94,7 @@ def test_valid_config_builds_the_typed_model(write_config: Writer) -> None:
         0.5,
     )
     assert s.timeouts == Timeouts(acse=5, dimse=60, network=30, connect=3)
-    assert s.mosaiq_queries == {"deliveries": "SELECT 1"} and s.tzinfo.key == "America/New_York"
+    assert s.mosaiq_queries == {"deliveries": DELIVERIES_OVERRIDE} and s.tzinfo.key == "America/New_York"
     with pytest.raises(dataclasses.FrozenInstanceError):
         env.name = "X"  # type: ignore[misc]
 
@@ -584,3 +584,22 @@ def test_unset_secrets_are_reported_alongside_structural_errors(
     issue(err, "SITE_A.sources.MOSAIQ.staging_target_alias", "is the main backup target")
     issue(err, "SITE_A.backup_targets.ORTHANC_MAIN.rest_password_env", "SITE_A_MAIN_PW is not set")
     assert len(err.issues) == 3
+
+
+def test_unusable_mosaiq_query_override_is_reported_at_load(write_config: Writer) -> None:
+    """An override that writes fails when the file loads, not in the middle of a night."""
+    data = valid_config()
+    data["SITE_A"]["settings"]["mosaiq_queries"] = {"deliveries": "DELETE FROM Dose_Hst WHERE DHS_ID = ?"}
+    err = load_error(write_config, data)
+    issue(err, "SITE_A.settings.mosaiq_queries.deliveries", "must start with SELECT or WITH", "(start, end)")
+
+
+def test_mosaiq_query_override_with_wrong_parameters_is_reported(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["settings"]["mosaiq_queries"] = {
+        "deliveries": 'SELECT "DHS_ID" FROM "Dose_Hst" WHERE ? < 1'
+    }
+    err = load_error(write_config, data)
+    issue(
+        err, "SITE_A.settings.mosaiq_queries.deliveries", "has 1 '?' placeholder(s) but must have exactly 2"
+    )
