@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from dicom_backup_dagster.config import SiteConfig
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
@@ -12,6 +12,8 @@ from dicom_backup_dagster.defs.resources import build_resources
 def build_definitions(site: SiteConfig) -> Definitions:
     env = site.environment
     return Definitions.merge(
-        Definitions(resources=build_resources(env)),
+        # One process per run: a backup step spends its time waiting on DICOM peers, and a night's backfill
+        # is dozens of runs, for which a process per step (the default) costs more than the work.
+        Definitions(resources=build_resources(env), executor=in_process_executor),
         build_connectivity_defs(env),
     )

@@ -18,7 +18,6 @@ from dagster import (
     MetadataValue,
     OpExecutionContext,
     ScheduleDefinition,
-    in_process_executor,
     job,
     op,
 )
@@ -134,7 +133,6 @@ def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
             "Checks that this site's DICOM peers answer C-ECHO and that its Mosaiq databases open. "
             "Fails naming every peer that is down."
         ),
-        executor_def=in_process_executor,
         tags={"dicom_backup/kind": "connectivity"},
     )
     def connectivity_check() -> None:
