@@ -1,0 +1,139 @@
+"""Inventory: every instance a source holds for a range of StudyDates, as an ordered manifest.
+
+The walk is STUDY -> SERIES -> IMAGE over one association (Study Root C-FIND, PS3.4 C.6.2), which works on
+strictly hierarchical SCPs (dcmqrscp) and tolerates duplicate rows and missing optional keys (the DICOM
+layer de-duplicates and treats absent keys as None). Entries are written study by study in a
+deterministic oldest-first order (StudyDate, StudyTime, UIDs) so that "the first N instances" means the
+same thing on every run: the plan's max_uids_per_run cut depends on it.
+
+Presence on the archive is asked the same way: one IMAGE-level C-FIND per study on the main archive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dicom_backup_dagster.dicom.find import FindSession, StudyRecord, study_date_range
+
+from .manifest import InstanceEntry, ManifestWriter
+
+# Where an extra match key from the site configuration (`query_keys`) belongs in the Study Root
+# hierarchy (PS3.4 C.6.2.1.2): sending a series attribute in a STUDY query would match nothing on a
+# strict SCP. Anything not listed here is treated as an IMAGE-level key.
+_STUDY_KEYS = {
+    "PatientID",
+    "PatientName",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "ReferringPhysicianName",
+    "ModalitiesInStudy",
+    "StudyTime",
+    "InstitutionName",
+}
+_SERIES_KEYS = {
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "SeriesDate",
+    "StationName",
+}
+
+
+def split_query_keys(keys: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(study, series, image) match keys from a flat `query_keys` mapping."""
+    study: dict[str, str] = {}
+    series: dict[str, str] = {}
+    image: dict[str, str] = {}
+    for keyword, value in keys.items():
+        if keyword in _STUDY_KEYS or keyword.startswith(("Patient", "Study")):
+            study[keyword] = value
+        elif keyword in _SERIES_KEYS or keyword.startswith("Series"):
+            series[keyword] = value
+        else:
+            image[keyword] = value
+    return study, series, image
+
+
+def window(partition_day: dt.date, lookback_days: int) -> tuple[dt.date, dt.date]:
+    """StudyDates a partition covers: its own day and `lookback_days` before it (late series on older
+    studies are found by the next nights' runs)."""
+    if lookback_days < 0:
+        raise ValueError("lookback_days must be >= 0")
+    return partition_day - dt.timedelta(days=lookback_days), partition_day
+
+
+def study_order(study: StudyRecord) -> tuple[str, str, str]:
+    """Oldest first; studies without a date go last (they cannot be placed in time)."""
+    return (study.study_date or "99999999", study.study_time or "", study.study_instance_uid)
+
+
+@dataclass(frozen=True)
+class InventorySummary:
+    studies: int
+    series: int
+    instances: int
+    instances_on_day: int  # instances whose StudyDate is the partition's own day
+    seconds: float
+
+
+def take_inventory(
+    session: FindSession,
+    first_day: dt.date,
+    last_day: dt.date,
+    out_path: str | os.PathLike[str],
+    *,
+    query_keys: Mapping[str, str] | None = None,
+) -> InventorySummary:
+    """C-FIND every instance of the studies dated first_day..last_day and write the ordered manifest."""
+    started = time.monotonic()
+    study_keys, series_keys, image_keys = split_query_keys(query_keys or {})
+    studies = sorted(
+        session.studies(study_date=study_date_range(first_day, last_day), extra_keys=study_keys),
+        key=study_order,
+    )
+    day = last_day.strftime("%Y%m%d")
+    n_series = n_instances = on_day = 0
+    with ManifestWriter(out_path) as writer:
+        for study in studies:
+            uid = study.study_instance_uid
+            seen: set[str] = set()
+            for series in sorted(
+                session.series(uid, extra_keys=series_keys), key=lambda s: s.series_instance_uid
+            ):
+                n_series += 1
+                instances = session.instances(uid, series.series_instance_uid, extra_keys=image_keys)
+                # Rows of another series mean the SCP ignored our match key; they are taken when their own
+                # series is queried. A SOP Instance UID seen before in the study is a duplicate row.
+                instances = [
+                    i
+                    for i in instances
+                    if i.series_instance_uid == series.series_instance_uid and i.sop_instance_uid not in seen
+                ]
+                seen.update(i.sop_instance_uid for i in instances)
+                for inst in sorted(instances, key=lambda i: (i.instance_number or 0, i.sop_instance_uid)):
+                    writer.write(
+                        InstanceEntry(
+                            study_instance_uid=uid,
+                            series_instance_uid=inst.series_instance_uid,
+                            sop_instance_uid=inst.sop_instance_uid,
+                            sop_class_uid=inst.sop_class_uid,
+                            study_date=study.study_date,
+                            instance_number=inst.instance_number,
+                        )
+                    )
+                    n_instances += 1
+                    on_day += study.study_date == day
+    return InventorySummary(len(studies), n_series, n_instances, on_day, time.monotonic() - started)
+
+
+def archived_sop_uids(session: FindSession, study_instance_uid: str) -> set[str]:
+    """SOP Instance UIDs of one study on the archive: IMAGE-level C-FIND with the series left universal
+    (Orthanc answers it; research dicom.md 2.3)."""
+    return {r.sop_instance_uid for r in session.instances(study_instance_uid)}

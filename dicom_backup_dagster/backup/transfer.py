@@ -1,0 +1,448 @@
+"""Executing a plan: C-MOVE source -> archive, or C-GET into a spool then C-STORE to the archive.
+
+Requests go out per series over one reused association to the source (opening one per request costs a
+round trip and, on a busy PACS, an association slot). A series whose instances are all pending is asked
+for at SERIES level with the expected count; a partial series (some already archived, or cut by
+max_uids_per_run) at IMAGE level with a list of SOP Instance UIDs (PS3.4 C.2.2.2.2 list matching).
+
+Sub-operation counts are only the first rung of the verification ladder: `finalize()` asks the archive
+(C-FIND, IMAGE level) which pending instances actually arrived and marks each MOVED or FAILED, so the
+archived manifest is true even when a source miscounts or the archive went away mid-run.
+
+Error policy: a broken association (source down, rejected, timeout) or 0xA801 (destination unknown, a
+configuration error that every further request would repeat) stops the transfer at once; other
+sub-operation failures are recorded and the next series is tried, up to `max_consecutive_errors` in a row
+(an archive that is out of resources would fail them all). The caller decides what to raise.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from pynetdicom import build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from dicom_backup_dagster.dicom.association import associate
+from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.errors import (
+    AssociationError,
+    DicomError,
+    DimseTimeout,
+    StoreError,
+    SubOperationError,
+)
+from dicom_backup_dagster.dicom.network import Peer, Timeouts, make_ae
+from dicom_backup_dagster.dicom.retrieve import (
+    RetrieveResult,
+    collect_responses,
+    evaluate,
+    retrieve_identifier,
+)
+from dicom_backup_dagster.dicom.spool import (
+    STORAGE_TRANSFER_SYNTAXES,
+    ReceivedInstance,
+    retrieve_storage_classes,
+    write_received,
+)
+from dicom_backup_dagster.dicom.store import c_store_files
+
+from .errors import MOVE_DESTINATION_UNKNOWN
+from .manifest import FAILED, MOVED, PENDING, InstanceEntry, ManifestWriter, by_series, by_study
+
+Transfer = Literal["c-move", "c-get"]
+
+# Keeps an IMAGE-level identifier well below typical PDU and SCP limits (a UI is up to 64 bytes).
+MAX_UIDS_PER_REQUEST = 200
+
+
+class RetrieveSession:
+    """One association to a Query/Retrieve SCP for many C-MOVEs (PS3.4 C.4.2) or C-GETs (C.4.3).
+
+    The association is opened on first use and re-opened after an error aborted it. For C-GET the
+    sub-operation C-STOREs arrive on this association and are written to the spool dir given per request.
+    """
+
+    def __init__(
+        self,
+        peer: Peer,
+        calling_aet: str,
+        timeouts: Timeouts,
+        *,
+        operation: Literal["C-MOVE", "C-GET"],
+        move_destination: str | None = None,
+    ) -> None:
+        if operation == "C-MOVE" and not move_destination:
+            raise ValueError("a C-MOVE session needs a move destination AE title")
+        self.peer = peer
+        self.calling_aet = calling_aet
+        self.timeouts = timeouts
+        self.operation = operation
+        self.move_destination = move_destination
+        self.associations_opened = 0
+        self._assoc: Association | None = None
+        self._received: list[ReceivedInstance] = []
+        self._spool: Path | None = None
+
+    def _open(self) -> Association:
+        ae = make_ae(self.calling_aet, self.timeouts)
+        if self.operation == "C-MOVE":
+            sop_class = StudyRootQueryRetrieveInformationModelMove
+            ae.add_requested_context(sop_class)
+            assoc = associate(
+                ae,
+                self.peer,
+                timeouts=self.timeouts,
+                operation="C-MOVE",
+                required_abstract_syntaxes=[sop_class],
+            )
+        else:
+            sop_class = StudyRootQueryRetrieveInformationModelGet
+            ae.add_requested_context(sop_class)
+            classes = retrieve_storage_classes()
+            for uid in classes:
+                ae.add_requested_context(uid, STORAGE_TRANSFER_SYNTAXES)
+            assoc = associate(
+                ae,
+                self.peer,
+                timeouts=self.timeouts,
+                operation="C-GET",
+                ext_neg=[build_role(uid, scp_role=True) for uid in classes],
+                evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)],
+                required_abstract_syntaxes=[sop_class],
+            )
+        self.associations_opened += 1
+        return assoc
+
+    def _on_c_store(self, event: Event) -> int:
+        if self._spool is None:
+            return 0xA700  # an unsolicited C-STORE: nowhere to put it
+        try:
+            self._received.append(write_received(event, self._spool))
+        except OSError:
+            return 0xA700  # out of resources: the peer counts it as a failed sub-operation
+        return 0x0000
+
+    def __enter__(self) -> RetrieveSession:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close(abort=exc_type is not None)
+
+    def close(self, abort: bool = False) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.abort() if abort else assoc.release()
+
+    def retrieve(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uids: Sequence[str] = (),
+        *,
+        expected_count: int | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ) -> RetrieveResult:
+        """One C-MOVE/C-GET; raises like dicom.move.c_move (SubOperationError carries `.result`)."""
+        if self.operation == "C-GET":
+            if spool_dir is None:
+                raise ValueError("a C-GET needs a spool dir")
+            self._spool = Path(spool_dir)
+            self._spool.mkdir(parents=True, exist_ok=True)
+        self._received = []
+        if self._assoc is None or not self._assoc.is_established:
+            self._assoc = self._open()
+        assoc = self._assoc
+        _, identifier = retrieve_identifier(study_instance_uid, series_instance_uid, sop_instance_uids)
+        started = time.monotonic()
+        try:
+            if self.operation == "C-MOVE":
+                assert self.move_destination is not None
+                responses = assoc.send_c_move(
+                    identifier, self.move_destination, StudyRootQueryRetrieveInformationModelMove
+                )
+            else:
+                responses = assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+            final, final_identifier, last_pending = collect_responses(
+                responses, assoc, self.peer, self.operation, self.timeouts
+            )
+        except BaseException:
+            self.close(abort=True)
+            raise
+        finally:
+            self._spool = None  # a late C-STORE after the response is refused, not written anywhere
+        return evaluate(
+            self.peer,
+            self.operation,
+            final,
+            final_identifier,
+            last_pending,
+            seconds=time.monotonic() - started,
+            expected_count=expected_count,
+            allow_warnings=False,
+            received=list(self._received),
+            advice=self._advice(),
+        )
+
+    def _advice(self) -> dict[int, str]:
+        dest = self.move_destination or self.calling_aet
+        return {
+            MOVE_DESTINATION_UNKNOWN: (
+                f"register the move destination AE {dest} (AE title, host and port) on {self.peer.aet}"
+            ),
+            0xA700: (
+                f"{self.peer.aet} could not run the sub-operations: check that {dest} accepts associations "
+                f"from calling AE {self.peer.aet} and has disk space, and {self.peer.aet}'s log"
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class Received:
+    """What passed through us on the C-GET path (so the archived manifest can say it)."""
+
+    transfer_syntax_uid: str
+    size: int
+    digest: str
+
+
+@dataclass
+class TransferOutcome:
+    requests: int = 0
+    requested_instances: int = 0
+    completed: int = 0  # sub-operations the source reported completed (C-MOVE) / instances stored (C-GET)
+    reported_failed_uids: set[str] = field(default_factory=set)
+    errors: list[DicomError] = field(default_factory=list)
+    stopped_early: bool = False
+    bytes: int | None = None  # known on the C-GET path only
+    retrieve_seconds: float = 0.0
+    store_seconds: float = 0.0
+    associations: int = 0
+    received: dict[str, Received] = field(default_factory=dict)
+
+    @property
+    def fatal(self) -> DicomError | None:
+        """The error that stopped the transfer, if one did."""
+        return self.errors[-1] if self.stopped_early and self.errors else None
+
+
+def _requests(entries: list[InstanceEntry]) -> list[tuple[str | None, list[str]]]:
+    """(series UID or None, SOP UIDs) requests for one series: SERIES level when every instance we know
+    of is pending, else IMAGE level in chunks."""
+    pending = [e.sop_instance_uid for e in entries if e.state == PENDING]
+    if not pending:
+        return []
+    series = entries[0].series_instance_uid
+    if len(pending) == len(entries):
+        return [(series, [])]
+    return [
+        (series, pending[i : i + MAX_UIDS_PER_REQUEST]) for i in range(0, len(pending), MAX_UIDS_PER_REQUEST)
+    ]
+
+
+def _stops_transfer(error: DicomError) -> bool:
+    if isinstance(error, (AssociationError, DimseTimeout)):
+        return True
+    return error.status == MOVE_DESTINATION_UNKNOWN
+
+
+def transfer(
+    plan: Iterable[InstanceEntry],
+    *,
+    source: Peer,
+    archive: Peer,
+    calling_aet: str,
+    timeouts: Timeouts,
+    mode: Transfer,
+    spool_dir: str | os.PathLike[str] | None = None,
+    store_batch: int = 200,
+    max_consecutive_errors: int = 3,
+    on_progress: Callable[[TransferOutcome], None] | None = None,
+) -> TransferOutcome:
+    """Send every PENDING instance of `plan` to `archive`. Never raises for DICOM errors: they are in
+    `outcome.errors` (the last one is `outcome.fatal` when it stopped the transfer)."""
+    outcome = TransferOutcome(bytes=0 if mode == "c-get" else None)
+    if mode == "c-get":
+        if spool_dir is None:
+            raise ValueError("the c-get transfer needs a spool dir")
+        spool = Path(spool_dir)
+        spool.mkdir(parents=True, exist_ok=True)
+    session = RetrieveSession(
+        source,
+        calling_aet,
+        timeouts,
+        operation="C-MOVE" if mode == "c-move" else "C-GET",
+        move_destination=archive.aet if mode == "c-move" else None,
+    )
+    batch: list[ReceivedInstance] = []
+
+    def store(items: list[ReceivedInstance]) -> bool:
+        """C-STORE spooled instances to the archive; False if the archive cannot be reached at all."""
+        started = time.monotonic()
+        try:
+            for item in items:
+                outcome.received[item.sop_instance_uid] = Received(
+                    item.transfer_syntax_uid, item.size, content_digest(item.path)
+                )
+            result = c_store_files(
+                archive, calling_aet, [i.path for i in items], raise_on_failure=False, timeouts=timeouts
+            )
+        except DicomError as error:  # association to the archive refused, aborted or timed out
+            outcome.errors.append(error)
+            outcome.stopped_early = True
+            return False
+        finally:
+            for item in items:
+                Path(item.path).unlink(missing_ok=True)
+            outcome.store_seconds += time.monotonic() - started
+        stored = {o.sop_instance_uid for o in result.stored}
+        outcome.completed += len(stored)
+        outcome.bytes = (outcome.bytes or 0) + sum(i.size for i in items if i.sop_instance_uid in stored)
+        if result.failed:
+            first = result.failed[0]
+            outcome.errors.append(
+                StoreError(
+                    archive,
+                    f"{len(result.failed)} of {len(result.outcomes)} instances failed",
+                    result=result,
+                    status=first.status,
+                    failed_sop_instance_uids=[o.sop_instance_uid for o in result.failed],
+                )
+            )
+            outcome.reported_failed_uids.update(o.sop_instance_uid for o in result.failed)
+        return True
+
+    def request_all() -> None:
+        consecutive = 0
+        for (study, _series), entries in by_series(plan):
+            for series, uids in _requests(entries):
+                expected = len(uids) or sum(1 for e in entries if e.state == PENDING)
+                outcome.requests += 1
+                outcome.requested_instances += expected
+                started = time.monotonic()
+                try:
+                    result = session.retrieve(
+                        study, series, uids, expected_count=expected, spool_dir=batch_dir()
+                    )
+                except (AssociationError, DimseTimeout) as error:
+                    outcome.errors.append(error)
+                    outcome.stopped_early = True
+                    return
+                except SubOperationError as error:
+                    outcome.errors.append(error)
+                    outcome.reported_failed_uids.update(error.failed_sop_instance_uids)
+                    batch.extend(error.result.received)  # what did arrive still goes to the archive
+                    consecutive += 1
+                    if _stops_transfer(error) or consecutive >= max_consecutive_errors:
+                        outcome.stopped_early = True
+                        return
+                    continue
+                finally:
+                    outcome.retrieve_seconds += time.monotonic() - started
+                consecutive = 0
+                if mode == "c-move":
+                    outcome.completed += result.completed
+                else:
+                    batch.extend(result.received)
+                    if len(batch) >= store_batch and not submit():
+                        return
+                if on_progress is not None:
+                    on_progress(outcome)
+
+    # C-GET path: the batch retrieved so far is stored by a worker thread while the next series is
+    # retrieved, so the two associations overlap instead of taking turns. Each batch has its own spool
+    # sub-directory: a source that sends an instance twice cannot pull a file from under the store.
+    storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c-store")
+    storing: Future[bool] | None = None
+    batches = 0
+
+    def batch_dir() -> Path | None:
+        return Path(spool_dir) / f"batch-{batches}" if spool_dir is not None else None
+
+    def submit() -> bool:
+        """Wait for the previous store, then hand the current batch over; False if the archive is gone."""
+        nonlocal storing, batches
+        previous_ok = storing.result() if storing is not None else True
+        storing = None
+        if not previous_ok:
+            return False
+        if batch:
+            storing = storer.submit(store, list(batch))
+            batch.clear()
+            batches += 1
+        return True
+
+    try:
+        with session:
+            request_all()
+        if submit():  # hands over the last batch ...
+            submit()  # ... and waits for it
+    finally:
+        storer.shutdown(wait=True)
+        outcome.associations = session.associations_opened
+        if mode == "c-get" and spool_dir is not None:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+    return outcome
+
+
+@dataclass(frozen=True)
+class FinalSummary:
+    moved: int
+    failed: int
+    failed_uids: tuple[str, ...]  # at most `keep_failed` of them
+    counts: dict[str, int]
+
+
+def finalize(
+    plan: Iterable[InstanceEntry],
+    archived_uids: Callable[[str], set[str]],
+    out_path: str | os.PathLike[str],
+    *,
+    received: dict[str, Received] | None = None,
+    keep_failed: int = 100,
+) -> FinalSummary:
+    """Write the archived manifest: each PENDING instance becomes MOVED if the archive now has it, else
+    FAILED. Only studies with pending instances are asked about."""
+    received = received or {}
+    moved = failed = 0
+    failed_uids: list[str] = []
+    with ManifestWriter(out_path) as writer:
+        for study_uid, entries in by_study(plan):
+            on_archive = archived_uids(study_uid) if any(e.state == PENDING for e in entries) else set()
+            for entry in entries:
+                if entry.state != PENDING:
+                    writer.write(entry)
+                    continue
+                extra = received.get(entry.sop_instance_uid)
+                changes = (
+                    {
+                        "transfer_syntax_uid": extra.transfer_syntax_uid,
+                        "size": extra.size,
+                        "digest": extra.digest,
+                    }
+                    if extra
+                    else {}
+                )
+                if entry.sop_instance_uid in on_archive:
+                    writer.write(entry.with_state(MOVED, **changes))
+                    moved += 1
+                else:
+                    writer.write(entry.with_state(FAILED, **changes))
+                    failed += 1
+                    if len(failed_uids) < keep_failed:
+                        failed_uids.append(entry.sop_instance_uid)
+    return FinalSummary(moved, failed, tuple(failed_uids), dict(writer.states))

@@ -1,0 +1,165 @@
+"""Verification on the archive: presence (C-FIND) and content (C-GET from source and archive, digests).
+
+Rungs of the ladder (research dicom.md 6): sub-operation counts (transfer.py) -> presence of every
+inventoried instance on the archive by IMAGE-level C-FIND -> a transfer-syntax-independent content
+digest of a sample, retrieved from the source and from the archive and compared.
+
+The sample is deterministic (ordered by a hash of the SOP Instance UID, so it spreads over a series instead
+of always taking its first slice) and never empty for a series: `fraction` 0 means one instance per
+series, 1.0 every instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
+from dicom_backup_dagster.dicom.network import Peer, Timeouts
+
+from .manifest import ALREADY_ARCHIVED, DEFERRED, MOVED, InstanceEntry, by_series, by_study
+from .transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
+
+
+@dataclass(frozen=True)
+class PresenceResult:
+    expected: int
+    present: int
+    deferred: int
+    missing_uids: tuple[str, ...]  # at most `keep` of them
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+
+def check_presence(
+    entries: Iterable[InstanceEntry], archived_uids: Callable[[str], set[str]], *, keep: int = 100
+) -> PresenceResult:
+    """Every non-deferred instance must be on the archive now (one C-FIND per study)."""
+    expected = present = deferred = missing = 0
+    missing_uids: list[str] = []
+    for study_uid, group in by_study(entries):
+        wanted = [e for e in group if e.state != DEFERRED]
+        deferred += len(group) - len(wanted)
+        if not wanted:
+            continue
+        on_archive = archived_uids(study_uid)
+        for entry in wanted:
+            expected += 1
+            if entry.sop_instance_uid in on_archive:
+                present += 1
+            else:
+                missing += 1
+                if len(missing_uids) < keep:
+                    missing_uids.append(entry.sop_instance_uid)
+    return PresenceResult(expected, present, deferred, tuple(missing_uids), missing)
+
+
+def _spread_key(entry: InstanceEntry) -> str:
+    return hashlib.sha256(entry.sop_instance_uid.encode()).hexdigest()
+
+
+def choose_sample(series_entries: list[InstanceEntry], fraction: float) -> list[InstanceEntry]:
+    """ceil(fraction * n) instances of one series, at least one (none for an empty series)."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError("fraction must be within 0..1")
+    if not series_entries:
+        return []
+    n = max(1, math.ceil(fraction * len(series_entries)))
+    return sorted(series_entries, key=_spread_key)[:n]
+
+
+def sample(entries: Iterable[InstanceEntry], fraction: float) -> list[InstanceEntry]:
+    """The verification sample of a manifest: instances on the archive (moved now or before), per series."""
+    out: list[InstanceEntry] = []
+    for _, group in by_series(entries):
+        out.extend(choose_sample([e for e in group if e.state in (MOVED, ALREADY_ARCHIVED)], fraction))
+    return out
+
+
+@dataclass
+class ContentResult:
+    compared: int = 0
+    matched: int = 0
+    mismatched_uids: list[str] = field(default_factory=list)
+    missing_on_source: list[str] = field(default_factory=list)
+    missing_on_archive: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # DicomError messages (UIDs only, no PHI)
+
+    @property
+    def passed(self) -> bool:
+        return not (self.mismatched_uids or self.missing_on_archive or self.missing_on_source or self.errors)
+
+
+def _digests(
+    session: RetrieveSession, spool: Path, study: str, series: str, uids: list[str], errors: list[str]
+) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
+        chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
+        try:
+            received = session.retrieve(study, series, chunk, spool_dir=spool).received
+        except SubOperationError as error:
+            # An instance missing on one side shows up as a short count; the comparison names it.
+            received = error.result.received
+            if error.status is not None and error.status >= 0xA000 and not received:
+                errors.append(str(error))
+        for item in received:
+            out[item.sop_instance_uid] = content_digest(item.path)
+            Path(item.path).unlink(missing_ok=True)
+    return out
+
+
+def verify_content(
+    sample_entries: Iterable[InstanceEntry],
+    *,
+    source: Peer,
+    archive: Peer,
+    calling_aet: str,
+    timeouts: Timeouts,
+    spool_dir: str | os.PathLike[str],
+    keep: int = 100,
+) -> ContentResult:
+    """C-GET each sampled instance from `source` and from `archive` and compare content digests.
+
+    Raises DicomError only when an association cannot be had at all (the check then reports it).
+    """
+    result = ContentResult()
+    spool = Path(spool_dir)
+    try:
+        with (
+            RetrieveSession(source, calling_aet, timeouts, operation="C-GET") as from_source,
+            RetrieveSession(archive, calling_aet, timeouts, operation="C-GET") as from_archive,
+        ):
+            for (study, series), group in by_series(sample_entries):
+                uids = [e.sop_instance_uid for e in group]
+                try:
+                    at_source = _digests(from_source, spool / "source", study, series, uids, result.errors)
+                    at_archive = _digests(from_archive, spool / "archive", study, series, uids, result.errors)
+                except DicomError as error:
+                    result.errors.append(str(error))
+                    raise
+                for uid in uids:
+                    a, b = at_source.get(uid), at_archive.get(uid)
+                    if a is None and len(result.missing_on_source) < keep:
+                        result.missing_on_source.append(uid)
+                    if b is None and len(result.missing_on_archive) < keep:
+                        result.missing_on_archive.append(uid)
+                    if a is None or b is None:
+                        continue
+                    result.compared += 1
+                    if a == b:
+                        result.matched += 1
+                    elif len(result.mismatched_uids) < keep:
+                        result.mismatched_uids.append(uid)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return result

@@ -1,0 +1,698 @@
+"""ARIA and MIM backups: daily-partitioned assets, verification checks, one job and schedule per source.
+
+For every Query/Retrieve source (type aria or mim) of the selected environment, `build_qr_backup_defs`
+makes:
+
+- `<source>/inventory`: every instance the source holds for StudyDates in [day - lookback_days, day]
+  (C-FIND STUDY -> SERIES -> IMAGE). Value: a handle on the inventory manifest.
+- `<source>/archived`: the inventory minus what is already on the main archive, transferred (C-MOVE
+  source -> archive, or C-GET + C-STORE for a MIM source with transfer = "c-get"), at most
+  max_uids_per_run instances oldest first (the rest reported as deferred), then confirmed instance by
+  instance on the archive. Value: a handle on the archived manifest.
+- checks on `<source>/archived`: complete_in_archive (blocking), content_verified, volume_vs_baseline,
+  duration_vs_baseline.
+- job `<source>_backup` (one run per partition in a backfill), schedule `<source>_backup_schedule`
+  (settings.schedule in settings.timezone, each tick backs up the previous day).
+
+Concurrency: every step that talks to a source runs in the Dagster pool `dicom_<source AET>`; set its limit
+to the source's max_associations (`dagster instance concurrency set dicom_ARIA_SIM 2`, or the UI; unset
+pools get dagster.yaml's `concurrency.pools.default_limit`). Each such step holds one association to the
+source at a time. Runs execute in one process (in_process_executor): parallelism comes from concurrent
+runs. Manifests live on disk (BackupStorage), never in run metadata, and metadata carries counts, seconds
+and UIDs only: no patient data.
+"""
+
+# No `from __future__ import annotations` here: Dagster 1.13 validates the `context` annotation of assets
+# and checks by identity, and a string annotation fails that check.
+import datetime as dt
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSelection,
+    BackfillPolicy,
+    Backoff,
+    ConfigurableResource,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    DefaultScheduleStatus,
+    Definitions,
+    Failure,
+    Jitter,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    RunRequest,
+    ScheduleEvaluationContext,
+    SkipReason,
+    asset,
+    asset_check,
+    define_asset_job,
+    in_process_executor,
+    schedule,
+)
+
+from dicom_backup_dagster.backup import baseline
+from dicom_backup_dagster.backup.errors import is_transient
+from dicom_backup_dagster.backup.inventory import archived_sop_uids, take_inventory, window
+from dicom_backup_dagster.backup.manifest import (
+    FOUND,
+    ManifestHandle,
+    read_manifest,
+)
+from dicom_backup_dagster.backup.plan import make_plan
+from dicom_backup_dagster.backup.transfer import finalize, transfer
+from dicom_backup_dagster.backup.verify import check_presence, sample, verify_content
+from dicom_backup_dagster.config import EnvironmentConfig, QRSource
+from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.find import FindSession
+from dicom_backup_dagster.dicom.network import Peer
+
+# The first day a backfill can target. Sites that started archiving later simply never backfill earlier
+# days; the daily partition count (~365 a year) stays far below Dagster's recommended maximum.
+DEFAULT_START_DATE = "2020-01-01"
+STORAGE_RESOURCE_KEY = "backup_storage"
+
+# Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
+# configuration errors raise Failure(allow_retries=False) and fail at once.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+DEFAULT_RULES = baseline.BaselineRules()
+_KEEP_UIDS = 20  # failing UIDs shown in metadata (the manifest on disk has all of them)
+
+
+class BackupStorage(ConfigurableResource):
+    """Where manifests and C-GET spools are written: `base_dir`, or by default the Dagster instance's
+    storage directory ($DAGSTER_HOME/storage/dicom_backup), which every run worker of the instance sees."""
+
+    base_dir: str = ""
+
+    def root(self, instance: DagsterInstance) -> Path:
+        if self.base_dir:
+            return Path(self.base_dir).expanduser()
+        return Path(instance.storage_directory()) / "dicom_backup"
+
+    def partition_dir(self, instance: DagsterInstance, source: str, partition: str) -> Path:
+        path = self.root(instance) / "manifests" / source / partition
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def spool_dir(self, instance: DagsterInstance, source: str, run_id: str, purpose: str) -> Path:
+        return self.root(instance) / "spool" / source / f"{run_id}-{purpose}"
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Every Dagster name of one source's backup, derived from its alias in one place."""
+
+    source: QRSource
+
+    @property
+    def alias(self) -> str:
+        return self.source.alias
+
+    @property
+    def inventory(self) -> AssetKey:
+        return AssetKey([self.alias, "inventory"])
+
+    @property
+    def archived(self) -> AssetKey:
+        return AssetKey([self.alias, "archived"])
+
+    @property
+    def job(self) -> str:
+        return f"{self.alias}_backup"
+
+    @property
+    def pool(self) -> str:
+        return f"dicom_{self.source.aet}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.alias.lower()}_backup"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Errors: what to tell the operator, and whether a retry can help
+
+
+def backup_failure(
+    source: str, phase: str, partition: str, error: DicomError, metadata: dict[str, Any] | None = None
+) -> Failure:
+    """A Failure naming the source, the peer and the DICOM status meaning (DicomError's text has both)."""
+    retry = is_transient(error)
+    kind = "transient, will be retried" if retry else "configuration or peer error, not retried"
+    return Failure(
+        description=f"{source} backup, {phase} of partition {partition}: {error} ({kind})",
+        metadata={
+            "source": source,
+            "peer": str(error.peer),
+            "operation": error.operation,
+            "dicom_status": f"0x{error.status:04X}" if error.status is not None else "none",
+            "status_meaning": error.status_meaning or "none",
+            **(metadata or {}),
+        },
+        allow_retries=retry,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Helpers shared by the assets and checks
+
+
+def _uids(uids: list[str] | tuple[str, ...]) -> MetadataValue:
+    return MetadataValue.json(list(uids[:_KEEP_UIDS]))
+
+
+def _check_partition(context: AssetCheckExecutionContext, key: AssetKey) -> str | None:
+    """The run's partition; for checks executed on their own (an unpartitioned run, e.g. "Execute checks"
+    in the UI) the most recently materialized partition of the asset."""
+    if context.op_execution_context.has_partition_key:
+        return context.partition_key
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.dagster_event is None:
+        return None
+    return event.dagster_event.partition
+
+
+def _history(
+    instance: DagsterInstance,
+    key: AssetKey,
+    partitions_def: DailyPartitionsDefinition,
+    partition: str,
+    metadata_key: str,
+    window_size: int = baseline.DEFAULT_WINDOW,
+) -> list[float]:
+    """`metadata_key` of the latest materialization of each of the `window_size` partitions before
+    `partition` that has one (missing days are skipped, not counted as zero)."""
+    keys = partitions_def.get_partition_keys()
+    if partition not in keys:
+        return []
+    index = keys.index(partition)
+    previous = keys[max(0, index - window_size) : index]
+    if not previous:
+        return []
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=previous), limit=window_size * 20
+    ).records
+    latest: dict[str, float] = {}
+    for record in records:  # newest first
+        event = record.event_log_entry.asset_materialization
+        if event is None or event.partition in latest or event.partition is None:
+            continue
+        value = event.metadata.get(metadata_key)
+        if value is not None and isinstance(value.value, (int, float)):
+            latest[event.partition] = float(value.value)
+    return [latest[p] for p in previous if p in latest]
+
+
+def _find(peer: Peer, dicom: DicomNetwork) -> FindSession:
+    return FindSession(peer, dicom.calling_aet, dicom.timeouts)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The factory
+
+
+def build_source_backup(
+    env: EnvironmentConfig,
+    source: QRSource,
+    partitions_def: DailyPartitionsDefinition,
+    *,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
+) -> Definitions:
+    """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
+    names = _Names(source)
+    settings = env.settings
+    archive = env.main_target.peer
+    move_destination = env.main_target.aet
+    what = f"{source.type.upper()} {source.peer}"
+
+    @asset(
+        key=names.inventory,
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.multi_run(1),
+        pool=names.pool,
+        retry_policy=retry_policy,
+        group_name=names.group,
+        kinds={"dicom"},
+        description=(
+            f"Every instance {source.alias} ({what}) holds for the partition's StudyDate and the "
+            f"{settings.lookback_days} days before it (late series on older studies), found by C-FIND "
+            "STUDY -> SERIES -> IMAGE. The value is a manifest of instance UIDs on disk."
+        ),
+    )
+    def inventory(
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        first, last = window(dt.date.fromisoformat(partition), settings.lookback_days)
+        path = backup_storage.partition_dir(context.instance, source.alias, partition) / "inventory.jsonl"
+        try:
+            with _find(source.peer, dicom) as session:
+                summary = take_inventory(session, first, last, path, query_keys=source.query_keys)
+        except DicomError as error:
+            raise backup_failure(source.alias, "inventory (C-FIND)", partition, error) from error
+        context.log.info(
+            f"{source.alias} {partition}: {summary.studies} studies, {summary.series} series, "
+            f"{summary.instances} instances dated {first}..{last} ({summary.seconds:.2f} s)"
+        )
+        handle = ManifestHandle(
+            str(path), source.alias, partition, summary.instances, {FOUND: summary.instances}, summary.seconds
+        )
+        return Output(
+            handle,
+            metadata={
+                "studies": summary.studies,
+                "series": summary.series,
+                "instances": summary.instances,
+                "instances_on_partition_day": summary.instances_on_day,
+                "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
+                "seconds_find": round(summary.seconds, 3),
+                "source_peer": str(source.peer),
+                "manifest": MetadataValue.path(str(path)),
+            },
+        )
+
+    @asset(
+        key=names.archived,
+        ins={"inventory": AssetIn(key=names.inventory)},
+        partitions_def=partitions_def,
+        backfill_policy=BackfillPolicy.multi_run(1),
+        pool=names.pool,
+        retry_policy=retry_policy,
+        group_name=names.group,
+        kinds={"dicom", "orthanc"},
+        description=(
+            f"The inventory minus what {env.main_target.alias} already holds, copied there "
+            + (
+                f"by C-MOVE from {source.alias} to {move_destination}"
+                if source.transfer == "c-move"
+                else f"by C-GET from {source.alias} into a spool and C-STORE to {move_destination}"
+            )
+            + f", at most {settings.max_uids_per_run} instances per run oldest first (the rest deferred to "
+            "the next run), then confirmed instance by instance on the archive by C-FIND."
+        ),
+    )
+    def archived(
+        context: AssetExecutionContext,
+        inventory: ManifestHandle,
+        dicom: DicomNetwork,
+        backup_storage: BackupStorage,
+    ) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        folder = backup_storage.partition_dir(context.instance, source.alias, partition)
+        plan_path, out_path = folder / "plan.jsonl", folder / "archived.jsonl"
+        started = time.monotonic()
+        try:
+            with _find(archive, dicom) as main:
+                plan = make_plan(
+                    read_manifest(inventory.path),
+                    lambda study: archived_sop_uids(main, study),
+                    settings.max_uids_per_run,
+                    plan_path,
+                )
+        except DicomError as error:
+            raise backup_failure(source.alias, "archive lookup (C-FIND)", partition, error) from error
+        planned = time.monotonic()
+        context.log.info(
+            f"{source.alias} {partition}: {plan.found} found, {plan.already_archived} already archived, "
+            f"{plan.pending} to transfer, {plan.deferred} deferred (max_uids_per_run "
+            f"{settings.max_uids_per_run})"
+        )
+        outcome = transfer(
+            read_manifest(plan_path),
+            source=source.peer,
+            archive=archive,
+            calling_aet=dicom.calling_aet,
+            timeouts=dicom.timeouts,
+            mode=source.transfer,
+            spool_dir=backup_storage.spool_dir(
+                context.instance, source.alias, context.run.run_id, "transfer"
+            ),
+        )
+        transferred = time.monotonic()
+        try:
+            with _find(archive, dicom) as main:
+                final = finalize(
+                    read_manifest(plan_path),
+                    lambda study: archived_sop_uids(main, study),
+                    out_path,
+                    received=outcome.received,
+                )
+        except DicomError as error:
+            raise backup_failure(
+                source.alias, "confirmation on the archive (C-FIND)", partition, error
+            ) from error
+        done = time.monotonic()
+        seconds_transfer = transferred - planned
+        metadata: dict[str, Any] = {
+            "instances_found": plan.found,
+            "already_archived": plan.already_archived,
+            "moved": final.moved,
+            "failed": final.failed,
+            "deferred": plan.deferred,
+            "requests": outcome.requests,
+            "associations": outcome.associations,
+            "sub_operations_completed": outcome.completed,
+            "seconds_find": round(inventory.seconds, 3),
+            "seconds_plan": round(planned - started, 3),
+            "seconds_transfer": round(seconds_transfer, 3),
+            "seconds_retrieve": round(outcome.retrieve_seconds, 3),
+            "seconds_store": round(outcome.store_seconds, 3),
+            "seconds_confirm": round(done - transferred, 3),
+            "seconds_total": round(inventory.seconds + done - started, 3),
+            "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,
+            "transfer": source.transfer,
+            "source_peer": str(source.peer),
+            "archive_peer": str(archive),
+            "manifest": MetadataValue.path(str(out_path)),
+        }
+        if outcome.bytes is not None:
+            metadata["bytes"] = outcome.bytes
+        if final.failed_uids:
+            metadata["failed_uids"] = _uids(final.failed_uids)
+        if outcome.errors:
+            metadata["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
+        for error in outcome.errors:
+            context.log.warning(f"{source.alias} {partition}: {error}")
+        if final.failed:
+            error = outcome.fatal or (outcome.errors[0] if outcome.errors else None)
+            if error is not None:
+                raise backup_failure(
+                    source.alias,
+                    f"transfer ({final.failed} of {plan.pending} instances not on the archive)",
+                    partition,
+                    error,
+                    metadata,
+                )
+            raise Failure(
+                description=(
+                    f"{source.alias} backup of partition {partition}: {final.failed} of {plan.pending} "
+                    f"instances are not on {archive} although {source.peer} reported success; first: "
+                    f"{', '.join(final.failed_uids[:5])}"
+                ),
+                metadata=metadata,
+            )
+        context.log.info(
+            f"{source.alias} {partition}: moved {final.moved} in {seconds_transfer:.2f} s, "
+            f"{plan.deferred} deferred"
+        )
+        handle = ManifestHandle(
+            str(out_path),
+            source.alias,
+            partition,
+            plan.found,
+            final.counts,
+            done - started + inventory.seconds,
+        )
+        return Output(handle, metadata=metadata)
+
+    def archived_manifest(
+        context: AssetCheckExecutionContext, backup_storage: BackupStorage
+    ) -> tuple[str | None, Path | None]:
+        partition = _check_partition(context, names.archived)
+        if partition is None:
+            return None, None
+        path = backup_storage.partition_dir(context.instance, source.alias, partition) / "archived.jsonl"
+        return partition, path if path.exists() else None
+
+    def no_manifest(partition: str | None) -> AssetCheckResult:
+        return AssetCheckResult(
+            passed=False,
+            description=f"no archived manifest for partition {partition}: run {names.job} for it first",
+            metadata={"partition": str(partition)},
+        )
+
+    @asset_check(
+        asset=names.archived,
+        name="complete_in_archive",
+        blocking=True,
+        description=(
+            f"Every inventoried instance (except those deferred to the next run) is on "
+            f"{env.main_target.alias}, by IMAGE-level C-FIND on {archive}. Fails naming the missing UIDs; "
+            "warns when instances were deferred by max_uids_per_run."
+        ),
+    )
+    def complete_in_archive(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        partition, path = archived_manifest(context, backup_storage)
+        if path is None:
+            return no_manifest(partition)
+        compared = f"{source.alias} manifest of {partition} vs IMAGE-level C-FIND on {archive}"
+        try:
+            with _find(archive, dicom) as main:
+                result = check_presence(read_manifest(path), lambda study: archived_sop_uids(main, study))
+        except DicomError as error:
+            return AssetCheckResult(
+                passed=False,
+                description=f"could not query the archive: {error}",
+                metadata={"partition": partition, "compared": compared},
+            )
+        metadata: dict[str, Any] = {
+            "partition": partition,
+            "compared": compared,
+            "expected": result.expected,
+            "present": result.present,
+            "missing": result.missing,
+            "deferred": result.deferred,
+            "missing_uids": _uids(result.missing_uids),
+        }
+        if result.missing:
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=(
+                    f"{result.missing} of {result.expected} instances of {source.alias} {partition} are "
+                    f"not on {archive}: {', '.join(result.missing_uids[:5])}"
+                    + (" ..." if result.missing > 5 else "")
+                ),
+                metadata=metadata,
+            )
+        if result.deferred:
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
+                description=(
+                    f"{result.present} instances on the archive; {result.deferred} deferred by "
+                    f"max_uids_per_run ({settings.max_uids_per_run}): run {names.job} for {partition} again"
+                ),
+                metadata=metadata,
+            )
+        return AssetCheckResult(
+            passed=True, description=f"all {result.expected} instances on {archive}", metadata=metadata
+        )
+
+    @asset_check(
+        asset=names.archived,
+        name="content_verified",
+        pool=names.pool,
+        description=(
+            "Content digest (transfer-syntax independent) of a sample, retrieved by C-GET from "
+            f"{source.alias} and from {env.main_target.alias}, must match. Sample: verification_fraction "
+            f"{settings.verification_fraction:g} of each series, at least one instance per series."
+        ),
+    )
+    def content_verified(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        partition, path = archived_manifest(context, backup_storage)
+        if path is None:
+            return no_manifest(partition)
+        chosen = sample(read_manifest(path), settings.verification_fraction)
+        compared = (
+            f"content digests of {len(chosen)} sampled instances: C-GET from {source.peer} vs C-GET from "
+            f"{archive}"
+        )
+        try:
+            result = verify_content(
+                chosen,
+                source=source.peer,
+                archive=archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                spool_dir=backup_storage.spool_dir(
+                    context.instance, source.alias, context.run.run_id, "verify"
+                ),
+            )
+        except DicomError as error:
+            return AssetCheckResult(
+                passed=False,
+                description=f"could not retrieve for verification: {error}",
+                metadata={"partition": partition, "compared": compared},
+            )
+        metadata = {
+            "partition": partition,
+            "compared": compared,
+            "sampled": len(chosen),
+            "verification_fraction": settings.verification_fraction,
+            "matched": result.matched,
+            "mismatched_uids": _uids(result.mismatched_uids),
+            "missing_on_source_uids": _uids(result.missing_on_source),
+            "missing_on_archive_uids": _uids(result.missing_on_archive),
+        }
+        if result.errors:
+            metadata["errors"] = MetadataValue.json(result.errors[:5])
+        if result.passed:
+            description = (
+                f"{result.matched} of {len(chosen)} sampled instances identical on source and archive"
+            )
+        else:
+            bad = result.mismatched_uids or result.missing_on_archive or result.missing_on_source
+            description = (
+                f"{len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing on the "
+                f"archive, {len(result.missing_on_source)} missing on the source; first: {', '.join(bad[:5])}"
+                + (f"; {result.errors[0]}" if result.errors else "")
+            )
+        return AssetCheckResult(passed=result.passed, description=description, metadata=metadata)
+
+    def baseline_check(
+        name: str,
+        metadata_key: str,
+        rule: Callable[[float, list[float]], baseline.Verdict],
+        compared: str,
+    ) -> Any:
+        @asset_check(
+            asset=names.archived,
+            name=name,
+            description=f"WARN when {compared} (trailing median of the previous {rules.window} "
+            "partitions with a materialization).",
+        )
+        def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+            partition = _check_partition(context, names.archived)
+            event = context.instance.fetch_materializations(
+                AssetRecordsFilter(
+                    asset_key=names.archived, asset_partitions=[partition] if partition else None
+                ),
+                limit=1,
+            ).records
+            current_value = None
+            if event:
+                materialization = event[0].event_log_entry.asset_materialization
+                entry = materialization.metadata.get(metadata_key) if materialization else None
+                current_value = entry.value if entry is not None else None
+            if partition is None or not isinstance(current_value, (int, float)):
+                return AssetCheckResult(
+                    passed=True,
+                    severity=AssetCheckSeverity.WARN,
+                    description=f"no {metadata_key} recorded for partition {partition} yet",
+                    metadata={"partition": str(partition)},
+                )
+            history = _history(
+                context.instance, names.archived, partitions_def, partition, metadata_key, rules.window
+            )
+            verdict = rule(float(current_value), history)
+            return AssetCheckResult(
+                passed=verdict.passed,
+                severity=AssetCheckSeverity.WARN,
+                description=verdict.reason,
+                metadata={
+                    "partition": partition,
+                    "compared": f"{metadata_key} of {partition} vs the median of earlier partitions",
+                    "current": float(current_value),
+                    "baseline_median": verdict.baseline
+                    if verdict.baseline is not None
+                    else MetadataValue.null(),
+                    "threshold": verdict.threshold if verdict.threshold is not None else MetadataValue.null(),
+                    "history": MetadataValue.json(list(verdict.history)),
+                },
+            )
+
+        return _check
+
+    volume_vs_baseline = baseline_check(
+        "volume_vs_baseline",
+        "instances_found",
+        rules.volume,
+        f"instances found is below {rules.min_volume_ratio:g} x the baseline",
+    )
+    duration_vs_baseline = baseline_check(
+        "duration_vs_baseline",
+        "seconds_total",
+        rules.duration,
+        f"the backup took more than {rules.max_duration_ratio:g} x the baseline "
+        f"(and more than {rules.duration_floor_seconds:g} s)",
+    )
+
+    job = define_asset_job(
+        names.job,
+        selection=AssetSelection.assets(names.inventory, names.archived),
+        description=(
+            f"Back up one day of {source.alias} ({what}) into {env.main_target.alias} and verify it. "
+            "Launch it for a date (partition) or backfill a date range."
+        ),
+        tags={"dicom_backup/source": source.alias},
+        # One process per run, not per step: the steps are sequential DICOM I/O and a step process costs
+        # 2-5 s to start here. Parallelism comes from concurrent runs, bounded per AE by the pools.
+        executor_def=in_process_executor,
+    )
+
+    # A plain cron schedule rather than build_schedule_from_partitioned_job, which only takes hour/minute
+    # fields for time-partitioned jobs: settings.schedule is a full cron expression.
+    @schedule(
+        name=f"{names.job}_schedule",
+        job=job,
+        cron_schedule=settings.schedule,
+        execution_timezone=settings.timezone,
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=(
+            f"Nightly {source.alias} backup of the previous day ({settings.schedule}, {settings.timezone})."
+        ),
+    )
+    def nightly(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        # The latest complete day in the site's timezone: the day before the tick's local date.
+        local = context.scheduled_execution_time.astimezone(settings.tzinfo)
+        day = local.date() - dt.timedelta(days=1)
+        if day < partitions_def.start.date():
+            return SkipReason(f"no complete day since {partitions_def.start:%Y-%m-%d} yet")
+        return RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
+
+    assets: list[AssetsDefinition] = [inventory, archived]
+    return Definitions(
+        assets=assets,
+        asset_checks=[complete_in_archive, content_verified, volume_vs_baseline, duration_vs_baseline],
+        jobs=[job],
+        schedules=[nightly],
+    )
+
+
+def build_qr_backup_defs(
+    env: EnvironmentConfig,
+    *,
+    start_date: str | dt.date = DEFAULT_START_DATE,
+    storage: BackupStorage | None = None,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
+) -> Definitions:
+    """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone.
+
+    `rules`: thresholds of volume_vs_baseline and duration_vs_baseline (config.py has no keys for them
+    yet; a caller can build them from site settings)."""
+    start = start_date if isinstance(start_date, str) else start_date.isoformat()
+    partitions_def = DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
+    base_dir = os.environ.get("DICOM_BACKUP_STORAGE_DIR", "")
+    per_source = [
+        build_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
+        for source in env.qr_sources.values()
+    ]
+    return Definitions.merge(
+        *per_source,
+        Definitions(resources={STORAGE_RESOURCE_KEY: storage or BackupStorage(base_dir=base_dir)}),
+    )
