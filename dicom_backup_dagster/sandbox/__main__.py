@@ -121,7 +121,14 @@ def cmd_night(args: argparse.Namespace) -> int:
     try:
         print(sandbox.summary(), flush=True)
         env = sandbox_environment(sandbox.config_path, sandbox.env_vars())
-        result = run_night(env, sandbox.root, serve=not args.no_serve, port=args.port)
+        result = run_night(
+            env,
+            sandbox.root,
+            serve=not args.no_serve,
+            port=args.port,
+            dates=sandbox.dates,
+            qr_sources=["ARIA", "MIM"],
+        )
     finally:
         sandbox.stop()
     return 0 if result.ok else 1

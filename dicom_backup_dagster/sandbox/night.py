@@ -8,6 +8,7 @@ Dagster is driven as a separate process (`dagster dev`) and over HTTP, so this m
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import sys
@@ -25,6 +26,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCATION = "dicom_backup"  # workspace.yaml
 REPOSITORY = "__repository__"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+BACKFILL_UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
+SUMMARY_COUNTS = ("instances_found", "already_archived", "moved", "failed", "deferred")
 
 
 class DagsterGraphQL:
@@ -97,6 +100,71 @@ class DagsterGraphQL:
         )
         return data["logsForRun"].get("events", [])
 
+    def launch_backfill(
+        self, asset_paths: list[list[str]], ranges: list[tuple[str, str]], title: str, tags: dict[str, str]
+    ) -> str:
+        """An asset backfill over the partition ranges [start, end], as the UI's Materialize dialog makes."""
+        data = self.query(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+                 __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
+                 ... on InvalidSubsetError { message } ... on UnauthorizedError { message } } }""",
+            {
+                "p": {
+                    "partitionsByAssets": [
+                        {
+                            "assetKey": {"path": path},
+                            "partitions": {"ranges": [{"start": a, "end": b} for a, b in ranges]},
+                        }
+                        for path in asset_paths
+                    ],
+                    "title": title,
+                    "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                }
+            },
+        )
+        result = data["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise SandboxError(f"could not launch the backfill {title!r}: {result}")
+        return result["backfillId"]
+
+    def wait_for_backfill(self, backfill_id: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            data = self.query(
+                """query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+                     ... on PartitionBackfill { id status numPartitions
+                       runs { runId status tags { key value } } } } }""",
+                {"id": backfill_id},
+            )
+            backfill = data["partitionBackfillOrError"]
+            if backfill.get("status") not in BACKFILL_UNFINISHED:
+                return backfill
+            if time.monotonic() > deadline:
+                raise SandboxError(
+                    f"backfill {backfill_id} still {backfill.get('status')} after {timeout_s:.0f} s"
+                )
+            time.sleep(1.0)
+
+    def materializations(self, path: list[str]) -> list[dict[str, Any]]:
+        """Every materialization of an asset: partition, run and integer metadata."""
+        data = self.query(
+            """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { __typename
+                 ... on AssetNode { assetMaterializations(limit: 10000) { partition runId
+                   metadataEntries { label __typename ... on IntMetadataEntry { intValue } } } } } }""",
+            {"key": {"path": path}},
+        )
+        return data["assetNodeOrError"].get("assetMaterializations", [])
+
+    def check_evaluations(self, run_id: str) -> list[dict[str, Any]]:
+        data = self.query(
+            """query($id: ID!) { logsForRun(runId: $id, limit: 5000) { __typename
+                 ... on EventConnection { events { __typename ... on AssetCheckEvaluationEvent {
+                   evaluation { checkName success severity partition } } } } } }""",
+            {"id": run_id},
+        )
+        events = data["logsForRun"].get("events", [])
+        return [e["evaluation"] for e in events if e.get("__typename") == "AssetCheckEvaluationEvent"]
+
     def wait_for_run(self, run_id: str, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -109,29 +177,89 @@ class DagsterGraphQL:
 
 
 @dataclass
-class NightResult:
+class Night:
+    """What one night's steps share: the Dagster API, what the sandbox holds, and the summary so far."""
+
+    client: DagsterGraphQL
     ui_url: str
+    dates: list[dt.date]
+    qr_sources: list[str]  # aliases of the ARIA/MIM sources
     runs: list[dict[str, Any]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    failed_checks: int = 0
 
     @property
     def ok(self) -> bool:
-        return all(r["status"] == "SUCCESS" for r in self.runs)
+        return self.failed_checks == 0 and all(r["status"] == "SUCCESS" for r in self.runs)
 
 
-def _connectivity_step(client: DagsterGraphQL, result: NightResult) -> None:
+def date_ranges(dates: list[dt.date]) -> list[tuple[str, str]]:
+    """Consecutive dates merged into inclusive (start, end) ISO ranges: the days that have sandbox data."""
+    ranges: list[list[dt.date]] = []
+    for day in sorted(set(dates)):
+        if ranges and day - ranges[-1][1] == dt.timedelta(days=1):
+            ranges[-1][1] = day
+        else:
+            ranges.append([day, day])
+    return [(a.isoformat(), b.isoformat()) for a, b in ranges]
+
+
+def _connectivity_step(night: Night) -> None:
+    client = night.client
     run_id = client.launch_job("connectivity_check", tags={"dicom_backup/launched_by": "sandbox-night"})
     run = client.wait_for_run(run_id, timeout_s=300)
-    result.runs.append(run)
-    result.lines.append(f"connectivity_check: {run['status']}  ({result.ui_url}/runs/{run_id})")
+    night.runs.append(run)
+    night.lines.append(f"connectivity_check: {run['status']}  ({night.ui_url}/runs/{run_id})")
     for event in client.run_messages(run_id):
         message = event.get("message") or ""
         if message.startswith(("UP ", "DOWN ")):
-            result.lines.append(f"  {message}")
+            night.lines.append(f"  {message}")
+
+
+def _qr_backfill_step(night: Night) -> None:
+    """Back up every sandbox date of every ARIA/MIM source as one Dagster asset backfill."""
+    if not night.qr_sources or not night.dates:
+        return
+    client = night.client
+    start, end = min(night.dates).isoformat(), max(night.dates).isoformat()
+    paths = [[alias, asset] for alias in night.qr_sources for asset in ("inventory", "archived")]
+    backfill_id = client.launch_backfill(
+        paths,
+        date_ranges(night.dates),
+        title=f"Sandbox night {start}..{end}",
+        tags={"dicom_backup/launched_by": "sandbox-night"},
+    )
+    backfill = client.wait_for_backfill(backfill_id, timeout_s=1800)
+    runs = backfill.get("runs") or []
+    night.runs.extend(runs)
+    night.lines.append(
+        f"backfill {', '.join(night.qr_sources)} {start}..{end}: {backfill['status']}, {len(runs)} runs  "
+        f"({night.ui_url}/runs/b/{backfill_id})"
+    )
+    for alias in night.qr_sources:
+        for event in sorted(client.materializations([alias, "archived"]), key=lambda e: e["partition"] or ""):
+            counts = {e["label"]: e.get("intValue") for e in event["metadataEntries"]}
+            night.lines.append(
+                f"  {alias:<8} {event['partition']}  "
+                + "  ".join(f"{label}={counts.get(label)}" for label in SUMMARY_COUNTS)
+            )
+    failed = []
+    passed = 0
+    for run in runs:
+        partition = next((t["value"] for t in run.get("tags", []) if t["key"] == "dagster/partition"), "?")
+        for evaluation in client.check_evaluations(run["runId"]):
+            if evaluation["success"]:
+                passed += 1
+            else:
+                failed.append((partition, evaluation))
+    night.failed_checks += sum(1 for _, e in failed if e["severity"] == "ERROR")
+    night.lines.append(f"  checks: {passed} passed, {len(failed)} failed")
+    for partition, e in failed:
+        night.lines.append(f"    FAILED {e['checkName']} ({e['severity']}) partition {partition}")
 
 
 # What one night runs, in order. Each later feature adds its step here.
-NIGHT_STEPS: list[Callable[[DagsterGraphQL, NightResult], None]] = [_connectivity_step]
+NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _qr_backfill_step]
 
 
 class DagsterDev:
@@ -196,20 +324,27 @@ class DagsterDev:
             self.process.stop(timeout=15)
 
 
-def run_night(sandbox_env: dict[str, str], root: Path, serve: bool, port: int | None = None) -> NightResult:
+def run_night(
+    sandbox_env: dict[str, str],
+    root: Path,
+    serve: bool,
+    port: int | None = None,
+    dates: list[dt.date] | None = None,
+    qr_sources: list[str] | None = None,
+) -> Night:
     """Serve Dagster against an already started sandbox, run one night, print the summary."""
     dagster = DagsterDev(root, sandbox_env, port)
     started = time.perf_counter()
     client = dagster.start()
-    result = NightResult(ui_url=dagster.url)
+    night = Night(client, dagster.url, sorted(dates or []), list(qr_sources or []))
     print(f"Dagster UI: {dagster.url} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
     try:
         for step in NIGHT_STEPS:
-            step(client, result)
+            step(night)
         print("\n== Sandbox night summary ==")
-        for line in result.lines:
+        for line in night.lines:
             print(line)
-        print(f"overall: {'OK' if result.ok else 'FAILED'}", flush=True)
+        print(f"overall: {'OK' if night.ok else 'FAILED'}", flush=True)
         if serve:
             print(f"\nServing the Dagster UI at {dagster.url} - press Ctrl-C to stop everything.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
@@ -217,7 +352,7 @@ def run_night(sandbox_env: dict[str, str], root: Path, serve: bool, port: int | 
                     time.sleep(1)
     finally:
         dagster.stop()
-    return result
+    return night
 
 
 def sandbox_environment(config_path: Path, env_vars: dict[str, str]) -> dict[str, str]:
