@@ -327,6 +327,7 @@ def build_source_backup(
                     lambda study: archived_sop_uids(main, study),
                     settings.max_uids_per_run,
                     plan_path,
+                    level=source.query_level,
                 )
         except DicomError as error:
             raise backup_failure(source.alias, "archive lookup (C-FIND)", partition, error) from error

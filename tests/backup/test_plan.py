@@ -26,7 +26,7 @@ INVENTORY = [
 
 
 def plan(
-    tmp_path: Path, archived: dict[str, set[str]], max_uids: int
+    tmp_path: Path, archived: dict[str, set[str]], max_uids: int, level: str = "IMAGE"
 ) -> tuple[object, list[tuple[str, str]]]:
     asked: list[str] = []
 
@@ -35,7 +35,7 @@ def plan(
         return archived.get(study, set())
 
     out = tmp_path / "plan.jsonl"
-    summary = make_plan(iter(INVENTORY), lookup, max_uids, out)
+    summary = make_plan(iter(INVENTORY), lookup, max_uids, out, level)
     assert asked == ["S1", "S2"]  # one archive query per study
     return summary, [(e.sop_instance_uid, e.state) for e in read_manifest(out)]
 
@@ -61,6 +61,25 @@ def test_the_cut_takes_the_oldest_first_and_defers_the_rest(tmp_path: Path) -> N
     # The next run (b and c now archived) takes exactly the deferred ones.
     summary2, states2 = plan(tmp_path, {"S1": {"a", "b", "c"}}, 2)
     assert states2[3:] == [("d", PENDING), ("e", PENDING)] and summary2.deferred == 0
+
+
+@pytest.mark.parametrize(
+    ("level", "max_units", "expected"),
+    [
+        # One series: a and b (S1.1); c is the next series and waits, as does study S2.
+        ("SERIES", 1, [PENDING, PENDING, DEFERRED, DEFERRED, DEFERRED]),
+        ("SERIES", 2, [PENDING, PENDING, PENDING, DEFERRED, DEFERRED]),
+        # One study: all of S1, never half of it.
+        ("STUDY", 1, [PENDING, PENDING, PENDING, DEFERRED, DEFERRED]),
+        ("IMAGE", 1, [PENDING, DEFERRED, DEFERRED, DEFERRED, DEFERRED]),
+    ],
+)
+def test_query_level_sets_the_unit_the_cut_counts(
+    tmp_path: Path, level: str, max_units: int, expected: list[str]
+) -> None:
+    summary, states = plan(tmp_path, {}, max_units, level)
+    assert [state for _, state in states] == expected
+    assert summary.pending + summary.deferred == 5
 
 
 def test_everything_archived_means_nothing_to_do(tmp_path: Path) -> None:
