@@ -13,6 +13,7 @@ from dicom_backup_dagster.dicom.errors import (
     DimseTimeout,
     StoreError,
     SubOperationError,
+    UnreadableResponse,
 )
 
 MOVE_DESTINATION_UNKNOWN = 0xA801
@@ -38,5 +39,7 @@ def is_configuration_error(error: DicomError) -> bool:
 
 def is_transient(error: DicomError) -> bool:
     """True when the same request may well succeed a little later."""
-    retryable = isinstance(error, (AssociationError, DimseTimeout, SubOperationError, StoreError))
+    retryable = isinstance(
+        error, (AssociationError, DimseTimeout, SubOperationError, StoreError, UnreadableResponse)
+    )
     return retryable and not is_configuration_error(error)

@@ -94,6 +94,11 @@ class DimseTimeout(DicomError):
     """No DIMSE response within Timeouts.dimse (the association was aborted)."""
 
 
+class UnreadableResponse(DicomError):
+    """A response arrived but its data set could not be decoded (pynetdicom then yields no identifier).
+    Dropping it would silently lose a C-FIND match, so the operation fails and may be retried."""
+
+
 class SubOperationError(DicomError):
     """A C-MOVE / C-GET did not retrieve everything (PS3.4 C.4.2.1.5, C.4.3.1.4): a refusal or failure status,
     failed or warning sub-operations, or fewer completed than expected.

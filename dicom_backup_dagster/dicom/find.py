@@ -22,7 +22,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from .association import associate, no_response_error
-from .errors import DicomError
+from .errors import DicomError, UnreadableResponse
 from .network import Peer, Timeouts, make_ae
 from .status import status_category
 
@@ -163,8 +163,17 @@ class FindSession:
             code = int(status.Status)
             category = status_category(code)
             if category == "Pending":
-                if identifier is not None:
-                    rows.append(identifier)
+                if identifier is None:
+                    # A match we cannot read is a match we would lose: fail (and let the caller retry).
+                    raise UnreadableResponse(
+                        self.peer,
+                        "C-FIND",
+                        f"{level}-level query: pending response {len(rows) + 1} carried no readable "
+                        "identifier; no match may be dropped, so the query failed. Run it again; if it "
+                        "repeats, check the peer's character set and transfer syntax",
+                        status=code,
+                    )
+                rows.append(identifier)
             elif code != 0x0000:
                 raise DicomError(
                     self.peer,

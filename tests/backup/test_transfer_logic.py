@@ -58,7 +58,12 @@ def test_finalize_trusts_the_archive_not_the_counts(tmp_path: Path) -> None:
 
 def test_configuration_errors_are_not_retried_and_network_trouble_is() -> None:
     from dicom_backup_dagster.backup.errors import is_configuration_error, is_transient
-    from dicom_backup_dagster.dicom.errors import AssociationError, DicomError, SubOperationError
+    from dicom_backup_dagster.dicom.errors import (
+        AssociationError,
+        DicomError,
+        SubOperationError,
+        UnreadableResponse,
+    )
     from dicom_backup_dagster.dicom.network import Peer
 
     peer = Peer("PACS", "127.0.0.1", 104)
@@ -70,4 +75,6 @@ def test_configuration_errors_are_not_retried_and_network_trouble_is() -> None:
     assert is_transient(refused) and is_transient(busy)
     assert is_configuration_error(rejected) and not is_transient(rejected)
     assert is_configuration_error(unknown) and not is_transient(unknown)
+    unreadable = UnreadableResponse(peer, "C-FIND", "pending response 2 carried no readable identifier")
     assert not is_transient(find_failed)
+    assert is_transient(unreadable)  # a lost match is retried, not ignored

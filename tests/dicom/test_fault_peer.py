@@ -20,6 +20,7 @@ from dicom_backup_dagster.dicom.errors import (
     StorageCommitmentError,
     StoreError,
     SubOperationError,
+    UnreadableResponse,
 )
 from dicom_backup_dagster.dicom.find import (
     FindSession,
@@ -443,3 +444,31 @@ def test_unknown_query_keyword_is_refused(fault_scp: FaultSCP) -> None:
 def test_commitment_listener_must_be_our_ae(fault_scp: FaultSCP, listener: StorageSCP) -> None:
     with pytest.raises(ValueError, match="listener is DICOM_BACKUP"):
         request_storage_commitment(fault_scp.peer, "OTHER_AE", [("1.2", "1.2.3")], listener, timeouts=FAST)
+
+
+def test_find_pending_response_without_identifier_fails_instead_of_dropping_a_match(
+    fault_scp: FaultSCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A match the SCU cannot read must fail the query (and be retried), never vanish from the inventory.
+
+    pynetdicom yields (status, None) when it cannot decode a response identifier. A real peer cannot be
+    made to send bytes that pydicom's lazy reader refuses, so the decode of the second match is made to fail.
+    """
+    import pynetdicom.association
+
+    real_decode = pynetdicom.association.decode
+    calls = []
+
+    def decode_failing_once(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("truncated identifier")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(pynetdicom.association, "decode", decode_failing_once)
+    study, series, i1, i2, i3 = (generate_uid() for _ in range(5))
+    fault_scp.find_rows["IMAGE"] = [_row(SOPInstanceUID=uid) for uid in (i1, i2, i3)]
+    with pytest.raises(UnreadableResponse) as info:
+        find_instances(fault_scp.peer, CALLING_AET, study, series, timeouts=FAST)
+    assert "pending response 2 carried no readable identifier" in str(info.value)
+    _assert_names_peer(info.value, fault_scp.peer)
