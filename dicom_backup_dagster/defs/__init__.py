@@ -6,6 +6,7 @@ from dagster import Definitions, in_process_executor
 
 from dicom_backup_dagster.config import SiteConfig
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
+from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 
@@ -18,4 +19,5 @@ def build_definitions(site: SiteConfig) -> Definitions:
         Definitions(resources=build_resources(env), executor=in_process_executor),
         build_connectivity_defs(env),
         build_qr_backup_defs(env),
+        build_mosaiq_backup_defs(env),
     )

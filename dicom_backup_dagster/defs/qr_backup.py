@@ -41,27 +41,19 @@ from dagster import (
     AssetKey,
     AssetRecordsFilter,
     AssetsDefinition,
-    AssetSelection,
     BackfillPolicy,
     Backoff,
     ConfigurableResource,
     DagsterInstance,
     DailyPartitionsDefinition,
-    DefaultScheduleStatus,
     Definitions,
     Failure,
     Jitter,
     MetadataValue,
     Output,
     RetryPolicy,
-    RunRequest,
-    ScheduleEvaluationContext,
-    SkipReason,
     asset,
     asset_check,
-    define_asset_job,
-    in_process_executor,
-    schedule,
 )
 
 from dicom_backup_dagster.backup import baseline
@@ -77,6 +69,7 @@ from dicom_backup_dagster.backup.transfer import finalize, transfer
 from dicom_backup_dagster.backup.verify import check_presence, sample, verify_content
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource
 from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
@@ -632,38 +625,17 @@ def build_source_backup(
         f"(and more than {rules.duration_floor_seconds:g} s)",
     )
 
-    job = define_asset_job(
+    job, nightly = backup_job_and_schedule(
         names.job,
-        selection=AssetSelection.assets(names.inventory, names.archived),
-        description=(
+        source.alias,
+        [names.inventory, names.archived],
+        (
             f"Back up one day of {source.alias} ({what}) into {env.main_target.alias} and verify it. "
             "Launch it for a date (partition) or backfill a date range."
         ),
-        tags={"dicom_backup/source": source.alias},
-        # One process per run, not per step: the steps are sequential DICOM I/O and a step process costs
-        # 2-5 s to start here. Parallelism comes from concurrent runs, bounded per AE by the pools.
-        executor_def=in_process_executor,
+        settings,
+        partitions_def,
     )
-
-    # A plain cron schedule rather than build_schedule_from_partitioned_job, which only takes hour/minute
-    # fields for time-partitioned jobs: settings.schedule is a full cron expression.
-    @schedule(
-        name=f"{names.job}_schedule",
-        job=job,
-        cron_schedule=settings.schedule,
-        execution_timezone=settings.timezone,
-        default_status=DefaultScheduleStatus.STOPPED,
-        description=(
-            f"Nightly {source.alias} backup of the previous day ({settings.schedule}, {settings.timezone})."
-        ),
-    )
-    def nightly(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-        # The latest complete day in the site's timezone: the day before the tick's local date.
-        local = context.scheduled_execution_time.astimezone(settings.tzinfo)
-        day = local.date() - dt.timedelta(days=1)
-        if day < partitions_def.start.date():
-            return SkipReason(f"no complete day since {partitions_def.start:%Y-%m-%d} yet")
-        return RunRequest(run_key=day.isoformat(), partition_key=day.isoformat())
 
     assets: list[AssetsDefinition] = [inventory, archived]
     return Definitions(

@@ -1,0 +1,178 @@
+"""Mosaiq RT records on disk and on the archive: the delivery manifest, the record spool, digest checks.
+
+A Mosaiq backup of one day is a chain of files in the partition's manifest folder:
+
+- ``deliveries.jsonl``: one line per Dose_Hst row of the day (DHS_ID, state delivery / quarantined /
+  skipped, and for the last two the reason). Reasons hold database keys and codes only, never PHI.
+- ``rt_records.jsonl``: one `InstanceEntry` per rendered record (UIDs, size, content digest of the
+  encoded bytes), plus ``rt_records_quarantined.jsonl`` for deliveries the renderer refused.
+- ``staged.jsonl`` / ``archived.jsonl``: the records with their state after C-STORE and C-MOVE.
+
+The record files themselves (PHI) live in a spool folder next to the manifests and are replaced on every
+render; their UIDs are deterministic, so a re-render overwrites rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
+from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.dicom.rt_record import RenderedRecord, write_rt_record
+from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
+
+from .manifest import InstanceEntry, ManifestWriter, by_series
+from .transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
+from .verify import ContentResult
+
+RT_BEAMS_TREATMENT_RECORD = "1.2.840.10008.5.1.4.1.1.481.4"
+
+DELIVERY = "delivery"
+QUARANTINED = "quarantined"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class DeliveryLine:
+    """One line of deliveries.jsonl: a DHS_ID and what became of it (no PHI)."""
+
+    dhs_id: int | None
+    state: str
+    reason: str | None = None
+
+    def to_json(self) -> str:
+        data = {"dhs_id": self.dhs_id, "state": self.state}
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> DeliveryLine:
+        data = json.loads(line)
+        return cls(data.get("dhs_id"), data["state"], data.get("reason"))
+
+
+def _atomic_lines(path: Path, lines: Iterable[str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(line + "\n")
+    os.replace(tmp, path)
+
+
+def delivery_lines(batch: DeliveryBatch) -> list[DeliveryLine]:
+    """Every outcome of a batch as a manifest line, sorted by DHS_ID."""
+    lines = [DeliveryLine(d.dhs_id, DELIVERY) for d in batch.deliveries]
+    lines += [DeliveryLine(q.dhs_id, QUARANTINED, q.reason) for q in batch.quarantined]
+    lines += [DeliveryLine(s.dhs_id, SKIPPED, s.reason) for s in batch.skipped]
+    return sorted(lines, key=lambda x: (x.dhs_id is None, x.dhs_id or 0))
+
+
+def write_delivery_lines(path: str | os.PathLike[str], lines: Iterable[DeliveryLine]) -> None:
+    _atomic_lines(Path(path), (line.to_json() for line in lines))
+
+
+def read_delivery_lines(path: str | os.PathLike[str]) -> Iterator[DeliveryLine]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield DeliveryLine.from_json(line)
+
+
+def reasons_by_dhs_id(outcomes: Iterable[Quarantined | Skipped]) -> dict[str, str]:
+    """{DHS_ID: reason} for run metadata (JSON keys are strings)."""
+    return {str(o.dhs_id): o.reason for o in outcomes}
+
+
+def fresh_spool(path: Path) -> Path:
+    """An empty spool folder (a previous render's files are removed: they would be re-sent otherwise)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_path(spool: Path, sop_instance_uid: str) -> Path:
+    return spool / f"{sop_instance_uid}.dcm"
+
+
+def spool_record(record: RenderedRecord, spool: Path) -> InstanceEntry:
+    """Write one rendered record into the spool; its manifest entry carries the digest of those bytes."""
+    data = write_rt_record(record, record_path(spool, record.sop_instance_uid))
+    return InstanceEntry(
+        study_instance_uid=record.study_instance_uid,
+        series_instance_uid=record.series_instance_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        sop_class_uid=RT_BEAMS_TREATMENT_RECORD,
+        transfer_syntax_uid=str(ExplicitVRLittleEndian),
+        size=len(data),
+        digest=content_digest(data),
+    )
+
+
+def write_entries(path: str | os.PathLike[str], entries: Iterable[InstanceEntry]) -> int:
+    n = 0
+    with ManifestWriter(path) as writer:
+        for entry in entries:
+            writer.write(entry)
+            n += 1
+    return n
+
+
+def verify_recorded_digests(
+    entries: Iterable[InstanceEntry],
+    *,
+    archive: Peer,
+    calling_aet: str,
+    timeouts: Timeouts,
+    spool_dir: str | os.PathLike[str],
+    keep: int = 100,
+) -> ContentResult:
+    """C-GET every entry from `archive` (one association, per series in chunks) and compare its content
+    digest with the one recorded when the record was rendered. `missing_on_source` stays empty: the
+    recorded digest is the source.
+
+    Raises DicomError only when no association can be had at all."""
+    result = ContentResult()
+    spool = Path(spool_dir)
+    try:
+        with RetrieveSession(archive, calling_aet, timeouts, operation="C-GET") as session:
+            for (study, series), group in by_series(entries):
+                recorded = {e.sop_instance_uid: e.digest for e in group}
+                uids = list(recorded)
+                got: dict[str, str] = {}
+                for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
+                    chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
+                    try:
+                        received = session.retrieve(study, series, chunk, spool_dir=spool).received
+                    except SubOperationError as error:
+                        received = error.result.received
+                        if error.status is not None and error.status >= 0xA000 and not received:
+                            result.errors.append(str(error))
+                    except DicomError as error:
+                        result.errors.append(str(error))
+                        raise
+                    for item in received:
+                        got[item.sop_instance_uid] = content_digest(item.path)
+                        Path(item.path).unlink(missing_ok=True)
+                for uid in uids:
+                    digest = got.get(uid)
+                    if digest is None:
+                        if len(result.missing_on_archive) < keep:
+                            result.missing_on_archive.append(uid)
+                        continue
+                    result.compared += 1
+                    if digest == recorded[uid]:
+                        result.matched += 1
+                    elif len(result.mismatched_uids) < keep:
+                        result.mismatched_uids.append(uid)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    return result

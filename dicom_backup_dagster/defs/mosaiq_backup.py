@@ -1,0 +1,687 @@
+"""Mosaiq backups: delivery rows -> RT Beams Treatment Records -> staging SCP -> main archive, verified.
+
+For every Mosaiq source of the selected environment, `build_mosaiq_backup_defs` makes, partitioned by
+treatment date in the site's timezone (same start date as the Q/R backups):
+
+- `<source>/deliveries`: the day's Dose_Hst rows read through the `mosaiq_<alias>` resource. Value: a handle
+  on deliveries.jsonl (DHS_ID and state: delivery, quarantined or skipped, with the reason).
+- `<source>/rt_records`: one RT Beams Treatment Record per delivery, written into a spool under
+  BackupStorage, with the content digest computed from the encoded bytes. Value: a handle on
+  rt_records.jsonl. Check `conformance` (ERROR): check_rt_record on every record file.
+- `<source>/staged`: every record C-STOREd over one association to the source's staging target
+  (staging_target_alias). Value: a handle on staged.jsonl.
+- `<source>/archived`: per series, an IMAGE-level C-MOVE of the run's records from staging to the main
+  archive's AE with sub-operation accounting (one association for all series). Checks
+  `complete_in_archive` (blocking: every record on main by IMAGE-level C-FIND) and `content_verified`
+  (every record C-GET from main, digest equal to the recorded one).
+- job `<source>_backup`, schedule `<source>_backup_schedule` (STOPPED by default; each tick backs up the
+  previous day).
+
+`rt_records` reads the day's rows again and renders the DHS_IDs `deliveries` listed, rather than passing
+Delivery objects between steps: those hold PHI and the IO manager would pickle them into Dagster's storage.
+SOP Instance UIDs are derived from Mosaiq keys, so a re-run stores and moves the same instances again and
+the archive keeps one copy of each (no new instances).
+
+Concurrency: `staged` and `archived` talk to the staging SCP and run in the pool `dicom_<staging AET>`.
+Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and codes only), never PHI.
+"""
+
+# No `from __future__ import annotations` here: Dagster 1.13 validates the `context` annotation of assets
+# and checks by identity, and a string annotation fails that check.
+import datetime as dt
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetsDefinition,
+    BackfillPolicy,
+    DailyPartitionsDefinition,
+    Definitions,
+    Failure,
+    MetadataValue,
+    Output,
+    RetryPolicy,
+    asset,
+    asset_check,
+)
+from pydicom import dcmread
+
+from dicom_backup_dagster.backup.inventory import archived_sop_uids
+from dicom_backup_dagster.backup.manifest import FAILED, MOVED, PENDING, ManifestHandle, read_manifest
+from dicom_backup_dagster.backup.records import (
+    DELIVERY,
+    delivery_lines,
+    fresh_spool,
+    read_delivery_lines,
+    reasons_by_dhs_id,
+    record_path,
+    spool_record,
+    verify_recorded_digests,
+    write_delivery_lines,
+    write_entries,
+)
+from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
+from dicom_backup_dagster.backup.verify import check_presence
+from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
+from dicom_backup_dagster.defs.qr_backup import (
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_START_DATE,
+    STORAGE_RESOURCE_KEY,
+    BackupStorage,
+    _check_partition,
+    _find,
+    _uids,
+    backup_failure,
+)
+from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
+from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
+from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
+from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
+from dicom_backup_dagster.dicom.rt_record import RecordOptions
+from dicom_backup_dagster.dicom.store import c_store_files
+from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
+from dicom_backup_dagster.mosaiq.deliveries import (
+    DeliveryBatch,
+    MosaiqQueryError,
+    read_deliveries_for_date,
+    render_deliveries,
+)
+
+_KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
+
+
+@dataclass(frozen=True)
+class _Names:
+    """Every Dagster name of one Mosaiq source's backup, derived from its alias in one place."""
+
+    source: MosaiqSource
+    staging_aet: str
+
+    @property
+    def alias(self) -> str:
+        return self.source.alias
+
+    def key(self, name: str) -> AssetKey:
+        return AssetKey([self.alias, name])
+
+    @property
+    def deliveries(self) -> AssetKey:
+        return self.key("deliveries")
+
+    @property
+    def rt_records(self) -> AssetKey:
+        return self.key("rt_records")
+
+    @property
+    def staged(self) -> AssetKey:
+        return self.key("staged")
+
+    @property
+    def archived(self) -> AssetKey:
+        return self.key("archived")
+
+    @property
+    def database(self) -> str:
+        return mosaiq_resource_key(self.alias)
+
+    @property
+    def job(self) -> str:
+        return f"{self.alias}_backup"
+
+    @property
+    def pool(self) -> str:
+        return f"dicom_{self.staging_aet}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.alias.lower()}_backup"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _read_day(
+    database: MosaiqDatabase, source: MosaiqSource, env: EnvironmentConfig, partition: str
+) -> DeliveryBatch:
+    """The partition's deliveries; a database that cannot be opened or queried fails with a clear reason
+    (MosaiqConnectionError / MosaiqQueryError never carry the password)."""
+    settings = env.settings
+    try:
+        conn = database.connect()
+    except MosaiqConnectionError as error:
+        # SQLSTATE class 08 (connection exception) and HYT00/HYT01 (timeouts) may clear up; a rejected
+        # login (28000), a missing driver (IM...) or a wrong database name will not.
+        transient = (error.sqlstate or "").startswith(("08", "HYT"))
+        raise Failure(
+            description=(
+                f"{source.alias} backup, reading deliveries of partition {partition}: {error} "
+                + ("(transient, will be retried)" if transient else "(not retried)")
+            ),
+            metadata={"source": source.alias, "sqlstate": error.sqlstate or "none"},
+            allow_retries=transient,
+        ) from error
+    try:
+        return read_deliveries_for_date(
+            conn,
+            dt.date.fromisoformat(partition),
+            settings.timezone,
+            queries=settings.mosaiq_queries or None,
+        )
+    except MosaiqQueryError as error:
+        raise Failure(
+            description=f"{source.alias} backup, reading deliveries of partition {partition}: {error}",
+            metadata={"source": source.alias},
+            allow_retries=False,
+        ) from error
+    finally:
+        conn.close()
+
+
+def _reasons(outcomes: list[Any]) -> MetadataValue:
+    return MetadataValue.json(reasons_by_dhs_id(outcomes[:_KEEP_REASONS]))
+
+
+def _handle(path: Path, alias: str, partition: str, states: dict[str, int], seconds: float) -> ManifestHandle:
+    return ManifestHandle(str(path), alias, partition, sum(states.values()), states, seconds)
+
+
+def _count(entries: list[Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.state] = counts.get(entry.state, 0) + 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------------
+# The factory
+
+
+def build_mosaiq_source_backup(
+    env: EnvironmentConfig,
+    source: MosaiqSource,
+    partitions_def: DailyPartitionsDefinition,
+    *,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+) -> Definitions:
+    """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
+    staging = env.staging_target(source)
+    names = _Names(source, staging.aet)
+    settings = env.settings
+    archive = env.main_target.peer
+    stage = staging.peer
+    options = RecordOptions(source_key=source.alias)
+    resource_keys = {names.database, "dicom", STORAGE_RESOURCE_KEY}
+
+    def folder(context: Any, partition: str) -> Path:
+        storage: BackupStorage = getattr(context.resources, STORAGE_RESOURCE_KEY)
+        return storage.partition_dir(context.instance, source.alias, partition)
+
+    def spool(context: Any, partition: str) -> Path:
+        storage: BackupStorage = getattr(context.resources, STORAGE_RESOURCE_KEY)
+        return storage.root(context.instance) / "spool" / source.alias / "rt_records" / partition
+
+    common: dict[str, Any] = {
+        "partitions_def": partitions_def,
+        "backfill_policy": BackfillPolicy.multi_run(1),
+        "retry_policy": retry_policy,
+        "group_name": names.group,
+    }
+
+    @asset(
+        key=names.deliveries,
+        required_resource_keys={names.database, STORAGE_RESOURCE_KEY},
+        kinds={"mosaiq"},
+        description=(
+            f"Every delivered field of every patient treated on the partition's date "
+            f"({settings.timezone}) in {source.alias}, read through ODBC. Rows that cannot make a valid "
+            "record are quarantined with a reason (DHS_ID, keys and codes only); QA-mode beam-ons are "
+            "not deliveries. The value is deliveries.jsonl on disk."
+        ),
+        **common,
+    )
+    def deliveries(context: AssetExecutionContext) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        database: MosaiqDatabase = getattr(context.resources, names.database)
+        batch = _read_day(database, source, env, partition)
+        path = folder(context, partition) / "deliveries.jsonl"
+        lines = delivery_lines(batch)
+        write_delivery_lines(path, lines)
+        counts = batch.counts
+        context.log.info(
+            f"{source.alias} {partition}: {counts['deliveries']} deliveries, {counts['quarantined']} "
+            f"quarantined, {counts['skipped']} skipped ({batch.seconds:.2f} s)"
+        )
+        for q in batch.quarantined[:_KEEP_REASONS]:
+            context.log.warning(f"{source.alias} {partition}: DHS_ID {q.dhs_id} quarantined: {q.reason}")
+        states = {k: v for k, v in counts.items() if k != "plan_missing"}
+        return Output(
+            _handle(path, source.alias, partition, states, batch.seconds),
+            metadata={
+                "deliveries": counts["deliveries"],
+                "quarantined": counts["quarantined"],
+                "skipped": counts["skipped"],
+                "quarantined_reasons": _reasons(batch.quarantined),
+                "skipped_reasons": _reasons(batch.skipped),
+                "rows": MetadataValue.json(dict(batch.rows)),
+                "seconds": round(batch.seconds, 3),
+                "manifest": MetadataValue.path(str(path)),
+            },
+        )
+
+    @asset(
+        key=names.rt_records,
+        ins={"deliveries": AssetIn(key=names.deliveries)},
+        required_resource_keys={names.database, STORAGE_RESOURCE_KEY},
+        kinds={"dicom"},
+        description=(
+            "One RT Beams Treatment Record per delivery listed by deliveries (deterministic UIDs), written "
+            "into the partition's spool; the manifest records SOP UIDs and the content digest of the "
+            "encoded bytes. A delivery the renderer cannot make valid is quarantined, the others proceed."
+        ),
+        **common,
+    )
+    def rt_records(context: AssetExecutionContext, deliveries: ManifestHandle) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        started = time.monotonic()
+        wanted = {line.dhs_id for line in read_delivery_lines(deliveries.path) if line.state == DELIVERY}
+        database: MosaiqDatabase = getattr(context.resources, names.database)
+        batch = _read_day(database, source, env, partition)
+        read = time.monotonic()
+        chosen = [d for d in batch.deliveries if d.dhs_id in wanted]
+        vanished = len(wanted) - len(chosen)
+        rendered = render_deliveries(chosen, options)
+        out = fresh_spool(spool(context, partition))
+        entries = [spool_record(record, out) for _, record in rendered.records]
+        path = folder(context, partition) / "rt_records.jsonl"
+        write_entries(path, entries)
+        done = time.monotonic()
+        seconds_render = done - read
+        context.log.info(
+            f"{source.alias} {partition}: {len(entries)} records rendered, {len(rendered.quarantined)} "
+            f"quarantined, {len(rendered.skipped)} skipped ({seconds_render:.2f} s)"
+        )
+        for q in rendered.quarantined[:_KEEP_REASONS]:
+            context.log.warning(f"{source.alias} {partition}: DHS_ID {q.dhs_id} quarantined: {q.reason}")
+        return Output(
+            _handle(path, source.alias, partition, {PENDING: len(entries)}, done - started),
+            metadata={
+                "records": len(entries),
+                "quarantined": len(rendered.quarantined),
+                "skipped": len(rendered.skipped),
+                "quarantined_reasons": _reasons(rendered.quarantined),
+                "vanished_since_read": vanished,
+                "series": len({e.series_instance_uid for e in entries}),
+                "bytes": sum(e.size or 0 for e in entries),
+                "seconds_read": round(read - started, 3),
+                "seconds_render": round(seconds_render, 3),
+                "records_per_second": round(len(entries) / seconds_render, 1) if seconds_render > 0 else 0.0,
+                "spool": MetadataValue.path(str(out)),
+                "manifest": MetadataValue.path(str(path)),
+            },
+        )
+
+    @asset(
+        key=names.staged,
+        ins={"rt_records": AssetIn(key=names.rt_records)},
+        required_resource_keys=resource_keys,
+        pool=names.pool,
+        kinds={"dicom"},
+        description=(
+            f"Every record C-STOREd over one association to the staging target {staging.alias} ({stage})."
+        ),
+        **common,
+    )
+    def staged(context: AssetExecutionContext, rt_records: ManifestHandle) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        dicom: DicomNetwork = context.resources.dicom
+        records = list(read_manifest(rt_records.path))
+        out = spool(context, partition)
+        path = folder(context, partition) / "staged.jsonl"
+        try:
+            result = c_store_files(
+                stage,
+                dicom.calling_aet,
+                [record_path(out, e.sop_instance_uid) for e in records],
+                raise_on_failure=False,
+                timeouts=dicom.timeouts,
+            )
+        except DicomError as error:
+            raise backup_failure(
+                source.alias, f"C-STORE to staging {staging.alias} ({stage})", partition, error
+            ) from error
+        failed = {o.sop_instance_uid for o in result.failed}
+        entries = [e.with_state(FAILED if e.sop_instance_uid in failed else PENDING) for e in records]
+        write_entries(path, entries)
+        metadata: dict[str, Any] = {
+            "stored": len(result.stored),
+            "failed": len(result.failed),
+            "warnings": len(result.warnings),
+            "seconds_store": round(result.seconds, 3),
+            "records_per_second": round(len(result.stored) / result.seconds, 1)
+            if result.seconds > 0
+            else 0.0,
+            "staging_peer": str(stage),
+            "manifest": MetadataValue.path(str(path)),
+        }
+        if result.failed:
+            first = result.failed[0]
+            metadata["failed_uids"] = _uids(sorted(failed))
+            raise Failure(
+                description=(
+                    f"{source.alias} backup, C-STORE of partition {partition} to staging {staging.alias} "
+                    f"({stage}): {len(result.failed)} of {len(records)} records refused, first "
+                    f"{first.sop_instance_uid}: {first.status_meaning}"
+                    + (f" ({first.error_comment})" if first.error_comment else "")
+                    + f"; check {stage.aet}'s log and disk, then re-run {names.job} for {partition}"
+                ),
+                metadata=metadata,
+            )
+        context.log.info(
+            f"{source.alias} {partition}: stored {len(result.stored)} records on {stage} "
+            f"({result.seconds:.2f} s)"
+        )
+        return Output(
+            _handle(path, source.alias, partition, _count(entries), result.seconds), metadata=metadata
+        )
+
+    @asset(
+        key=names.archived,
+        ins={"staged": AssetIn(key=names.staged)},
+        required_resource_keys=resource_keys,
+        pool=names.pool,
+        kinds={"dicom", "orthanc"},
+        description=(
+            f"Every staged record moved from {staging.alias} to {env.main_target.alias} ({archive.aet}) "
+            "by C-MOVE per series (IMAGE level, the run's own UIDs) over one association, with "
+            "sub-operation accounting."
+        ),
+        **common,
+    )
+    def archived(context: AssetExecutionContext, staged: ManifestHandle) -> Output[ManifestHandle]:
+        partition = context.partition_key
+        dicom: DicomNetwork = context.resources.dicom
+        records = list(read_manifest(staged.path))
+        path = folder(context, partition) / "archived.jsonl"
+        failed: set[str] = set()
+        completed = warnings = sub_failed = 0
+        errors: list[DicomError] = []
+        started = time.monotonic()
+        by_series: dict[tuple[str, str], list[str]] = {}
+        for e in records:
+            by_series.setdefault((e.study_instance_uid, e.series_instance_uid), []).append(e.sop_instance_uid)
+        try:
+            with RetrieveSession(
+                stage, dicom.calling_aet, dicom.timeouts, operation="C-MOVE", move_destination=archive.aet
+            ) as session:
+                for (study, series), uids in by_series.items():
+                    # IMAGE level with the run's own UIDs: staging may hold other records of the series
+                    # (earlier renders), which this run must neither move nor count.
+                    for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
+                        chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
+                        try:
+                            result = session.retrieve(study, series, chunk, expected_count=len(chunk))
+                        except SubOperationError as error:
+                            errors.append(error)
+                            result = error.result
+                            failed.update(result.failed_sop_instance_uids or chunk)
+                        completed += result.completed
+                        warnings += result.warning
+                        sub_failed += result.failed
+        except DicomError as error:
+            raise backup_failure(
+                source.alias,
+                f"C-MOVE from staging {staging.alias} to {archive.aet}",
+                partition,
+                error,
+                {"moved_before_error": completed},
+            ) from error
+        seconds = time.monotonic() - started
+        entries = [e.with_state(FAILED if e.sop_instance_uid in failed else MOVED) for e in records]
+        write_entries(path, entries)
+        metadata: dict[str, Any] = {
+            "records": len(records),
+            "series": len(by_series),
+            "sub_operations_completed": completed,
+            "sub_operations_failed": sub_failed,
+            "sub_operations_warning": warnings,
+            "failed": len(failed),
+            "seconds_move": round(seconds, 3),
+            "records_per_second": round(completed / seconds, 1) if seconds > 0 else 0.0,
+            "staging_peer": str(stage),
+            "archive_peer": str(archive),
+            "manifest": MetadataValue.path(str(path)),
+        }
+        if failed:
+            metadata["failed_uids"] = _uids(sorted(failed))
+            raise backup_failure(
+                source.alias,
+                f"C-MOVE from staging {staging.alias} to {archive.aet} ({len(failed)} of {len(records)} "
+                "records not moved)",
+                partition,
+                errors[0],
+                metadata,
+            )
+        context.log.info(
+            f"{source.alias} {partition}: moved {completed} records in {len(by_series)} series to "
+            f"{archive.aet} ({seconds:.2f} s)"
+        )
+        return Output(_handle(path, source.alias, partition, _count(entries), seconds), metadata=metadata)
+
+    # -- checks ---------------------------------------------------------------------------------------
+
+    def manifest(
+        context: AssetCheckExecutionContext, key: AssetKey, name: str
+    ) -> tuple[str | None, Path | None]:
+        partition = _check_partition(context, key)
+        if partition is None:
+            return None, None
+        path = folder(context, partition) / name
+        return partition, path if path.exists() else None
+
+    def no_manifest(partition: str | None, name: str) -> AssetCheckResult:
+        return AssetCheckResult(
+            passed=False,
+            description=f"no {name} for partition {partition}: run {names.job} for it first",
+            metadata={"partition": str(partition)},
+        )
+
+    @asset_check(
+        asset=names.rt_records,
+        name="conformance",
+        required_resource_keys={STORAGE_RESOURCE_KEY},
+        description=(
+            "Every record file of the partition passes check_rt_record (RT Beams Treatment Record IOD: "
+            "type 1/2 presence, enumerated values, control point 0 conditions)."
+        ),
+    )
+    def conformance(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        partition, path = manifest(context, names.rt_records, "rt_records.jsonl")
+        if partition is None or path is None:
+            return no_manifest(partition, "rt_records.jsonl")
+        out = spool(context, partition)
+        checked = 0
+        bad: dict[str, list[str]] = {}
+        for entry in read_manifest(path):
+            file = record_path(out, entry.sop_instance_uid)
+            if not file.exists():
+                bad[entry.sop_instance_uid] = ["record file missing from the spool"]
+                continue
+            findings = check_rt_record(dcmread(file))
+            checked += 1
+            if findings:
+                bad[entry.sop_instance_uid] = [str(f) for f in findings[:5]]
+        metadata = {
+            "partition": partition,
+            "checked": checked,
+            "nonconformant": len(bad),
+            "findings": MetadataValue.json(dict(list(bad.items())[:20])),
+        }
+        if bad:
+            uid, findings = next(iter(bad.items()))
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"{len(bad)} of {checked} records are not conformant; {uid}: {findings[0]}",
+                metadata=metadata,
+            )
+        return AssetCheckResult(
+            passed=True, description=f"all {checked} records conformant", metadata=metadata
+        )
+
+    @asset_check(
+        asset=names.archived,
+        name="complete_in_archive",
+        blocking=True,
+        required_resource_keys={"dicom", STORAGE_RESOURCE_KEY},
+        description=f"Every record of the partition is on {env.main_target.alias}, by IMAGE-level C-FIND on "
+        f"{archive}.",
+    )
+    def complete_in_archive(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        partition, path = manifest(context, names.archived, "archived.jsonl")
+        if partition is None or path is None:
+            return no_manifest(partition, "archived.jsonl")
+        dicom: DicomNetwork = context.resources.dicom
+        compared = f"{source.alias} records of {partition} vs IMAGE-level C-FIND on {archive}"
+        try:
+            with _find(archive, dicom) as main:
+                result = check_presence(read_manifest(path), lambda study: archived_sop_uids(main, study))
+        except DicomError as error:
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"could not query the archive: {error}",
+                metadata={"partition": partition, "compared": compared},
+            )
+        metadata: dict[str, Any] = {
+            "partition": partition,
+            "compared": compared,
+            "expected": result.expected,
+            "present": result.present,
+            "missing": result.missing,
+            "missing_uids": _uids(result.missing_uids),
+        }
+        if result.missing:
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=(
+                    f"{result.missing} of {result.expected} records of {source.alias} {partition} are not "
+                    f"on {archive}: {', '.join(result.missing_uids[:5])}"
+                ),
+                metadata=metadata,
+            )
+        return AssetCheckResult(
+            passed=True, description=f"all {result.expected} records on {archive}", metadata=metadata
+        )
+
+    @asset_check(
+        asset=names.archived,
+        name="content_verified",
+        required_resource_keys={"dicom", STORAGE_RESOURCE_KEY},
+        description=(
+            f"Every record retrieved by C-GET from {env.main_target.alias} has the content digest recorded "
+            "when it was rendered."
+        ),
+    )
+    def content_verified(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        partition, path = manifest(context, names.archived, "archived.jsonl")
+        if partition is None or path is None:
+            return no_manifest(partition, "archived.jsonl")
+        dicom: DicomNetwork = context.resources.dicom
+        storage: BackupStorage = getattr(context.resources, STORAGE_RESOURCE_KEY)
+        entries = list(read_manifest(path))
+        compared = f"content digests of {len(entries)} records: recorded at render vs C-GET from {archive}"
+        try:
+            result = verify_recorded_digests(
+                entries,
+                archive=archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                spool_dir=storage.spool_dir(context.instance, source.alias, context.run.run_id, "verify"),
+            )
+        except DicomError as error:
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=f"could not retrieve for verification: {error}",
+                metadata={"partition": partition, "compared": compared},
+            )
+        metadata = {
+            "partition": partition,
+            "compared": compared,
+            "records": len(entries),
+            "matched": result.matched,
+            "mismatched_uids": _uids(result.mismatched_uids),
+            "missing_on_archive_uids": _uids(result.missing_on_archive),
+        }
+        if result.errors:
+            metadata["errors"] = MetadataValue.json(result.errors[:5])
+        if result.passed and result.matched == len(entries):
+            return AssetCheckResult(
+                passed=True,
+                description=f"all {result.matched} records identical on {archive}",
+                metadata=metadata,
+            )
+        bad = result.mismatched_uids or result.missing_on_archive
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=(
+                f"{len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing on "
+                f"{archive}; first: {', '.join(bad[:5])}" + (f"; {result.errors[0]}" if result.errors else "")
+            ),
+            metadata=metadata,
+        )
+
+    job, nightly = backup_job_and_schedule(
+        names.job,
+        source.alias,
+        [names.deliveries, names.rt_records, names.staged, names.archived],
+        (
+            f"Back up one treatment day of {source.alias} (Mosaiq) as RT Beams Treatment Records into "
+            f"{env.main_target.alias} via {staging.alias}, and verify it. Launch it for a date (partition) "
+            "or backfill a date range."
+        ),
+        settings,
+        partitions_def,
+    )
+
+    assets: list[AssetsDefinition] = [deliveries, rt_records, staged, archived]
+    return Definitions(
+        assets=assets,
+        asset_checks=[conformance, complete_in_archive, content_verified],
+        jobs=[job],
+        schedules=[nightly],
+    )
+
+
+def build_mosaiq_backup_defs(
+    env: EnvironmentConfig,
+    *,
+    start_date: str | dt.date = DEFAULT_START_DATE,
+    storage: BackupStorage | None = None,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+) -> Definitions:
+    """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.
+
+    The `backup_storage` resource is the one build_qr_backup_defs registers (Definitions.merge refuses two
+    resource objects under one key); pass `storage` only when these definitions are used on their own."""
+    start = start_date if isinstance(start_date, str) else start_date.isoformat()
+    partitions_def = DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
+    per_source = [
+        build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy)
+        for source in env.mosaiq_sources.values()
+    ]
+    resources = (
+        Definitions(resources={STORAGE_RESOURCE_KEY: storage}) if storage is not None else Definitions()
+    )
+    return Definitions.merge(*per_source, resources)

@@ -1,0 +1,242 @@
+"""Mosaiq backup assets, checks, job and schedule against the real sandbox (Mosaiq SQLite DB, Orthanc staging
+and main).
+
+Other tests store into ORTHANC_MAIN too: assertions are about the partition's own records (looked up by
+SOP Instance UID over Orthanc REST) and about the instance count across a re-run, never about an empty
+archive. Fault cases use their own copy of the Mosaiq database or a staging port nobody listens on, so the
+session's sandbox is never changed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from dicom_backup_dagster.backup.manifest import read_manifest
+from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_config
+from dicom_backup_dagster.defs import build_definitions
+from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
+from dicom_backup_dagster.defs.qr_backup import DEFAULT_START_DATE, BackupStorage
+from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.sandbox.processes import free_port
+from dicom_backup_dagster.sandbox.synthetic import patients
+from tests.conftest import SANDBOX_TEST_DATA
+
+ALIAS = "MOSAIQ"
+ASSETS = ("deliveries", "rt_records", "staged", "archived")
+PATIENTS = list(patients(SANDBOX_TEST_DATA))
+P1 = PATIENTS[0]  # QA-mode beam-on before fraction 1, operator-terminated last beam
+DAY = P1.treatment_dates[0]
+#: PHI that must never appear in metadata or logs.
+PHI = ["SANDBOX", "PATIENT000", "MÜLLER", "ZOË", "O'S", *(p.patient_id for p in PATIENTS)]
+
+
+def _expected_deliveries(day: dt.date) -> int:
+    return sum(len(p.beams) for p in PATIENTS if day in p.treatment_dates)
+
+
+def _env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> EnvironmentConfig:
+    for name, value in sandbox.env_vars().items():
+        monkeypatch.setenv(name, value)
+    return load_config(sandbox.config_path, "SANDBOX").environment
+
+
+def _defs(env: EnvironmentConfig, storage_dir: Path, retry: dg.RetryPolicy | None = None) -> dg.Definitions:
+    return dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(env)),
+        build_mosaiq_backup_defs(env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=retry),
+    )
+
+
+def _run(defs: dg.Definitions, day: dt.date, instance: dg.DagsterInstance) -> Any:
+    job = defs.resolve_job_def(f"{ALIAS}_backup")
+    return job.execute_in_process(partition_key=day.isoformat(), instance=instance, raise_on_error=False)
+
+
+def _metadata(result: Any, name: str) -> dict[str, Any]:
+    key = dg.AssetKey([ALIAS, name])
+    events = [m for m in result.get_asset_materialization_events() if m.asset_key == key]
+    assert events, f"no materialization of {key.to_user_string()}"
+    return {k: v.value for k, v in events[-1].materialization.metadata.items()}
+
+
+def _checks(result: Any) -> dict[str, Any]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _logs(result: Any) -> str:
+    return "\n".join(str(e.message) for e in result.all_events)
+
+
+def _assert_no_phi(*texts: str) -> None:
+    for text in texts:
+        for phi in PHI:
+            assert phi not in text, phi
+
+
+def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
+    env = _env(sandbox, monkeypatch)
+    defs = build_definitions(load_config(sandbox.config_path, "SANDBOX"))  # what the code location serves
+    dg.Definitions.validate_loadable(defs)
+    job = defs.resolve_job_def(f"{ALIAS}_backup")
+    assert job.partitions_def is not None
+    assert job.partitions_def.timezone == env.settings.timezone
+    assert job.partitions_def.get_first_partition_key() == DEFAULT_START_DATE
+    graph = defs.resolve_asset_graph()
+    checks = {(k.asset_key.path[-1], k.name) for k in graph.asset_check_keys if k.asset_key.path[0] == ALIAS}
+    assert checks == {
+        ("rt_records", "conformance"),
+        ("archived", "complete_in_archive"),
+        ("archived", "content_verified"),
+    }
+    pool = f"dicom_{env.staging_target(ALIAS).aet}"
+    for name in ASSETS:
+        asset = defs.resolve_assets_def(dg.AssetKey([ALIAS, name]))
+        assert asset.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        policy = asset.op.retry_policy
+        assert policy is not None and policy.backoff == dg.Backoff.EXPONENTIAL
+        if name in ("staged", "archived"):
+            assert asset.op.pool == pool
+    schedule = defs.resolve_schedule_def(f"{ALIAS}_backup_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert schedule.execution_timezone == env.settings.timezone
+    tick = dt.datetime(2026, 1, 13, 1, 30, tzinfo=env.settings.tzinfo)
+    context = dg.build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    )
+    assert [r.partition_key for r in schedule.evaluate_tick(context).run_requests] == ["2026-01-12"]
+
+
+def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
+    sandbox, monkeypatch, tmp_path
+):
+    env = _env(sandbox, monkeypatch)
+    defs = _defs(env, tmp_path)
+    expected = _expected_deliveries(DAY)
+    with dg.instance_for_test() as instance:
+        started = time.monotonic()
+        result = _run(defs, DAY, instance)
+        seconds = time.monotonic() - started
+        assert result.success, _logs(result)
+        deliveries = _metadata(result, "deliveries")
+        assert deliveries["deliveries"] == expected > 0  # the QA-mode beam-on is not a delivery
+        assert deliveries["quarantined"] == 0 and deliveries["skipped"] == 0
+        records = _metadata(result, "rt_records")
+        assert records["records"] == expected and records["quarantined"] == 0
+        assert _metadata(result, "staged")["stored"] == expected
+        archived = _metadata(result, "archived")
+        assert archived["sub_operations_completed"] == expected and archived["failed"] == 0
+        checks = _checks(result)
+        assert set(checks) == {"conformance", "complete_in_archive", "content_verified"}
+        assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
+        assert checks["conformance"].metadata["checked"].value == expected
+        assert checks["content_verified"].metadata["matched"].value == expected
+        manifest = next(
+            Path(v) for k, v in archived.items() if k == "manifest"
+        )  # the archived manifest: every record with its digest
+        entries = list(read_manifest(manifest))
+        assert len(entries) == expected and all(e.digest for e in entries)
+        for entry in entries:  # Orthanc REST, not our own C-FIND
+            assert sandbox.main.has_instance(entry.sop_instance_uid)
+        print(
+            f"\nMOSAIQ {DAY}: {expected} records end to end in {seconds:.2f} s ({expected / seconds:.1f}/s)"
+        )
+        _assert_no_phi(_logs(result), *(str(m) for n in ASSETS for m in _metadata(result, n).values()))
+
+        before = sandbox.main.count_instances()
+        again = _run(defs, DAY, instance)
+        assert again.success, _logs(again)
+        assert sandbox.main.count_instances() == before
+        assert all(c.passed for c in _checks(again).values())
+        assert [e.sop_instance_uid for e in read_manifest(manifest)] == [e.sop_instance_uid for e in entries]
+
+
+def test_staging_down_fails_naming_the_staging_ae_and_what_to_do(sandbox, monkeypatch, tmp_path):
+    env = _env(sandbox, monkeypatch)
+    stage = env.staging_target(ALIAS)
+    dead = replace(stage, port=free_port())
+    env = replace(env, backup_targets={**env.backup_targets, stage.alias: dead})
+    with dg.instance_for_test() as instance:
+        result = _run(_defs(env, tmp_path), DAY, instance)
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["MOSAIQ__staged"]
+    text = failures[0].event_specific_data.error.message
+    assert stage.aet in text and f"127.0.0.1:{dead.port}" in text
+    assert "check that the peer is running" in text
+    assert _metadata(result, "rt_records")["records"] == _expected_deliveries(DAY)
+
+
+def test_a_quarantined_row_does_not_stop_the_others(sandbox, monkeypatch, tmp_path):
+    env = _env(sandbox, monkeypatch)
+    db = tmp_path / "mosaiq.sqlite"
+    shutil.copyfile(sandbox.mosaiq_path, db)
+    start = dt.datetime.combine(DAY, dt.time()).isoformat(sep=" ")
+    end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time()).isoformat(sep=" ")
+    with sqlite3.connect(db) as cn:
+        ids = [
+            r[0]
+            for r in cn.execute(
+                "SELECT DHS_ID FROM Dose_Hst WHERE Tx_DtTm >= ? AND Tx_DtTm < ? AND Fractions_Tx > 0 "
+                "ORDER BY DHS_ID",
+                (start, end),
+            )
+        ]
+        assert len(ids) == _expected_deliveries(DAY), ids
+        cn.execute("UPDATE Dose_Hst SET Modality_Enum = 99 WHERE DHS_ID = ?", (ids[0],))
+    source = env.mosaiq_sources[ALIAS]
+    env = replace(env, sources={**env.sources, ALIAS: replace(source, db_database=str(db))})
+    assert isinstance(env.sources[ALIAS], MosaiqSource)
+    with dg.instance_for_test() as instance:
+        result = _run(_defs(env, tmp_path / "storage"), DAY, instance)
+    assert result.success, _logs(result)
+    records = _metadata(result, "rt_records")
+    assert records["quarantined"] == 1 and records["records"] == len(ids) - 1
+    reasons = records["quarantined_reasons"]
+    assert list(reasons) == [str(ids[0])] and "Modality_Enum 99" in reasons[str(ids[0])]
+    assert _metadata(result, "archived")["sub_operations_completed"] == len(ids) - 1
+    assert all(c.passed for c in _checks(result).values())
+    _assert_no_phi(_logs(result), *reasons.values())
+
+
+def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, monkeypatch, tmp_path):
+    env = _env(sandbox, monkeypatch)
+    day = P1.treatment_dates[-1]  # with the operator-terminated beam
+    defs = _defs(env, tmp_path)
+    with dg.instance_for_test() as instance:
+        with sandbox.peer_stopped("ORTHANC_MAIN"):
+            down = _run(defs, day, instance)
+        assert not down.success
+        failures = [e for e in down.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert [e.step_key for e in failures] == ["MOSAIQ__archived"]
+        assert env.main_target.aet in failures[0].event_specific_data.error.message
+        staged = _metadata(down, "staged")["stored"]
+        assert staged == _expected_deliveries(day)
+        staged_manifest = tmp_path / "manifests" / ALIAS / day.isoformat() / "staged.jsonl"
+        uids = [e.sop_instance_uid for e in read_manifest(staged_manifest)]
+        assert all(sandbox.stage.has_instance(u) for u in uids)  # nothing deleted from staging
+        again = _run(defs, day, instance)
+        assert again.success, _logs(again)
+        assert _metadata(again, "archived")["sub_operations_completed"] == staged
+        assert all(c.passed for c in _checks(again).values())
+        assert all(sandbox.main.has_instance(u) for u in uids)
+
+
+def test_a_day_without_treatments_succeeds_with_nothing_to_do(sandbox, monkeypatch, tmp_path):
+    env = _env(sandbox, monkeypatch)
+    day = dt.date(2025, 12, 25)  # before every synthetic treatment date
+    with dg.instance_for_test() as instance:
+        result = _run(_defs(env, tmp_path), day, instance)
+    assert result.success, _logs(result)
+    assert _metadata(result, "deliveries")["deliveries"] == 0
+    assert _metadata(result, "staged")["stored"] == 0
+    assert _metadata(result, "archived")["sub_operations_completed"] == 0
+    assert all(c.passed for c in _checks(result).values())
