@@ -40,14 +40,17 @@ def test_one_sandbox_night_runs_every_job_and_cleans_up(tmp_path):
     assert "== Sandbox night summary ==" in output
     assert re.search(r"connectivity_check: SUCCESS\s+\(http://127\.0\.0\.1:\d+/runs/[0-9a-f-]{36}\)", output)
     assert len(re.findall(r"^\s+UP\s+\S+: (C-ECHO|ODBC connect) ", output, re.M)) == 5
-    # Every ARIA and MIM date was backed up by one asset backfill, with every check green.
-    assert re.search(r"^backfill ARIA, MIM \S+\.\.\S+: COMPLETED_SUCCESS, \d+ runs", output, re.M)
+    # Every ARIA, MIM and Mosaiq date was backed up by one asset backfill, with every check green.
+    assert re.search(r"^backfill ARIA, MIM, MOSAIQ \S+\.\.\S+: COMPLETED_SUCCESS, \d+ runs", output, re.M)
     partitions = re.findall(
         r"^\s+(ARIA|MIM)\s+(\d{4}-\d{2}-\d{2})\s+instances_found=(\d+).*failed=(\d+)", output, re.M
     )
     assert {source for source, *_ in partitions} == {"ARIA", "MIM"}
     assert all(failed == "0" for *_, failed in partitions)
     assert sum(int(found) for _, _, found, _ in partitions) > 0
+    records = re.findall(r"^\s+MOSAIQ\s+\d{4}-\d{2}-\d{2}\s+records=(\d+).*failed=(\d+)", output, re.M)
+    assert records and sum(int(n) for n, _ in records) > 0
+    assert all(failed == "0" for _, failed in records)
     assert re.search(r"checks: [1-9]\d* passed, 0 failed", output)
     assert "overall: OK" in output
     # Runs were recorded in the night's own Dagster instance, and nothing is left running.

@@ -22,6 +22,12 @@ from dicom_backup_dagster.sandbox.sandbox import Sandbox, SandboxOptions, read_s
 from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions
 
 DEFAULT_ROOT = Path(".sandbox")
+# What one sandbox night backs up: the sources of the sandbox's TOML and their assets, upstream first.
+SANDBOX_BACKUP_ASSETS = {
+    "ARIA": ["inventory", "archived"],
+    "MIM": ["inventory", "archived"],
+    "MOSAIQ": ["deliveries", "rt_records", "staged", "archived"],
+}
 
 
 def add_data_arguments(ap: argparse.ArgumentParser) -> None:
@@ -127,7 +133,7 @@ def cmd_night(args: argparse.Namespace) -> int:
             serve=not args.no_serve,
             port=args.port,
             dates=sandbox.dates,
-            qr_sources=["ARIA", "MIM"],
+            backup_assets=SANDBOX_BACKUP_ASSETS,
         )
     finally:
         sandbox.stop()

@@ -27,7 +27,16 @@ LOCATION = "dicom_backup"  # workspace.yaml
 REPOSITORY = "__repository__"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 BACKFILL_UNFINISHED = {"REQUESTED", "CANCELING", "FAILING"}
-SUMMARY_COUNTS = ("instances_found", "already_archived", "moved", "failed", "deferred")
+# Counts shown per source and day, from the `archived` asset's metadata (each source kind has some of them).
+SUMMARY_COUNTS = (
+    "instances_found",
+    "records",
+    "already_archived",
+    "moved",
+    "sub_operations_completed",
+    "failed",
+    "deferred",
+)
 
 
 class DagsterGraphQL:
@@ -183,7 +192,7 @@ class Night:
     client: DagsterGraphQL
     ui_url: str
     dates: list[dt.date]
-    qr_sources: list[str]  # aliases of the ARIA/MIM sources
+    backup_assets: dict[str, list[str]]  # source alias -> its assets, upstream first
     runs: list[dict[str, Any]] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     failed_checks: int = 0
@@ -216,13 +225,13 @@ def _connectivity_step(night: Night) -> None:
             night.lines.append(f"  {message}")
 
 
-def _qr_backfill_step(night: Night) -> None:
-    """Back up every sandbox date of every ARIA/MIM source as one Dagster asset backfill."""
-    if not night.qr_sources or not night.dates:
+def _backup_backfill_step(night: Night) -> None:
+    """Back up every sandbox date of every source as one Dagster asset backfill."""
+    if not night.backup_assets or not night.dates:
         return
     client = night.client
     start, end = min(night.dates).isoformat(), max(night.dates).isoformat()
-    paths = [[alias, asset] for alias in night.qr_sources for asset in ("inventory", "archived")]
+    paths = [[alias, asset] for alias, assets in night.backup_assets.items() for asset in assets]
     backfill_id = client.launch_backfill(
         paths,
         date_ranges(night.dates),
@@ -233,15 +242,15 @@ def _qr_backfill_step(night: Night) -> None:
     runs = backfill.get("runs") or []
     night.runs.extend(runs)
     night.lines.append(
-        f"backfill {', '.join(night.qr_sources)} {start}..{end}: {backfill['status']}, {len(runs)} runs  "
+        f"backfill {', '.join(night.backup_assets)} {start}..{end}: {backfill['status']}, {len(runs)} runs  "
         f"({night.ui_url}/runs/b/{backfill_id})"
     )
-    for alias in night.qr_sources:
+    for alias in night.backup_assets:
         for event in sorted(client.materializations([alias, "archived"]), key=lambda e: e["partition"] or ""):
             counts = {e["label"]: e.get("intValue") for e in event["metadataEntries"]}
             night.lines.append(
                 f"  {alias:<8} {event['partition']}  "
-                + "  ".join(f"{label}={counts.get(label)}" for label in SUMMARY_COUNTS)
+                + "  ".join(f"{label}={counts[label]}" for label in SUMMARY_COUNTS if label in counts)
             )
     failed = []
     passed = 0
@@ -259,7 +268,7 @@ def _qr_backfill_step(night: Night) -> None:
 
 
 # What one night runs, in order. Each later feature adds its step here.
-NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _qr_backfill_step]
+NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _backup_backfill_step]
 
 
 class DagsterDev:
@@ -330,13 +339,13 @@ def run_night(
     serve: bool,
     port: int | None = None,
     dates: list[dt.date] | None = None,
-    qr_sources: list[str] | None = None,
+    backup_assets: dict[str, list[str]] | None = None,
 ) -> Night:
     """Serve Dagster against an already started sandbox, run one night, print the summary."""
     dagster = DagsterDev(root, sandbox_env, port)
     started = time.perf_counter()
     client = dagster.start()
-    night = Night(client, dagster.url, sorted(dates or []), list(qr_sources or []))
+    night = Night(client, dagster.url, sorted(dates or []), dict(backup_assets or {}))
     print(f"Dagster UI: {dagster.url} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
     try:
         for step in NIGHT_STEPS:

@@ -81,7 +81,9 @@ def test_staging_moves_into_main(sandbox: Sandbox) -> None:
     rec = next(r for r in sandbox.manifest.for_source("ARIA") if r.modality == "RTDOSE")
     sandbox.stage.upload(rec.path)
     sandbox.main.delete_instance(rec.sop_instance_uid)
-    assert _move(sandbox.peers()["ORTHANC_STAGE"], rec.study_instance_uid, "ORTHANC_MAIN") == (0, 1)
+    # Other tests also stage records in this study (Mosaiq RT records join the plan's study): count >= 1.
+    status, completed = _move(sandbox.peers()["ORTHANC_STAGE"], rec.study_instance_uid, "ORTHANC_MAIN")
+    assert status == 0x0000 and completed >= 1
     assert sandbox.main.has_instance(rec.sop_instance_uid)
 
 
