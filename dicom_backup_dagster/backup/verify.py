@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,10 +41,22 @@ class PresenceResult:
         return self.missing == 0
 
 
+# A store acknowledged to another association can still be in flight in the archive: Orthanc answers a
+# second C-STORE of an instance it is still writing "already stored" at once. Concurrent runs with
+# overlapping look-back windows do that, so a study with gaps is asked once more before it counts as missing.
+SETTLE_SECONDS = 2.0
+
+
 def check_presence(
-    entries: Iterable[InstanceEntry], archived_uids: Callable[[str], set[str]], *, keep: int = 100
+    entries: Iterable[InstanceEntry],
+    archived_uids: Callable[[str], set[str]],
+    *,
+    keep: int = 100,
+    settle_seconds: float = SETTLE_SECONDS,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> PresenceResult:
-    """Every non-deferred instance must be on the archive now (one C-FIND per study)."""
+    """Every non-deferred instance must be on the archive now (one C-FIND per study, a second one after
+    `settle_seconds` for a study with gaps)."""
     expected = present = deferred = missing = 0
     missing_uids: list[str] = []
     for study_uid, group in by_study(entries):
@@ -52,6 +65,9 @@ def check_presence(
         if not wanted:
             continue
         on_archive = archived_uids(study_uid)
+        if any(e.sop_instance_uid not in on_archive for e in wanted):
+            sleep(settle_seconds)
+            on_archive = on_archive | archived_uids(study_uid)
         for entry in wanted:
             expected += 1
             if entry.sop_instance_uid in on_archive:

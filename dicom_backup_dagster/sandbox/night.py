@@ -255,7 +255,9 @@ def _backup_backfill_step(night: Night) -> None:
     failed = []
     passed = 0
     for run in runs:
-        partition = next((t["value"] for t in run.get("tags", []) if t["key"] == "dagster/partition"), "?")
+        tags = {t["key"]: t["value"] for t in run.get("tags", [])}
+        # Asset backfill runs carry a one-day range rather than dagster/partition.
+        partition = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start", "?")
         for evaluation in client.check_evaluations(run["runId"]):
             if evaluation["success"]:
                 passed += 1

@@ -12,9 +12,35 @@ def series(study: str, name: str, n: int, state: str = MOVED) -> list[InstanceEn
 
 def test_presence_names_missing_uids_and_ignores_deferred() -> None:
     entries = series("S1", "S1.1", 3) + series("S2", "S2.1", 2, DEFERRED)
-    result = check_presence(entries, lambda study: {"S1.1.0", "S1.1.2"})
+    asked: list[str] = []
+    waits: list[float] = []
+
+    def archived(study: str) -> set[str]:
+        asked.append(study)
+        return {"S1.1.0", "S1.1.2"}
+
+    result = check_presence(entries, archived, sleep=waits.append)
     assert (result.expected, result.present, result.missing, result.deferred) == (3, 2, 1, 2)
     assert result.missing_uids == ("S1.1.1",) and not result.complete
+    assert asked == ["S1", "S1"] and waits == [2.0]  # a study with a gap is asked once more, then it counts
+
+
+def test_presence_waits_for_a_store_still_in_flight() -> None:
+    """Another run's store of the same instance may be acknowledged before the archive indexed it."""
+    answers = iter([{"S1.1.0"}, {"S1.1.0", "S1.1.1"}])
+    waits: list[float] = []
+    result = check_presence(series("S1", "S1.1", 2), lambda study: next(answers), sleep=waits.append)
+    assert result.complete and result.present == 2 and waits == [2.0]
+
+
+def test_presence_of_a_complete_study_asks_once_and_never_waits() -> None:
+    asked: list[str] = []
+    waits: list[float] = []
+    everything = {f"S1.1.{i}" for i in range(3)}
+    result = check_presence(
+        series("S1", "S1.1", 3), lambda s: asked.append(s) or everything, sleep=waits.append
+    )  # type: ignore[func-returns-value]
+    assert result.complete and asked == ["S1"] and waits == []
 
 
 def test_presence_of_a_fully_deferred_study_asks_nothing() -> None:
