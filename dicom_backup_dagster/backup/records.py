@@ -24,14 +24,13 @@ from pathlib import Path
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_backup_dagster.dicom.digest import content_digest
-from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.dicom.rt_record import RenderedRecord, write_rt_record
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
 
 from .manifest import InstanceEntry, ManifestWriter, by_series
-from .transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
-from .verify import ContentResult
+from .transfer import RetrieveSession
+from .verify import ContentResult, retrieve_digests
 
 RT_BEAMS_TREATMENT_RECORD = "1.2.840.10008.5.1.4.1.1.481.4"
 
@@ -147,21 +146,7 @@ def verify_recorded_digests(
             for (study, series), group in by_series(entries):
                 recorded = {e.sop_instance_uid: e.digest for e in group}
                 uids = list(recorded)
-                got: dict[str, str] = {}
-                for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
-                    chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
-                    try:
-                        received = session.retrieve(study, series, chunk, spool_dir=spool).received
-                    except SubOperationError as error:
-                        received = error.result.received
-                        if error.status is not None and error.status >= 0xA000 and not received:
-                            result.errors.append(str(error))
-                    except DicomError as error:
-                        result.errors.append(str(error))
-                        raise
-                    for item in received:
-                        got[item.sop_instance_uid] = content_digest(item.path)
-                        Path(item.path).unlink(missing_ok=True)
+                got = retrieve_digests(session, spool, study, series, uids, result.errors)
                 for uid in uids:
                     digest = got.get(uid)
                     if digest is None:

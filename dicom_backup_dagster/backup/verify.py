@@ -115,9 +115,10 @@ class ContentResult:
         return not (self.mismatched_uids or self.missing_on_archive or self.missing_on_source or self.errors)
 
 
-def _digests(
+def retrieve_digests(
     session: RetrieveSession, spool: Path, study: str, series: str, uids: list[str], errors: list[str]
 ) -> dict[str, str]:
+    """SOP Instance UID -> content digest of what a C-GET of `uids` (one series) brought back."""
     out: dict[str, str] = {}
     for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
         chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
@@ -158,8 +159,12 @@ def verify_content(
             for (study, series), group in by_series(sample_entries):
                 uids = [e.sop_instance_uid for e in group]
                 try:
-                    at_source = _digests(from_source, spool / "source", study, series, uids, result.errors)
-                    at_archive = _digests(from_archive, spool / "archive", study, series, uids, result.errors)
+                    at_source = retrieve_digests(
+                        from_source, spool / "source", study, series, uids, result.errors
+                    )
+                    at_archive = retrieve_digests(
+                        from_archive, spool / "archive", study, series, uids, result.errors
+                    )
                 except DicomError as error:
                     result.errors.append(str(error))
                     raise

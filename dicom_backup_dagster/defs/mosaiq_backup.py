@@ -54,7 +54,6 @@ from dagster import (
 )
 from pydicom import dcmread
 
-from dicom_backup_dagster.backup.inventory import archived_sop_uids
 from dicom_backup_dagster.backup.manifest import FAILED, MOVED, PENDING, ManifestHandle, read_manifest
 from dicom_backup_dagster.backup.records import (
     DELIVERY,
@@ -69,7 +68,6 @@ from dicom_backup_dagster.backup.records import (
     write_entries,
 )
 from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
-from dicom_backup_dagster.backup.verify import check_presence
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
 from dicom_backup_dagster.defs.qr_backup import (
     DEFAULT_RETRY_POLICY,
@@ -77,9 +75,9 @@ from dicom_backup_dagster.defs.qr_backup import (
     STORAGE_RESOURCE_KEY,
     BackupStorage,
     _check_partition,
-    _find,
     _uids,
     backup_failure,
+    presence_check_result,
 )
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
@@ -549,38 +547,8 @@ def build_mosaiq_source_backup(
         partition, path = manifest(context, names.archived, "archived.jsonl")
         if partition is None or path is None:
             return no_manifest(partition, "archived.jsonl")
-        dicom: DicomNetwork = context.resources.dicom
-        compared = f"{source.alias} records of {partition} vs IMAGE-level C-FIND on {archive}"
-        try:
-            with _find(archive, dicom) as main:
-                result = check_presence(read_manifest(path), lambda study: archived_sop_uids(main, study))
-        except DicomError as error:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                description=f"could not query the archive: {error}",
-                metadata={"partition": partition, "compared": compared},
-            )
-        metadata: dict[str, Any] = {
-            "partition": partition,
-            "compared": compared,
-            "expected": result.expected,
-            "present": result.present,
-            "missing": result.missing,
-            "missing_uids": _uids(result.missing_uids),
-        }
-        if result.missing:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                description=(
-                    f"{result.missing} of {result.expected} records of {source.alias} {partition} are not "
-                    f"on {archive}: {', '.join(result.missing_uids[:5])}"
-                ),
-                metadata=metadata,
-            )
-        return AssetCheckResult(
-            passed=True, description=f"all {result.expected} records on {archive}", metadata=metadata
+        return presence_check_result(
+            source.alias, partition, path, archive, context.resources.dicom, noun="records"
         )
 
     @asset_check(

@@ -218,6 +218,64 @@ def _find(peer: Peer, dicom: DicomNetwork) -> FindSession:
     return FindSession(peer, dicom.calling_aet, dicom.timeouts)
 
 
+def presence_check_result(
+    source_alias: str,
+    partition: str,
+    manifest_path: Path,
+    archive: Peer,
+    dicom: DicomNetwork,
+    noun: str = "instances",
+    deferred_advice: str = "",
+) -> AssetCheckResult:
+    """complete_in_archive for any source: every non-deferred entry of the manifest is on the archive
+    (IMAGE-level C-FIND per study). Deferred entries alone make a WARN that says what to run next."""
+    compared = f"{source_alias} {noun} of {partition} vs IMAGE-level C-FIND on {archive}"
+    try:
+        with _find(archive, dicom) as main:
+            result = check_presence(
+                read_manifest(manifest_path), lambda study: archived_sop_uids(main, study)
+            )
+    except DicomError as error:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"could not query the archive: {error}",
+            metadata={"partition": partition, "compared": compared},
+        )
+    metadata: dict[str, Any] = {
+        "partition": partition,
+        "compared": compared,
+        "expected": result.expected,
+        "present": result.present,
+        "missing": result.missing,
+        "deferred": result.deferred,
+        "missing_uids": _uids(result.missing_uids),
+    }
+    if result.missing:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=(
+                f"{result.missing} of {result.expected} {noun} of {source_alias} {partition} are "
+                f"not on {archive}: {', '.join(result.missing_uids[:5])}"
+                + (" ..." if result.missing > 5 else "")
+            ),
+            metadata=metadata,
+        )
+    if result.deferred:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.WARN,
+            description=(
+                f"{result.present} {noun} on the archive; {result.deferred} deferred{deferred_advice}"
+            ),
+            metadata=metadata,
+        )
+    return AssetCheckResult(
+        passed=True, description=f"all {result.expected} {noun} on {archive}", metadata=metadata
+    )
+
+
 # ------------------------------------------------------------------------------------------------------
 # The factory
 
@@ -450,48 +508,15 @@ def build_source_backup(
         partition, path = archived_manifest(context, backup_storage)
         if path is None:
             return no_manifest(partition)
-        compared = f"{source.alias} manifest of {partition} vs IMAGE-level C-FIND on {archive}"
-        try:
-            with _find(archive, dicom) as main:
-                result = check_presence(read_manifest(path), lambda study: archived_sop_uids(main, study))
-        except DicomError as error:
-            return AssetCheckResult(
-                passed=False,
-                description=f"could not query the archive: {error}",
-                metadata={"partition": partition, "compared": compared},
-            )
-        metadata: dict[str, Any] = {
-            "partition": partition,
-            "compared": compared,
-            "expected": result.expected,
-            "present": result.present,
-            "missing": result.missing,
-            "deferred": result.deferred,
-            "missing_uids": _uids(result.missing_uids),
-        }
-        if result.missing:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                description=(
-                    f"{result.missing} of {result.expected} instances of {source.alias} {partition} are "
-                    f"not on {archive}: {', '.join(result.missing_uids[:5])}"
-                    + (" ..." if result.missing > 5 else "")
-                ),
-                metadata=metadata,
-            )
-        if result.deferred:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.WARN,
-                description=(
-                    f"{result.present} instances on the archive; {result.deferred} deferred by "
-                    f"max_uids_per_run ({settings.max_uids_per_run}): run {names.job} for {partition} again"
-                ),
-                metadata=metadata,
-            )
-        return AssetCheckResult(
-            passed=True, description=f"all {result.expected} instances on {archive}", metadata=metadata
+        return presence_check_result(
+            source.alias,
+            partition,
+            path,
+            archive,
+            dicom,
+            deferred_advice=(
+                f" by max_uids_per_run ({settings.max_uids_per_run}): run {names.job} for {partition} again"
+            ),
         )
 
     @asset_check(
