@@ -69,15 +69,15 @@ from dicom_backup_dagster.backup.records import (
 )
 from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
-from dicom_backup_dagster.defs.qr_backup import (
+from dicom_backup_dagster.defs.checks import presence_check_result
+from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_START_DATE,
     STORAGE_RESOURCE_KEY,
     BackupStorage,
-    _check_partition,
-    _uids,
     backup_failure,
-    presence_check_result,
+    check_partition,
+    uids_metadata,
 )
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
@@ -372,7 +372,7 @@ def build_mosaiq_source_backup(
         }
         if result.failed:
             first = result.failed[0]
-            metadata["failed_uids"] = _uids(sorted(failed))
+            metadata["failed_uids"] = uids_metadata(sorted(failed))
             raise Failure(
                 description=(
                     f"{source.alias} backup, C-STORE of partition {partition} to staging {staging.alias} "
@@ -459,7 +459,7 @@ def build_mosaiq_source_backup(
             "manifest": MetadataValue.path(str(path)),
         }
         if failed:
-            metadata["failed_uids"] = _uids(sorted(failed))
+            metadata["failed_uids"] = uids_metadata(sorted(failed))
             raise backup_failure(
                 source.alias,
                 f"C-MOVE from staging {staging.alias} to {archive.aet} ({len(failed)} of {len(records)} "
@@ -479,7 +479,7 @@ def build_mosaiq_source_backup(
     def manifest(
         context: AssetCheckExecutionContext, key: AssetKey, name: str
     ) -> tuple[str | None, Path | None]:
-        partition = _check_partition(context, key)
+        partition = check_partition(context, key)
         if partition is None:
             return None, None
         path = folder(context, partition) / name
@@ -588,8 +588,8 @@ def build_mosaiq_source_backup(
             "compared": compared,
             "records": len(entries),
             "matched": result.matched,
-            "mismatched_uids": _uids(result.mismatched_uids),
-            "missing_on_archive_uids": _uids(result.missing_on_archive),
+            "mismatched_uids": uids_metadata(result.mismatched_uids),
+            "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
         }
         if result.errors:
             metadata["errors"] = MetadataValue.json(result.errors[:5])

@@ -27,7 +27,6 @@ and UIDs only: no patient data.
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,14 @@ from typing import Any
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
-    AssetRecordsFilter,
     AssetsDefinition,
     BackfillPolicy,
-    Backoff,
-    ConfigurableResource,
-    DagsterInstance,
     DailyPartitionsDefinition,
     Definitions,
     Failure,
-    Jitter,
     MetadataValue,
     Output,
     RetryPolicy,
@@ -57,7 +50,6 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.errors import is_transient
 from dicom_backup_dagster.backup.inventory import archived_sop_uids, take_inventory, window
 from dicom_backup_dagster.backup.manifest import (
     FOUND,
@@ -66,47 +58,26 @@ from dicom_backup_dagster.backup.manifest import (
 )
 from dicom_backup_dagster.backup.plan import make_plan
 from dicom_backup_dagster.backup.transfer import finalize, transfer
-from dicom_backup_dagster.backup.verify import check_presence, sample, verify_content
+from dicom_backup_dagster.backup.verify import sample, verify_content
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource
+from dicom_backup_dagster.defs.checks import baseline_checks, presence_check_result
+from dicom_backup_dagster.defs.common import (
+    DEFAULT_RETRY_POLICY,
+    DEFAULT_START_DATE,
+    STORAGE_RESOURCE_KEY,
+    BackupStorage,
+    backup_failure,
+    check_partition,
+    find_session,
+    uids_metadata,
+)
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
-from dicom_backup_dagster.dicom.find import FindSession
-from dicom_backup_dagster.dicom.network import Peer
 
 # The first day a backfill can target. Sites that started archiving later simply never backfill earlier
 # days; the daily partition count (~365 a year) stays far below Dagster's recommended maximum.
-DEFAULT_START_DATE = "2020-01-01"
-STORAGE_RESOURCE_KEY = "backup_storage"
-
-# Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
-# configuration errors raise Failure(allow_retries=False) and fail at once.
-DEFAULT_RETRY_POLICY = RetryPolicy(
-    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-)
-
 DEFAULT_RULES = baseline.BaselineRules()
-_KEEP_UIDS = 20  # failing UIDs shown in metadata (the manifest on disk has all of them)
-
-
-class BackupStorage(ConfigurableResource):
-    """Where manifests and C-GET spools are written: `base_dir`, or by default the Dagster instance's
-    storage directory ($DAGSTER_HOME/storage/dicom_backup), which every run worker of the instance sees."""
-
-    base_dir: str = ""
-
-    def root(self, instance: DagsterInstance) -> Path:
-        if self.base_dir:
-            return Path(self.base_dir).expanduser()
-        return Path(instance.storage_directory()) / "dicom_backup"
-
-    def partition_dir(self, instance: DagsterInstance, source: str, partition: str) -> Path:
-        path = self.root(instance) / "manifests" / source / partition
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def spool_dir(self, instance: DagsterInstance, source: str, run_id: str, purpose: str) -> Path:
-        return self.root(instance) / "spool" / source / f"{run_id}-{purpose}"
 
 
 @dataclass(frozen=True)
@@ -138,142 +109,6 @@ class _Names:
     @property
     def group(self) -> str:
         return f"{self.alias.lower()}_backup"
-
-
-# ------------------------------------------------------------------------------------------------------
-# Errors: what to tell the operator, and whether a retry can help
-
-
-def backup_failure(
-    source: str, phase: str, partition: str, error: DicomError, metadata: dict[str, Any] | None = None
-) -> Failure:
-    """A Failure naming the source, the peer and the DICOM status meaning (DicomError's text has both)."""
-    retry = is_transient(error)
-    kind = "transient, will be retried" if retry else "configuration or peer error, not retried"
-    return Failure(
-        description=f"{source} backup, {phase} of partition {partition}: {error} ({kind})",
-        metadata={
-            "source": source,
-            "peer": str(error.peer),
-            "operation": error.operation,
-            "dicom_status": f"0x{error.status:04X}" if error.status is not None else "none",
-            "status_meaning": error.status_meaning or "none",
-            **(metadata or {}),
-        },
-        allow_retries=retry,
-    )
-
-
-# ------------------------------------------------------------------------------------------------------
-# Helpers shared by the assets and checks
-
-
-def _uids(uids: list[str] | tuple[str, ...]) -> MetadataValue:
-    return MetadataValue.json(list(uids[:_KEEP_UIDS]))
-
-
-def _check_partition(context: AssetCheckExecutionContext, key: AssetKey) -> str | None:
-    """The run's partition; for checks executed on their own (an unpartitioned run, e.g. "Execute checks"
-    in the UI) the most recently materialized partition of the asset."""
-    if context.op_execution_context.has_partition_key:
-        return context.partition_key
-    event = context.instance.get_latest_materialization_event(key)
-    if event is None or event.dagster_event is None:
-        return None
-    return event.dagster_event.partition
-
-
-def _history(
-    instance: DagsterInstance,
-    key: AssetKey,
-    partitions_def: DailyPartitionsDefinition,
-    partition: str,
-    metadata_key: str,
-    window_size: int = baseline.DEFAULT_WINDOW,
-) -> list[float]:
-    """`metadata_key` of the latest materialization of each of the `window_size` partitions before
-    `partition` that has one (missing days are skipped, not counted as zero)."""
-    keys = partitions_def.get_partition_keys()
-    if partition not in keys:
-        return []
-    index = keys.index(partition)
-    previous = keys[max(0, index - window_size) : index]
-    if not previous:
-        return []
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=key, asset_partitions=previous), limit=window_size * 20
-    ).records
-    latest: dict[str, float] = {}
-    for record in records:  # newest first
-        event = record.event_log_entry.asset_materialization
-        if event is None or event.partition in latest or event.partition is None:
-            continue
-        value = event.metadata.get(metadata_key)
-        if value is not None and isinstance(value.value, (int, float)):
-            latest[event.partition] = float(value.value)
-    return [latest[p] for p in previous if p in latest]
-
-
-def _find(peer: Peer, dicom: DicomNetwork) -> FindSession:
-    return FindSession(peer, dicom.calling_aet, dicom.timeouts)
-
-
-def presence_check_result(
-    source_alias: str,
-    partition: str,
-    manifest_path: Path,
-    archive: Peer,
-    dicom: DicomNetwork,
-    noun: str = "instances",
-    deferred_advice: str = "",
-) -> AssetCheckResult:
-    """complete_in_archive for any source: every non-deferred entry of the manifest is on the archive
-    (IMAGE-level C-FIND per study). Deferred entries alone make a WARN that says what to run next."""
-    compared = f"{source_alias} {noun} of {partition} vs IMAGE-level C-FIND on {archive}"
-    try:
-        with _find(archive, dicom) as main:
-            result = check_presence(
-                read_manifest(manifest_path), lambda study: archived_sop_uids(main, study)
-            )
-    except DicomError as error:
-        return AssetCheckResult(
-            passed=False,
-            severity=AssetCheckSeverity.ERROR,
-            description=f"could not query the archive: {error}",
-            metadata={"partition": partition, "compared": compared},
-        )
-    metadata: dict[str, Any] = {
-        "partition": partition,
-        "compared": compared,
-        "expected": result.expected,
-        "present": result.present,
-        "missing": result.missing,
-        "deferred": result.deferred,
-        "missing_uids": _uids(result.missing_uids),
-    }
-    if result.missing:
-        return AssetCheckResult(
-            passed=False,
-            severity=AssetCheckSeverity.ERROR,
-            description=(
-                f"{result.missing} of {result.expected} {noun} of {source_alias} {partition} are "
-                f"not on {archive}: {', '.join(result.missing_uids[:5])}"
-                + (" ..." if result.missing > 5 else "")
-            ),
-            metadata=metadata,
-        )
-    if result.deferred:
-        return AssetCheckResult(
-            passed=False,
-            severity=AssetCheckSeverity.WARN,
-            description=(
-                f"{result.present} {noun} on the archive; {result.deferred} deferred{deferred_advice}"
-            ),
-            metadata=metadata,
-        )
-    return AssetCheckResult(
-        passed=True, description=f"all {result.expected} {noun} on {archive}", metadata=metadata
-    )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -316,7 +151,7 @@ def build_source_backup(
         first, last = window(dt.date.fromisoformat(partition), settings.lookback_days)
         path = backup_storage.partition_dir(context.instance, source.alias, partition) / "inventory.jsonl"
         try:
-            with _find(source.peer, dicom) as session:
+            with find_session(source.peer, dicom) as session:
                 summary = take_inventory(session, first, last, path, query_keys=source.query_keys)
         except DicomError as error:
             raise backup_failure(source.alias, "inventory (C-FIND)", partition, error) from error
@@ -372,7 +207,7 @@ def build_source_backup(
         plan_path, out_path = folder / "plan.jsonl", folder / "archived.jsonl"
         started = time.monotonic()
         try:
-            with _find(archive, dicom) as main:
+            with find_session(archive, dicom) as main:
                 plan = make_plan(
                     read_manifest(inventory.path),
                     lambda study: archived_sop_uids(main, study),
@@ -401,7 +236,7 @@ def build_source_backup(
         )
         transferred = time.monotonic()
         try:
-            with _find(archive, dicom) as main:
+            with find_session(archive, dicom) as main:
                 final = finalize(
                     read_manifest(plan_path),
                     lambda study: archived_sop_uids(main, study),
@@ -439,7 +274,7 @@ def build_source_backup(
         if outcome.bytes is not None:
             metadata["bytes"] = outcome.bytes
         if final.failed_uids:
-            metadata["failed_uids"] = _uids(final.failed_uids)
+            metadata["failed_uids"] = uids_metadata(final.failed_uids)
         if outcome.errors:
             metadata["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
         for error in outcome.errors:
@@ -479,7 +314,7 @@ def build_source_backup(
     def archived_manifest(
         context: AssetCheckExecutionContext, backup_storage: BackupStorage
     ) -> tuple[str | None, Path | None]:
-        partition = _check_partition(context, names.archived)
+        partition = check_partition(context, names.archived)
         if partition is None:
             return None, None
         path = backup_storage.partition_dir(context.instance, source.alias, partition) / "archived.jsonl"
@@ -563,9 +398,9 @@ def build_source_backup(
             "sampled": len(chosen),
             "verification_fraction": settings.verification_fraction,
             "matched": result.matched,
-            "mismatched_uids": _uids(result.mismatched_uids),
-            "missing_on_source_uids": _uids(result.missing_on_source),
-            "missing_on_archive_uids": _uids(result.missing_on_archive),
+            "mismatched_uids": uids_metadata(result.mismatched_uids),
+            "missing_on_source_uids": uids_metadata(result.missing_on_source),
+            "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
         }
         if result.errors:
             metadata["errors"] = MetadataValue.json(result.errors[:5])
@@ -582,74 +417,6 @@ def build_source_backup(
             )
         return AssetCheckResult(passed=result.passed, description=description, metadata=metadata)
 
-    def baseline_check(
-        name: str,
-        metadata_key: str,
-        rule: Callable[[float, list[float]], baseline.Verdict],
-        compared: str,
-    ) -> Any:
-        @asset_check(
-            asset=names.archived,
-            name=name,
-            description=f"WARN when {compared} (trailing median of the previous {rules.window} "
-            "partitions with a materialization).",
-        )
-        def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-            partition = _check_partition(context, names.archived)
-            event = context.instance.fetch_materializations(
-                AssetRecordsFilter(
-                    asset_key=names.archived, asset_partitions=[partition] if partition else None
-                ),
-                limit=1,
-            ).records
-            current_value = None
-            if event:
-                materialization = event[0].event_log_entry.asset_materialization
-                entry = materialization.metadata.get(metadata_key) if materialization else None
-                current_value = entry.value if entry is not None else None
-            if partition is None or not isinstance(current_value, (int, float)):
-                return AssetCheckResult(
-                    passed=True,
-                    severity=AssetCheckSeverity.WARN,
-                    description=f"no {metadata_key} recorded for partition {partition} yet",
-                    metadata={"partition": str(partition)},
-                )
-            history = _history(
-                context.instance, names.archived, partitions_def, partition, metadata_key, rules.window
-            )
-            verdict = rule(float(current_value), history)
-            return AssetCheckResult(
-                passed=verdict.passed,
-                severity=AssetCheckSeverity.WARN,
-                description=verdict.reason,
-                metadata={
-                    "partition": partition,
-                    "compared": f"{metadata_key} of {partition} vs the median of earlier partitions",
-                    "current": float(current_value),
-                    "baseline_median": verdict.baseline
-                    if verdict.baseline is not None
-                    else MetadataValue.null(),
-                    "threshold": verdict.threshold if verdict.threshold is not None else MetadataValue.null(),
-                    "history": MetadataValue.json(list(verdict.history)),
-                },
-            )
-
-        return _check
-
-    volume_vs_baseline = baseline_check(
-        "volume_vs_baseline",
-        "instances_found",
-        rules.volume,
-        f"instances found is below {rules.min_volume_ratio:g} x the baseline",
-    )
-    duration_vs_baseline = baseline_check(
-        "duration_vs_baseline",
-        "seconds_total",
-        rules.duration,
-        f"the backup took more than {rules.max_duration_ratio:g} x the baseline "
-        f"(and more than {rules.duration_floor_seconds:g} s)",
-    )
-
     job, nightly = backup_job_and_schedule(
         names.job,
         source.alias,
@@ -665,7 +432,13 @@ def build_source_backup(
     assets: list[AssetsDefinition] = [inventory, archived]
     return Definitions(
         assets=assets,
-        asset_checks=[complete_in_archive, content_verified, volume_vs_baseline, duration_vs_baseline],
+        asset_checks=[
+            complete_in_archive,
+            content_verified,
+            *baseline_checks(
+                names.archived, partitions_def, rules, volume_key="instances_found", volume_noun="instances"
+            ),
+        ],
         jobs=[job],
         schedules=[nightly],
     )

@@ -23,8 +23,8 @@ import pytest
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_config
 from dicom_backup_dagster.defs import build_definitions
+from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
-from dicom_backup_dagster.defs.qr_backup import DEFAULT_START_DATE, BackupStorage
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.sandbox.processes import free_port
 from dicom_backup_dagster.sandbox.synthetic import patients

@@ -21,12 +21,8 @@ from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import DEFERRED, MOVED, read_manifest
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, QRSource, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.qr_backup import (
-    DEFAULT_RULES,
-    DEFAULT_START_DATE,
-    BackupStorage,
-    build_qr_backup_defs,
-)
+from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
+from dicom_backup_dagster.defs.qr_backup import DEFAULT_RULES, build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.sandbox.orthanc import OrthancServer
@@ -44,9 +40,7 @@ def _env(sandbox: Any, monkeypatch: pytest.MonkeyPatch, **settings: Any) -> Envi
     return replace(env, settings=replace(env.settings, **settings)) if settings else env
 
 
-def _defs(
-    env: EnvironmentConfig, storage_dir: Path, rules: BaselineRules = DEFAULT_RULES
-) -> dg.Definitions:
+def _defs(env: EnvironmentConfig, storage_dir: Path, rules: BaselineRules = DEFAULT_RULES) -> dg.Definitions:
     # One quick retry, as in production (where it has backoff): a loaded CI machine can make a peer drop
     # an association, which is exactly what the retry is for.
     retry = dg.RetryPolicy(max_retries=1, delay=1)

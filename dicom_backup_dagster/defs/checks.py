@@ -1,0 +1,214 @@
+"""Checks every backup source kind shares: presence on the archive and the volume/duration baselines.
+
+Presence (`complete_in_archive`) asks the archive by IMAGE-level C-FIND; the baselines compare a
+materialization's metadata with the trailing median of earlier partitions (seeds/000 section 4,
+backup/baseline.py holds the rules).
+
+No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DailyPartitionsDefinition,
+    MetadataValue,
+    asset_check,
+)
+
+from dicom_backup_dagster.backup import baseline
+from dicom_backup_dagster.backup.inventory import archived_sop_uids
+from dicom_backup_dagster.backup.manifest import read_manifest
+from dicom_backup_dagster.backup.verify import check_presence
+from dicom_backup_dagster.defs.common import check_partition, find_session, uids_metadata
+from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.network import Peer
+
+
+def presence_check_result(
+    source_alias: str,
+    partition: str,
+    manifest_path: Path,
+    archive: Peer,
+    dicom: DicomNetwork,
+    noun: str = "instances",
+    deferred_advice: str = "",
+) -> AssetCheckResult:
+    """complete_in_archive for any source: every non-deferred entry of the manifest is on the archive
+    (IMAGE-level C-FIND per study). Deferred entries alone make a WARN that says what to run next."""
+    compared = f"{source_alias} {noun} of {partition} vs IMAGE-level C-FIND on {archive}"
+    try:
+        with find_session(archive, dicom) as main:
+            result = check_presence(
+                read_manifest(manifest_path), lambda study: archived_sop_uids(main, study)
+            )
+    except DicomError as error:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=f"could not query the archive: {error}",
+            metadata={"partition": partition, "compared": compared},
+        )
+    metadata: dict[str, Any] = {
+        "partition": partition,
+        "compared": compared,
+        "expected": result.expected,
+        "present": result.present,
+        "missing": result.missing,
+        "deferred": result.deferred,
+        "missing_uids": uids_metadata(result.missing_uids),
+    }
+    if result.missing:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.ERROR,
+            description=(
+                f"{result.missing} of {result.expected} {noun} of {source_alias} {partition} are "
+                f"not on {archive}: {', '.join(result.missing_uids[:5])}"
+                + (" ..." if result.missing > 5 else "")
+            ),
+            metadata=metadata,
+        )
+    if result.deferred:
+        return AssetCheckResult(
+            passed=False,
+            severity=AssetCheckSeverity.WARN,
+            description=(
+                f"{result.present} {noun} on the archive; {result.deferred} deferred{deferred_advice}"
+            ),
+            metadata=metadata,
+        )
+    return AssetCheckResult(
+        passed=True, description=f"all {result.expected} {noun} on {archive}", metadata=metadata
+    )
+
+
+def _history(
+    instance: DagsterInstance,
+    key: AssetKey,
+    partitions_def: DailyPartitionsDefinition,
+    partition: str,
+    metadata_key: str,
+    window_size: int = baseline.DEFAULT_WINDOW,
+) -> list[float]:
+    """`metadata_key` of the latest materialization of each of the `window_size` partitions before
+    `partition` that has one (missing days are skipped, not counted as zero)."""
+    keys = partitions_def.get_partition_keys()
+    if partition not in keys:
+        return []
+    index = keys.index(partition)
+    previous = keys[max(0, index - window_size) : index]
+    if not previous:
+        return []
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=previous), limit=window_size * 20
+    ).records
+    latest: dict[str, float] = {}
+    for record in records:  # newest first
+        event = record.event_log_entry.asset_materialization
+        if event is None or event.partition in latest or event.partition is None:
+            continue
+        value = event.metadata.get(metadata_key)
+        if value is not None and isinstance(value.value, (int, float)):
+            latest[event.partition] = float(value.value)
+    return [latest[p] for p in previous if p in latest]
+
+
+def _latest_value(instance: DagsterInstance, key: AssetKey, partition: str, metadata_key: str) -> Any:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    materialization = records[0].event_log_entry.asset_materialization if records else None
+    entry = materialization.metadata.get(metadata_key) if materialization else None
+    return entry.value if entry is not None else None
+
+
+def baseline_check(
+    asset_key: AssetKey,
+    partitions_def: DailyPartitionsDefinition,
+    name: str,
+    metadata_key: str,
+    rule: Callable[[float, list[float]], baseline.Verdict],
+    compared: str,
+    window: int,
+) -> AssetChecksDefinition:
+    """A WARN check on `asset_key`: `rule` applied to `metadata_key` of the partition's latest
+    materialization against the same key of the previous `window` partitions."""
+
+    @asset_check(
+        asset=asset_key,
+        name=name,
+        description=f"WARN when {compared} (trailing median of the previous {window} "
+        "partitions with a materialization).",
+    )
+    def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
+        partition = check_partition(context, asset_key)
+        current_value = (
+            _latest_value(context.instance, asset_key, partition, metadata_key) if partition else None
+        )
+        if partition is None or not isinstance(current_value, (int, float)):
+            return AssetCheckResult(
+                passed=True,
+                severity=AssetCheckSeverity.WARN,
+                description=f"no {metadata_key} recorded for partition {partition} yet",
+                metadata={"partition": str(partition)},
+            )
+        history = _history(context.instance, asset_key, partitions_def, partition, metadata_key, window)
+        verdict = rule(float(current_value), history)
+        return AssetCheckResult(
+            passed=verdict.passed,
+            severity=AssetCheckSeverity.WARN,
+            description=verdict.reason,
+            metadata={
+                "partition": partition,
+                "compared": f"{metadata_key} of {partition} vs the median of earlier partitions",
+                "current": float(current_value),
+                "baseline_median": verdict.baseline if verdict.baseline is not None else MetadataValue.null(),
+                "threshold": verdict.threshold if verdict.threshold is not None else MetadataValue.null(),
+                "history": MetadataValue.json(list(verdict.history)),
+            },
+        )
+
+    return _check
+
+
+def baseline_checks(
+    asset_key: AssetKey,
+    partitions_def: DailyPartitionsDefinition,
+    rules: baseline.BaselineRules,
+    *,
+    volume_key: str,
+    volume_noun: str,
+    duration_key: str = "seconds_total",
+) -> list[AssetChecksDefinition]:
+    """volume_vs_baseline on `volume_key` and duration_vs_baseline on `duration_key`."""
+    return [
+        baseline_check(
+            asset_key,
+            partitions_def,
+            "volume_vs_baseline",
+            volume_key,
+            rules.volume,
+            f"{volume_noun} found is below {rules.min_volume_ratio:g} x the baseline",
+            rules.window,
+        ),
+        baseline_check(
+            asset_key,
+            partitions_def,
+            "duration_vs_baseline",
+            duration_key,
+            rules.duration,
+            f"the backup took more than {rules.max_duration_ratio:g} x the baseline "
+            f"(and more than {rules.duration_floor_seconds:g} s)",
+            rules.window,
+        ),
+    ]

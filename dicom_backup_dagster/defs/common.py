@@ -1,0 +1,103 @@
+"""What every backup source kind shares: where manifests live, the retry policy, and failure messages.
+
+No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetKey,
+    Backoff,
+    ConfigurableResource,
+    DagsterInstance,
+    Failure,
+    Jitter,
+    MetadataValue,
+    RetryPolicy,
+)
+
+from dicom_backup_dagster.backup.errors import is_transient
+from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.find import FindSession
+from dicom_backup_dagster.dicom.network import Peer
+
+DEFAULT_START_DATE = "2020-01-01"
+STORAGE_RESOURCE_KEY = "backup_storage"
+
+# Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
+# configuration errors raise Failure(allow_retries=False) and fail at once.
+DEFAULT_RETRY_POLICY = RetryPolicy(
+    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+KEEP_UIDS = 20  # failing UIDs shown in metadata (the manifest on disk has all of them)
+
+
+class BackupStorage(ConfigurableResource):
+    """Where manifests and C-GET spools are written: `base_dir`, or by default the Dagster instance's
+    storage directory ($DAGSTER_HOME/storage/dicom_backup), which every run worker of the instance sees."""
+
+    base_dir: str = ""
+
+    def root(self, instance: DagsterInstance) -> Path:
+        if self.base_dir:
+            return Path(self.base_dir).expanduser()
+        return Path(instance.storage_directory()) / "dicom_backup"
+
+    def partition_dir(self, instance: DagsterInstance, source: str, partition: str) -> Path:
+        path = self.root(instance) / "manifests" / source / partition
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def spool_dir(self, instance: DagsterInstance, source: str, run_id: str, purpose: str) -> Path:
+        return self.root(instance) / "spool" / source / f"{run_id}-{purpose}"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Errors: what to tell the operator, and whether a retry can help
+
+
+def backup_failure(
+    source: str, phase: str, partition: str, error: DicomError, metadata: dict[str, Any] | None = None
+) -> Failure:
+    """A Failure naming the source, the peer and the DICOM status meaning (DicomError's text has both)."""
+    retry = is_transient(error)
+    kind = "transient, will be retried" if retry else "configuration or peer error, not retried"
+    return Failure(
+        description=f"{source} backup, {phase} of partition {partition}: {error} ({kind})",
+        metadata={
+            "source": source,
+            "peer": str(error.peer),
+            "operation": error.operation,
+            "dicom_status": f"0x{error.status:04X}" if error.status is not None else "none",
+            "status_meaning": error.status_meaning or "none",
+            **(metadata or {}),
+        },
+        allow_retries=retry,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# Helpers shared by the assets and checks of every source kind
+
+
+def uids_metadata(uids: list[str] | tuple[str, ...]) -> MetadataValue:
+    return MetadataValue.json(list(uids[:KEEP_UIDS]))
+
+
+def check_partition(context: AssetCheckExecutionContext, key: AssetKey) -> str | None:
+    """The run's partition; for checks executed on their own (an unpartitioned run, e.g. "Execute checks"
+    in the UI) the most recently materialized partition of the asset."""
+    if context.op_execution_context.has_partition_key:
+        return context.partition_key
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.dagster_event is None:
+        return None
+    return event.dagster_event.partition
+
+
+def find_session(peer: Peer, dicom: DicomNetwork) -> FindSession:
+    return FindSession(peer, dicom.calling_aet, dicom.timeouts)
