@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
+from . import stats
 from .association import association, no_response_error
 from .errors import StorageCommitmentError
 from .network import Peer, Timeouts, make_ae
@@ -104,6 +105,7 @@ def request_storage_commitment(
         status, _reply = assoc.send_n_action(
             request, REQUEST_STORAGE_COMMITMENT, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE_UID
         )
+        stats.record(peer.aet, "N-ACTION", status.get("Status"), time.monotonic() - sent)
         if "Status" not in status:
             raise no_response_error(assoc, peer, "N-ACTION", timeouts, time.monotonic() - sent)
         if int(status.Status) != 0x0000:

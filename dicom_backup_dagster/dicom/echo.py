@@ -6,6 +6,7 @@ import time
 
 from pynetdicom.sop_class import Verification
 
+from . import stats
 from .association import association, no_response_error
 from .errors import DicomError
 from .network import Peer, Timeouts, make_ae
@@ -25,6 +26,7 @@ def c_echo(peer: Peer, calling_aet: str, timeouts: Timeouts | None = None) -> fl
     ) as assoc:
         sent = time.monotonic()
         rsp = assoc.send_c_echo()
+        stats.record(peer.aet, "C-ECHO", rsp.get("Status"), time.monotonic() - sent)
         if "Status" not in rsp:
             raise no_response_error(assoc, peer, "C-ECHO", timeouts, time.monotonic() - sent)
         if rsp.Status != 0x0000:

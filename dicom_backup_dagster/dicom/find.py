@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from . import stats
 from .association import associate, no_response_error
 from .errors import DicomError, UnreadableResponse
 from .network import Peer, Timeouts, make_ae
@@ -153,9 +154,10 @@ class FindSession:
                 raise ValueError(f"{keyword!r} is not a DICOM keyword (check the query keys)")
             setattr(query, keyword, value)
         rows: list[Dataset] = []
-        waited_from = time.monotonic()
+        started = waited_from = time.monotonic()
         for status, identifier in self._assoc.send_c_find(query, FIND_SOP_CLASS):
             if "Status" not in status:
+                stats.record_failure(self.peer.aet, "C-FIND", time.monotonic() - started)
                 raise no_response_error(
                     self._assoc, self.peer, "C-FIND", self.timeouts, time.monotonic() - waited_from
                 )
@@ -164,6 +166,7 @@ class FindSession:
             category = status_category(code)
             if category == "Pending":
                 if identifier is None:
+                    stats.record_failure(self.peer.aet, "C-FIND", time.monotonic() - started)
                     # A match we cannot read is a match we would lose: fail (and let the caller retry).
                     raise UnreadableResponse(
                         self.peer,
@@ -175,12 +178,14 @@ class FindSession:
                     )
                 rows.append(identifier)
             elif code != 0x0000:
+                stats.record(self.peer.aet, "C-FIND", code, time.monotonic() - started)
                 raise DicomError(
                     self.peer,
                     "C-FIND",
                     f"{level}-level query",
                     status=code,
                 )
+        stats.record(self.peer.aet, "C-FIND", 0x0000, time.monotonic() - started)
         return rows
 
     def _unique_rows(

@@ -15,6 +15,7 @@ from typing import Literal
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
 
+from . import stats
 from .association import no_response_error
 from .errors import SubOperationError
 from .network import Peer, Timeouts
@@ -85,16 +86,19 @@ def collect_responses(
     timeouts: Timeouts,
 ) -> tuple[Dataset, Dataset | None, Dataset | None]:
     """Drain a send_c_move/send_c_get generator: (final status, final identifier, last pending status)."""
-    waited_from = time.monotonic()
+    started = waited_from = time.monotonic()
     last_pending: Dataset | None = None
     for status, identifier in responses:
         if "Status" not in status:
+            stats.record_failure(peer.aet, operation, time.monotonic() - started)
             raise no_response_error(assoc, peer, operation, timeouts, time.monotonic() - waited_from)
         waited_from = time.monotonic()
         if status_category(int(status.Status)) == PENDING:
             last_pending = status
             continue
+        stats.record(peer.aet, operation, int(status.Status), time.monotonic() - started)
         return status, identifier, last_pending
+    stats.record_failure(peer.aet, operation, time.monotonic() - started)
     raise no_response_error(assoc, peer, operation, timeouts, 0.0)
 
 

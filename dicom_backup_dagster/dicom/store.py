@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from . import stats
 from .association import association, no_response_error
 from .errors import AssociationError, StoreError
 from .network import Peer, Timeouts, make_ae
@@ -189,6 +190,7 @@ def _store_batch(
             sent = time.monotonic()
             # A path lets pynetdicom send the encoded data set as is; without file meta it cannot.
             rsp = assoc.send_c_store(info.path if info.has_file_meta else _read_without_meta(info.path))
+            stats.record(peer.aet, "C-STORE", rsp.get("Status"), time.monotonic() - sent)
             if "Status" not in rsp:
                 raise no_response_error(assoc, peer, "C-STORE", timeouts, time.monotonic() - sent)
             code = int(rsp.Status)
