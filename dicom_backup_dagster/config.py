@@ -35,6 +35,14 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 only
 
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
+from dicom_backup_dagster.notify.settings import (
+    CHANNELS,
+    SEVERITIES,
+    EmailSettings,
+    NotificationSettings,
+    PagerDutySettings,
+    SlackSettings,
+)
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -258,6 +266,12 @@ class Settings:
     verification_fraction: float = 0.0
     mosaiq_queries: dict[str, str] = field(default_factory=dict, hash=False)
     connectivity_schedule: str = "*/15 * * * *"
+    # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
+    # runs always cover one day. Per-day figures stay per partition (backup/partitions.py).
+    backfill_days_per_run: int = 7
+    # The staging cleanup job deletes a staged Mosaiq RT record only once it is verified on main AND was
+    # received by staging at least this many days ago (defs/staging_cleanup.py).
+    staging_retention_days: int = 7
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -274,6 +288,7 @@ class EnvironmentConfig:
     sources: dict[str, Source] = field(hash=False)
     backup_targets: dict[str, BackupTarget] = field(hash=False)
     settings: Settings = field(default_factory=Settings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings, hash=False)
 
     @property
     def main_target(self) -> BackupTarget:
@@ -681,6 +696,7 @@ _ENV_KEYS = (
     "sources",
     "backup_targets",
     "settings",
+    "notifications",
 )
 _QR_KEYS = ("type", "aet", "ip", "port", "query_level", "query_keys", "transfer", "max_associations")
 _MOSAIQ_KEYS = (
@@ -705,6 +721,8 @@ _SETTINGS_KEYS = (
     "verification_fraction",
     "mosaiq_queries",
     "connectivity_schedule",
+    "backfill_days_per_run",
+    "staging_retention_days",
 )
 _TIMEOUT_KEYS = ("acse", "dimse", "network", "connect")
 # Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
@@ -962,6 +980,28 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         example="3",
         default=d.lookback_days,
     )
+    days_per_run = v.integer(
+        env,
+        path,
+        table,
+        "backfill_days_per_run",
+        required=False,
+        low=1,
+        high=366,
+        example="7",
+        default=d.backfill_days_per_run,
+    )
+    retention = v.integer(
+        env,
+        path,
+        table,
+        "staging_retention_days",
+        required=False,
+        low=0,
+        high=3650,
+        example="7",
+        default=d.staging_retention_days,
+    )
     timezone = d.timezone
     if "timezone" in table:
         tz = table["timezone"]
@@ -1069,6 +1109,243 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         fraction,  # type: ignore[arg-type]
         queries,
         crons["connectivity_schedule"],
+        days_per_run,
+        staging_retention_days=retention,  # type: ignore[arg-type]
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# [<ENV>.notifications] (notify/settings.py holds the model; defs/alerts.py uses it)
+
+_NOTIFY_KEYS = ("dagster_ui_url", "runbook_base_url", "timeout_s", "routes", "slack", "pagerduty", "email")
+_SLACK_KEYS = ("webhook_url_env", "token_env", "channel", "base_url")
+_PAGERDUTY_KEYS = ("routing_key_env", "events_url")
+_EMAIL_KEYS = ("smtp_host", "smtp_port", "starttls", "from", "to", "username", "password_env")
+_EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+
+
+def _http_url(
+    v: _Validator, env: str, path: str, table: Mapping[str, Any], key: str, example: str
+) -> str | None:
+    """An optional http(s) URL with a host and without credentials (those go in environment variables)."""
+    value = v.string(env, path, table, key, required=False, example=example)
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.username or parts.password:
+        v.add(
+            env,
+            f"{path}.{key}",
+            "must not contain a user name or password (value not shown)",
+            "remove them from the URL; secrets are named by the *_env keys",
+        )
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        v.add(
+            env,
+            f"{path}.{key}",
+            f"{value!r} is not an http(s) URL with a host",
+            f"write it as {key} = {example}",
+        )
+        return None
+    return value
+
+
+def _parse_notifications(v: _Validator, env: str, raw: Any) -> NotificationSettings:
+    path = f"{env}.notifications"
+    table = v.table(
+        env, path, raw, required=False, example='dagster_ui_url = "http://dagster.example.org:3000"'
+    )
+    if table is None:
+        return NotificationSettings()
+    v.unknown_keys(env, path, table, _NOTIFY_KEYS)
+    d = NotificationSettings()
+    ui_url = _http_url(v, env, path, table, "dagster_ui_url", '"http://dagster.example.org:3000"')
+    runbooks = v.string(
+        env,
+        path,
+        table,
+        "runbook_base_url",
+        required=False,
+        example='"https://git.example.org/dicom-backup/-/blob/main/docs/runbooks"',
+        default=d.runbook_base_url,
+    )
+    timeout = v.number(
+        env,
+        path,
+        table,
+        "timeout_s",
+        low=0.0,
+        high=300.0,
+        low_inclusive=False,
+        default=d.timeout_s,
+        example="10",
+    )
+
+    slack = None
+    s_raw = v.subtable(
+        env, path, table, "slack", required=False, example='webhook_url_env = "UCLA_SLACK_WEBHOOK_URL"'
+    )
+    if s_raw is not None:
+        s_path = f"{path}.slack"
+        v.unknown_keys(env, s_path, s_raw, _SLACK_KEYS)
+        webhook = v.env_var_name(
+            env, s_path, s_raw, "webhook_url_env", f'"{env}_SLACK_WEBHOOK_URL"', required=False
+        )
+        token = v.env_var_name(env, s_path, s_raw, "token_env", f'"{env}_SLACK_BOT_TOKEN"', required=False)
+        channel = v.string(env, s_path, s_raw, "channel", required=False, example='"#radonc-backup"')
+        base_url = _http_url(v, env, s_path, s_raw, "base_url", '"https://slack.com/api/"')
+        if "webhook_url_env" in s_raw and "token_env" in s_raw:
+            v.add(
+                env,
+                s_path,
+                "both webhook_url_env and token_env are set",
+                "choose one: an incoming webhook (webhook_url_env) or a bot token (token_env + channel)",
+            )
+        elif "webhook_url_env" not in s_raw and not ("token_env" in s_raw and "channel" in s_raw):
+            v.add(
+                env,
+                s_path,
+                "no way to post: set webhook_url_env, or token_env and channel",
+                f'add webhook_url_env = "{env}_SLACK_WEBHOOK_URL" and export that variable with the '
+                "incoming webhook URL (it is a secret)",
+            )
+        elif webhook or (token and channel):
+            slack = SlackSettings(webhook, token, channel, base_url or SlackSettings.base_url)
+
+    pagerduty = None
+    p_raw = v.subtable(
+        env,
+        path,
+        table,
+        "pagerduty",
+        required=False,
+        example='routing_key_env = "UCLA_PAGERDUTY_ROUTING_KEY"',
+    )
+    if p_raw is not None:
+        p_path = f"{path}.pagerduty"
+        v.unknown_keys(env, p_path, p_raw, _PAGERDUTY_KEYS)
+        key_env = v.env_var_name(
+            env, p_path, p_raw, "routing_key_env", f'"{env}_PAGERDUTY_ROUTING_KEY"', required=True
+        )
+        events_url = _http_url(
+            v, env, p_path, p_raw, "events_url", '"https://events.pagerduty.com/v2/enqueue"'
+        )
+        if key_env:
+            pagerduty = PagerDutySettings(key_env, events_url or PagerDutySettings.events_url)
+
+    email = None
+    e_raw = v.subtable(env, path, table, "email", required=False, example='smtp_host = "smtp.example.org"')
+    if e_raw is not None:
+        e_path = f"{path}.email"
+        v.unknown_keys(env, e_path, e_raw, _EMAIL_KEYS)
+        host = v.host(env, e_path, e_raw, "smtp_host", '"smtp.example.org"')
+        port = v.port(env, e_path, e_raw, "smtp_port", required=False, example="587") or 587
+        starttls = e_raw.get("starttls", True)
+        if not isinstance(starttls, bool):
+            v.add(
+                env,
+                f"{e_path}.starttls",
+                f"must be true or false, got {_type_name(starttls)}",
+                "write starttls = true",
+            )
+            starttls = True
+        sender = v.string(env, e_path, e_raw, "from", required=True, example='"dicom-backup@example.org"')
+        if sender is not None and not _EMAIL_RE.match(sender.strip()):
+            v.add(
+                env,
+                f"{e_path}.from",
+                f"{sender!r} is not an email address",
+                'write from = "dicom-backup@example.org"',
+            )
+            sender = None
+        to = e_raw.get("to")
+        recipients: tuple[str, ...] = ()
+        if to is None:
+            v.add(env, f"{e_path}.to", "missing required key 'to'", 'add to = ["radonc-it@example.org"]')
+        elif (
+            not isinstance(to, list)
+            or not to
+            or not all(isinstance(a, str) and _EMAIL_RE.match(a.strip()) for a in to)
+        ):
+            v.add(
+                env,
+                f"{e_path}.to",
+                "must be a non-empty array of email addresses",
+                'write to = ["radonc-it@example.org", "physics@example.org"]',
+            )
+        else:
+            recipients = tuple(a.strip() for a in to)
+        username = v.string(env, e_path, e_raw, "username", required=False, example='"dicom-backup"')
+        password_env = v.env_var_name(
+            env, e_path, e_raw, "password_env", f'"{env}_SMTP_PASSWORD"', required=False
+        )
+        if ("username" in e_raw) != ("password_env" in e_raw):
+            missing = "password_env" if "username" in e_raw else "username"
+            v.add(
+                env,
+                f"{e_path}.{missing}",
+                "username and password_env go together",
+                f"add {missing} (or remove the other one if the SMTP relay needs no authentication)",
+            )
+        if host and sender and recipients:
+            email = EmailSettings(host, sender.strip(), recipients, port, starttls, username, password_env)
+
+    routes = dict(d.routes)
+    r_raw = v.subtable(
+        env, path, table, "routes", required=False, example='critical = ["pagerduty", "slack"]'
+    )
+    configured = {"slack": s_raw is not None, "pagerduty": p_raw is not None, "email": e_raw is not None}
+    for severity, channels in (r_raw or {}).items():
+        dotted = f"{path}.routes.{severity}"
+        if severity not in SEVERITIES:
+            suffix, _ = _suggest(severity, SEVERITIES)
+            v.add(
+                env, dotted, f"unknown severity {severity!r}{suffix}", f"use one of: {', '.join(SEVERITIES)}"
+            )
+            continue
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            v.add(
+                env,
+                dotted,
+                f"must be an array of channel names, got {_type_name(channels)}",
+                f'write {severity} = ["slack"]',
+            )
+            continue
+        good = True
+        for channel in channels:
+            if channel not in CHANNELS:
+                close = [c for c in [_close(channel, CHANNELS, 0.5)] if c]
+                hint = f", did you mean {close[0]!r}?" if close else ""
+                v.add(
+                    env,
+                    dotted,
+                    f"unknown channel {channel!r}{hint}",
+                    f"use channels from: {', '.join(CHANNELS)}",
+                )
+                good = False
+            elif not configured[channel]:
+                v.add(
+                    env,
+                    dotted,
+                    f"routes {severity} alerts to {channel!r} but [{path}.{channel}] is not configured",
+                    f"add a [{path}.{channel}] table or remove {channel!r} from this route",
+                )
+                good = False
+        if good:
+            routes[severity] = tuple(dict.fromkeys(channels))  # type: ignore[assignment]
+    return NotificationSettings(
+        dagster_ui_url=ui_url.rstrip("/") if ui_url else None,
+        runbook_base_url=(runbooks or d.runbook_base_url).rstrip("/"),
+        timeout_s=timeout,
+        routes=routes,  # type: ignore[arg-type]
+        slack=slack,
+        pagerduty=pagerduty,
+        email=email,
     )
 
 
@@ -1157,6 +1434,7 @@ def _parse_environment(v: _Validator, env: str, raw: dict, config_dir: Path) -> 
     )
 
     settings = _parse_settings(v, env, raw.get("settings"))
+    notifications = _parse_notifications(v, env, raw.get("notifications"))
 
     # Cross-references. Checked against the aliases written in the file (not only the valid ones) so a
     # broken source table does not also produce a misleading "unknown alias" error.
@@ -1234,6 +1512,7 @@ def _parse_environment(v: _Validator, env: str, raw: dict, config_dir: Path) -> 
         sources,
         targets,
         settings,
+        notifications=notifications,
     )
 
 
@@ -1507,15 +1786,34 @@ def _summary(site: SiteConfig) -> list[str]:
     lines.append(
         f"settings: schedule {s.schedule!r} ({s.timezone}), connectivity {s.connectivity_schedule!r}, "
         f"lookback_days={s.lookback_days}, max_uids_per_run={s.max_uids_per_run}, "
+        f"backfill_days_per_run={s.backfill_days_per_run}, "
+        f"staging_retention_days={s.staging_retention_days}, "
         f"verification_fraction={s.verification_fraction}, timeouts acse={s.timeouts.acse} "
         f"dimse={s.timeouts.dimse} network={s.timeouts.network} connect={s.timeouts.connect}"
         + (f", mosaiq_queries={sorted(s.mosaiq_queries)}" if s.mosaiq_queries else "")
+    )
+    n = env.notifications
+    lines.append(
+        "notifications: "
+        + (
+            ", ".join(f"{sev} -> {'+'.join(n.routes.get(sev, ())) or 'nobody'}" for sev in n.routes)
+            + f" (configured: {', '.join(n.configured_channels)}; Dagster UI {n.dagster_ui_url or 'not set'})"
+            if n.enabled
+            else "none configured (alerts are only logged)"
+        )
     )
     return lines
 
 
 def _warnings(site: SiteConfig) -> list[str]:
-    out: list[str] = []
+    # Notification secrets are read at send time, so a missing one fails that channel, not the code
+    # location: the check reports it here instead of refusing the file.
+    out: list[str] = [
+        f"warning: {site.environment.name}.{key}: environment variable {var} is not set; that channel "
+        "will fail until it is exported"
+        for key, var in site.environment.notifications.env_vars().items()
+        if not os.environ.get(var)
+    ]
     mosaiq = site.environment.mosaiq_sources
     if mosaiq:
         try:
