@@ -158,3 +158,13 @@ class ManifestHandle:
 
     def count_of(self, state: str) -> int:
         return self.states.get(state, 0)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the handle as JSON next to its manifest, so a later step (or a re-execution of it) finds
+        it without an IO manager: ranged runs cover several partitions, which Dagster's pickling IO
+        managers cannot store."""
+        Path(path).write_text(json.dumps(asdict(self), separators=(",", ":")), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ManifestHandle:
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))

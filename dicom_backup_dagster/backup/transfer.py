@@ -1,9 +1,11 @@
 """Executing a plan: C-MOVE source -> archive, or C-GET into a spool then C-STORE to the archive.
 
-Requests go out per series over one reused association to the source (opening one per request costs a
-round trip and, on a busy PACS, an association slot). A series whose instances are all pending is asked
-for at SERIES level with the expected count; a partial series (some already archived, or cut by
-max_uids_per_run) at IMAGE level with a list of SOP Instance UIDs (PS3.4 C.2.2.2.2 list matching).
+Requests go out over one reused association to the source (opening one per request costs a round trip
+and, on a busy PACS, an association slot). A study whose instances are all pending is asked for at STUDY
+level (for a C-MOVE the source opens one sub-association to the archive per request, and a PACS looks the
+request up in its index: one per study, not one per series); otherwise a fully pending series at SERIES
+level with the expected count, and a partial series (some already archived, or cut by max_uids_per_run)
+at IMAGE level with a list of SOP Instance UIDs (PS3.4 C.2.2.2.2 list matching).
 
 Sub-operation counts are only the first rung of the verification ladder: `finalize()` asks the archive
 (C-FIND, IMAGE level) which pending instances actually arrived and marks each MOVED or FAILED, so the
@@ -240,18 +242,28 @@ class TransferOutcome:
         return self.errors[-1] if self.stopped_early and self.errors else None
 
 
-def _requests(entries: list[InstanceEntry]) -> list[tuple[str | None, list[str]]]:
-    """(series UID or None, SOP UIDs) requests for one series: SERIES level when every instance we know
-    of is pending, else IMAGE level in chunks."""
-    pending = [e.sop_instance_uid for e in entries if e.state == PENDING]
-    if not pending:
+def _requests(entries: list[InstanceEntry]) -> list[tuple[str | None, list[str], int]]:
+    """(series UID or None, SOP UIDs, expected count) requests for one study: STUDY level when every
+    instance we know of is pending (one request, and one sub-association from the source to the archive,
+    instead of one per series), else per series: SERIES level when the whole series is pending, IMAGE
+    level in chunks otherwise."""
+    pending_count = sum(1 for e in entries if e.state == PENDING)
+    if pending_count == 0:
         return []
-    series = entries[0].series_instance_uid
-    if len(pending) == len(entries):
-        return [(series, [])]
-    return [
-        (series, pending[i : i + MAX_UIDS_PER_REQUEST]) for i in range(0, len(pending), MAX_UIDS_PER_REQUEST)
-    ]
+    if pending_count == len(entries):
+        return [(None, [], pending_count)]
+    requests: list[tuple[str | None, list[str], int]] = []
+    for (_study, series), group in by_series(entries):
+        pending = [e.sop_instance_uid for e in group if e.state == PENDING]
+        if not pending:
+            continue
+        if len(pending) == len(group):
+            requests.append((series, [], len(pending)))
+            continue
+        for i in range(0, len(pending), MAX_UIDS_PER_REQUEST):
+            chunk = pending[i : i + MAX_UIDS_PER_REQUEST]
+            requests.append((series, chunk, len(chunk)))
+    return requests
 
 
 def _stops_transfer(error: DicomError) -> bool:
@@ -328,9 +340,8 @@ def transfer(
 
     def request_all() -> None:
         consecutive = 0
-        for (study, _series), entries in by_series(plan):
-            for series, uids in _requests(entries):
-                expected = len(uids) or sum(1 for e in entries if e.state == PENDING)
+        for study, entries in by_study(plan):
+            for series, uids, expected in _requests(entries):
                 outcome.requests += 1
                 outcome.requested_instances += expected
                 started = time.monotonic()

@@ -28,7 +28,7 @@ from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.inventory import archived_sop_uids
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.backup.verify import check_presence
-from dicom_backup_dagster.defs.common import check_partition, find_session, uids_metadata
+from dicom_backup_dagster.defs.common import check_partitions, find_session, uids_metadata
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.network import Peer
@@ -123,7 +123,8 @@ def _history(
     return [latest[p] for p in previous if p in latest]
 
 
-def _latest_value(instance: DagsterInstance, key: AssetKey, partition: str, metadata_key: str) -> Any:
+def latest_metadata_value(instance: DagsterInstance, key: AssetKey, partition: str, metadata_key: str) -> Any:
+    """`metadata_key` of the partition's latest materialization, or None."""
     records = instance.fetch_materializations(
         AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
     ).records
@@ -141,8 +142,10 @@ def baseline_check(
     compared: str,
     window: int,
 ) -> AssetChecksDefinition:
-    """A WARN check on `asset_key`: `rule` applied to `metadata_key` of the partition's latest
-    materialization against the same key of the previous `window` partitions."""
+    """A WARN check on `asset_key`: `rule` applied to `metadata_key` of each partition's latest
+    materialization (every partition of a ranged backfill run) against the same key of the previous
+    `window` partitions. A partition without the key (e.g. seconds_total, which ranged runs only record
+    for the whole run) is not judged."""
 
     @asset_check(
         asset=asset_key,
@@ -151,31 +154,46 @@ def baseline_check(
         "partitions with a materialization).",
     )
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        partition = check_partition(context, asset_key)
-        current_value = (
-            _latest_value(context.instance, asset_key, partition, metadata_key) if partition else None
-        )
-        if partition is None or not isinstance(current_value, (int, float)):
+        partitions = check_partitions(context, asset_key)
+        judged: dict[str, baseline.Verdict] = {}
+        current: dict[str, float] = {}
+        for partition in partitions:
+            value = latest_metadata_value(context.instance, asset_key, partition, metadata_key)
+            if not isinstance(value, (int, float)):
+                continue
+            history = _history(context.instance, asset_key, partitions_def, partition, metadata_key, window)
+            current[partition] = float(value)
+            judged[partition] = rule(float(value), history)
+        if not judged:
+            shown = partitions[0] if len(partitions) == 1 else f"{len(partitions)} partitions"
             return AssetCheckResult(
                 passed=True,
                 severity=AssetCheckSeverity.WARN,
-                description=f"no {metadata_key} recorded for partition {partition} yet",
-                metadata={"partition": str(partition)},
+                description=f"no {metadata_key} recorded for {shown or 'any partition'} (not judged)",
+                metadata={"partition": ", ".join(partitions) or "none"},
             )
-        history = _history(context.instance, asset_key, partitions_def, partition, metadata_key, window)
-        verdict = rule(float(current_value), history)
+        failed = {p: v for p, v in judged.items() if not v.passed}
+        first = next(iter(failed), next(iter(judged)))
+        verdict = judged[first]
+        if len(judged) == 1:
+            description = verdict.reason
+        elif failed:
+            description = f"{len(failed)} of {len(judged)} days: {first}: {verdict.reason}"
+        else:
+            description = f"{len(judged)} days within the baseline"
+        metadata: dict[str, Any] = {
+            "partition": first,
+            "compared": f"{metadata_key} of {first} vs the median of earlier partitions",
+            "current": current[first],
+            "baseline_median": verdict.baseline if verdict.baseline is not None else MetadataValue.null(),
+            "threshold": verdict.threshold if verdict.threshold is not None else MetadataValue.null(),
+            "history": MetadataValue.json(list(verdict.history)),
+        }
+        if len(judged) > 1:
+            metadata["partitions_judged"] = len(judged)
+            metadata["partitions_failed"] = MetadataValue.json(sorted(failed))
         return AssetCheckResult(
-            passed=verdict.passed,
-            severity=AssetCheckSeverity.WARN,
-            description=verdict.reason,
-            metadata={
-                "partition": partition,
-                "compared": f"{metadata_key} of {partition} vs the median of earlier partitions",
-                "current": float(current_value),
-                "baseline_median": verdict.baseline if verdict.baseline is not None else MetadataValue.null(),
-                "threshold": verdict.threshold if verdict.threshold is not None else MetadataValue.null(),
-                "history": MetadataValue.json(list(verdict.history)),
-            },
+            passed=not failed, severity=AssetCheckSeverity.WARN, description=description, metadata=metadata
         )
 
     return _check

@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
+    AssetExecutionContext,
     AssetKey,
     Backoff,
     ConfigurableResource,
@@ -17,6 +18,7 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
 )
+from dagster._core.storage.tags import BACKFILL_ID_TAG  # "dagster/backfill", not exported publicly
 
 from dicom_backup_dagster.backup.errors import is_transient
 from dicom_backup_dagster.defs.resources import DicomNetwork
@@ -89,14 +91,26 @@ def uids_metadata(uids: list[str] | tuple[str, ...]) -> MetadataValue:
 
 
 def check_partition(context: AssetCheckExecutionContext, key: AssetKey) -> str | None:
-    """The run's partition; for checks executed on their own (an unpartitioned run, e.g. "Execute checks"
-    in the UI) the most recently materialized partition of the asset."""
-    if context.op_execution_context.has_partition_key:
-        return context.partition_key
+    """The run's partition (the last one of a ranged run); for checks executed on their own (an
+    unpartitioned run, e.g. "Execute checks" in the UI) the most recently materialized partition."""
+    partitions = check_partitions(context, key)
+    return partitions[-1] if partitions else None
+
+
+def check_partitions(context: AssetCheckExecutionContext, key: AssetKey) -> list[str]:
+    """Every partition the run covers (one, or a backfill's range); for checks executed on their own the
+    most recently materialized partition of the asset; [] when it was never materialized."""
+    op_context = context.op_execution_context
+    if op_context.has_partition_key or op_context.has_partition_key_range:
+        return list(op_context.partition_keys)
     event = context.instance.get_latest_materialization_event(key)
-    if event is None or event.dagster_event is None:
-        return None
-    return event.dagster_event.partition
+    if event is None or event.dagster_event is None or event.dagster_event.partition is None:
+        return []
+    return [event.dagster_event.partition]
+
+
+def is_backfill_run(context: AssetExecutionContext) -> bool:
+    return BACKFILL_ID_TAG in context.run.tags
 
 
 def find_session(peer: Peer, dicom: DicomNetwork) -> FindSession:

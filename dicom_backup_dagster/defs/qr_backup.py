@@ -35,49 +35,58 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetIn,
     AssetKey,
     AssetsDefinition,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Definitions,
     Failure,
+    MaterializeResult,
     MetadataValue,
-    Output,
     RetryPolicy,
     asset,
     asset_check,
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.inventory import archived_sop_uids, take_inventory, window
+from dicom_backup_dagster.backup.inventory import archived_sop_uids, take_inventory
 from dicom_backup_dagster.backup.manifest import (
+    ALREADY_ARCHIVED,
+    DEFERRED,
+    FAILED,
     FOUND,
+    MOVED,
     ManifestHandle,
     read_manifest,
 )
+from dicom_backup_dagster.backup.partitions import RunDays, counts_by_partition
 from dicom_backup_dagster.backup.plan import make_plan
 from dicom_backup_dagster.backup.transfer import finalize, transfer
 from dicom_backup_dagster.backup.verify import sample, verify_content
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource
-from dicom_backup_dagster.defs.checks import baseline_checks, presence_check_result
+from dicom_backup_dagster.defs.checks import baseline_checks, latest_metadata_value, presence_check_result
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_START_DATE,
     STORAGE_RESOURCE_KEY,
     BackupStorage,
     backup_failure,
-    check_partition,
+    check_partitions,
     find_session,
+    is_backfill_run,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
 # The first day a backfill can target. Sites that started archiving later simply never backfill earlier
 # days; the daily partition count (~365 a year) stays far below Dagster's recommended maximum.
 DEFAULT_RULES = baseline.BaselineRules()
+# Counts recorded per partition (each instance in exactly one; backup/partitions.py); a ranged run also
+# records its totals as run_<key>.
+_PER_PARTITION = ("instances_found", "already_archived", "moved", "failed", "deferred")
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ def build_source_backup(
     @asset(
         key=names.inventory,
         partitions_def=partitions_def,
-        backfill_policy=BackfillPolicy.multi_run(1),
+        backfill_policy=BackfillPolicy.multi_run(settings.backfill_days_per_run),
         pool=names.pool,
         retry_policy=retry_policy,
         group_name=names.group,
@@ -141,34 +150,42 @@ def build_source_backup(
         description=(
             f"Every instance {source.alias} ({what}) holds for the partition's StudyDate and the "
             f"{settings.lookback_days} days before it (late series on older studies), found by C-FIND "
-            "STUDY -> SERIES -> IMAGE. The value is a manifest of instance UIDs on disk."
+            "STUDY -> SERIES -> IMAGE. A backfill run covers up to "
+            f"{settings.backfill_days_per_run} days in one C-FIND, without the look-back. The manifest of "
+            "instance UIDs is on disk."
         ),
     )
+    @with_dimse_metadata
     def inventory(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> Output[ManifestHandle]:
-        partition = context.partition_key
-        first, last = window(dt.date.fromisoformat(partition), settings.lookback_days)
-        path = backup_storage.partition_dir(context.instance, source.alias, partition) / "inventory.jsonl"
+    ) -> MaterializeResult:
+        days = RunDays(tuple(context.partition_keys))
+        first, last = days.study_dates(0 if is_backfill_run(context) else settings.lookback_days)
+        folder = backup_storage.partition_dir(context.instance, source.alias, days.label)
+        path = folder / "inventory.jsonl"
         try:
             with find_session(source.peer, dicom) as session:
                 summary = take_inventory(session, first, last, path, query_keys=source.query_keys)
         except DicomError as error:
-            raise backup_failure(source.alias, "inventory (C-FIND)", partition, error) from error
+            raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
         context.log.info(
-            f"{source.alias} {partition}: {summary.studies} studies, {summary.series} series, "
+            f"{source.alias} {days.label}: {summary.studies} studies, {summary.series} series, "
             f"{summary.instances} instances dated {first}..{last} ({summary.seconds:.2f} s)"
         )
-        handle = ManifestHandle(
-            str(path), source.alias, partition, summary.instances, {FOUND: summary.instances}, summary.seconds
+        found = {FOUND: summary.instances}
+        ManifestHandle(str(path), source.alias, days.label, summary.instances, found, summary.seconds).save(
+            folder / "inventory.handle.json"
         )
-        return Output(
-            handle,
+        for partition, counts in counts_by_partition(read_manifest(path), days).items():
+            context.add_asset_metadata(
+                {"instances": counts.found, "instances_dated": counts.dated}, partition_key=partition
+            )
+        return MaterializeResult(
             metadata={
-                "studies": summary.studies,
+                "run_partitions": days.label,
+                "studies": summary.studies,  # of the whole run (a study is not split across days)
                 "series": summary.series,
-                "instances": summary.instances,
-                "instances_on_partition_day": summary.instances_on_day,
+                "run_instances": summary.instances,
                 "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
                 "seconds_find": round(summary.seconds, 3),
                 "source_peer": str(source.peer),
@@ -178,9 +195,9 @@ def build_source_backup(
 
     @asset(
         key=names.archived,
-        ins={"inventory": AssetIn(key=names.inventory)},
+        deps=[names.inventory],
         partitions_def=partitions_def,
-        backfill_policy=BackfillPolicy.multi_run(1),
+        backfill_policy=BackfillPolicy.multi_run(settings.backfill_days_per_run),
         pool=names.pool,
         retry_policy=retry_policy,
         group_name=names.group,
@@ -196,15 +213,25 @@ def build_source_backup(
             "the next run), then confirmed instance by instance on the archive by C-FIND."
         ),
     )
+    @with_dimse_metadata
     def archived(
-        context: AssetExecutionContext,
-        inventory: ManifestHandle,
-        dicom: DicomNetwork,
-        backup_storage: BackupStorage,
-    ) -> Output[ManifestHandle]:
-        partition = context.partition_key
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> MaterializeResult:
+        days = RunDays(tuple(context.partition_keys))
+        partition = days.label
         folder = backup_storage.partition_dir(context.instance, source.alias, partition)
         plan_path, out_path = folder / "plan.jsonl", folder / "archived.jsonl"
+        handle_path = folder / "inventory.handle.json"
+        if not handle_path.exists():
+            raise Failure(
+                description=(
+                    f"{source.alias} {partition}: no inventory for these days ({handle_path} is missing): "
+                    f"materialize {names.inventory.to_user_string()} for the same partitions first "
+                    f"(the job {names.job} does both)"
+                ),
+                allow_retries=False,
+            )
+        inventory = ManifestHandle.load(handle_path)
         started = time.monotonic()
         try:
             with find_session(archive, dicom) as main:
@@ -264,7 +291,11 @@ def build_source_backup(
             "seconds_retrieve": round(outcome.retrieve_seconds, 3),
             "seconds_store": round(outcome.store_seconds, 3),
             "seconds_confirm": round(done - transferred, 3),
-            "seconds_total": round(inventory.seconds + done - started, 3),
+            # A ranged run's duration is not one day's: duration_vs_baseline judges single-day runs only.
+            "seconds_total" if len(days.partitions) == 1 else "seconds_run_total": round(
+                inventory.seconds + done - started, 3
+            ),
+            "run_partitions": partition,
             "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,
             "transfer": source.transfer,
             "source_peer": str(source.peer),
@@ -301,24 +332,40 @@ def build_source_backup(
             f"{source.alias} {partition}: moved {final.moved} in {seconds_transfer:.2f} s, "
             f"{plan.deferred} deferred"
         )
-        handle = ManifestHandle(
-            str(out_path),
-            source.alias,
-            partition,
-            plan.found,
-            final.counts,
-            done - started + inventory.seconds,
-        )
-        return Output(handle, metadata=metadata)
+        for day, counts in counts_by_partition(read_manifest(out_path), days).items():
+            context.add_asset_metadata(
+                {
+                    "instances_found": counts.found,
+                    "instances_dated": counts.dated,
+                    "already_archived": counts.states[ALREADY_ARCHIVED],
+                    "moved": counts.states[MOVED],
+                    "failed": counts.states[FAILED],
+                    "deferred": counts.states[DEFERRED],
+                },
+                partition_key=day,
+            )
+        shared = {k: v for k, v in metadata.items() if k not in _PER_PARTITION}
+        if len(days.partitions) > 1:
+            shared |= {f"run_{k}": metadata[k] for k in _PER_PARTITION if k in metadata}
+        return MaterializeResult(metadata=shared)
 
     def archived_manifest(
         context: AssetCheckExecutionContext, backup_storage: BackupStorage
     ) -> tuple[str | None, Path | None]:
-        partition = check_partition(context, names.archived)
-        if partition is None:
+        """The run's archived manifest (its partition or range); for a check executed on its own, the one
+        the latest materialization points at (it may cover a whole backfill range)."""
+        partitions = check_partitions(context, names.archived)
+        if not partitions:
             return None, None
-        path = backup_storage.partition_dir(context.instance, source.alias, partition) / "archived.jsonl"
-        return partition, path if path.exists() else None
+        op_context = context.op_execution_context
+        if op_context.has_partition_key or op_context.has_partition_key_range:
+            label = RunDays(tuple(partitions)).label
+            path = backup_storage.partition_dir(context.instance, source.alias, label) / "archived.jsonl"
+        else:
+            label = partitions[0]
+            recorded = latest_metadata_value(context.instance, names.archived, label, "manifest")
+            path = Path(recorded) if isinstance(recorded, str) else Path("/nonexistent")
+        return label, path if path.exists() else None
 
     def no_manifest(partition: str | None) -> AssetCheckResult:
         return AssetCheckResult(
@@ -337,6 +384,7 @@ def build_source_backup(
             "warns when instances were deferred by max_uids_per_run."
         ),
     )
+    @with_dimse_metadata
     def complete_in_archive(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> AssetCheckResult:
@@ -364,6 +412,7 @@ def build_source_backup(
             f"{settings.verification_fraction:g} of each series, at least one instance per series."
         ),
     )
+    @with_dimse_metadata
     def content_verified(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> AssetCheckResult:
@@ -436,7 +485,11 @@ def build_source_backup(
             complete_in_archive,
             content_verified,
             *baseline_checks(
-                names.archived, partitions_def, rules, volume_key="instances_found", volume_noun="instances"
+                names.archived,
+                partitions_def,
+                rules,
+                volume_key="instances_dated",
+                volume_noun="instances dated on the day",
             ),
         ],
         jobs=[job],

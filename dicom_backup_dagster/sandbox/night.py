@@ -256,8 +256,10 @@ def _backup_backfill_step(night: Night) -> None:
     passed = 0
     for run in runs:
         tags = {t["key"]: t["value"] for t in run.get("tags", [])}
-        # Asset backfill runs carry a one-day range rather than dagster/partition.
-        partition = tags.get("dagster/partition") or tags.get("dagster/asset_partition_range_start", "?")
+        # Asset backfill runs carry a range (one day for Mosaiq, up to backfill_days_per_run for ARIA/MIM).
+        first = tags.get("dagster/asset_partition_range_start", "?")
+        last = tags.get("dagster/asset_partition_range_end", first)
+        partition = tags.get("dagster/partition") or (first if first == last else f"{first}..{last}")
         for evaluation in client.check_evaluations(run["runId"]):
             if evaluation["success"]:
                 passed += 1

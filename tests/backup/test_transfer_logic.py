@@ -16,9 +16,15 @@ from dicom_backup_dagster.backup.manifest import (
 from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, Received, _requests, finalize
 
 
-def test_whole_series_pending_is_one_series_level_request() -> None:
+def test_whole_study_pending_is_one_study_level_request() -> None:
+    entries = [InstanceEntry("S", f"S.{i % 2}", f"{i}", state=PENDING) for i in range(4)]
+    assert _requests(entries) == [(None, [], 4)]
+
+
+def test_whole_series_pending_in_a_partial_study_is_one_series_level_request() -> None:
     entries = [InstanceEntry("S", "S.1", f"{i}", state=PENDING) for i in range(3)]
-    assert _requests(entries) == [("S.1", [])]
+    entries += [InstanceEntry("S", "S.2", "done", state=ALREADY_ARCHIVED)]
+    assert _requests(entries) == [("S.1", [], 3)]
 
 
 def test_partial_series_is_image_level_in_chunks() -> None:
@@ -26,7 +32,10 @@ def test_partial_series_is_image_level_in_chunks() -> None:
     entries += [InstanceEntry("S", "S.1", f"{i}", state=PENDING) for i in range(1, MAX_UIDS_PER_REQUEST + 2)]
     entries += [InstanceEntry("S", "S.1", "x", state=DEFERRED)]
     requests = _requests(entries)
-    assert [len(uids) for _, uids in requests] == [MAX_UIDS_PER_REQUEST, 1]
+    assert [(len(uids), expected) for _, uids, expected in requests] == [
+        (MAX_UIDS_PER_REQUEST, MAX_UIDS_PER_REQUEST),
+        (1, 1),
+    ]
     assert requests[0][1][0] == "1"
 
 

@@ -14,6 +14,11 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    BACKFILL_ID_TAG,
+)
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -83,7 +88,7 @@ def test_definitions_have_assets_checks_job_schedule_per_source(sandbox, monkeyp
         assert job.partitions_def.timezone == env.settings.timezone
         assert job.partitions_def.get_first_partition_key() == DEFAULT_START_DATE
         archived = defs.resolve_assets_def(dg.AssetKey([alias, "archived"]))
-        assert archived.backfill_policy == dg.BackfillPolicy.multi_run(1)
+        assert archived.backfill_policy == dg.BackfillPolicy.multi_run(env.settings.backfill_days_per_run)
         pool = f"dicom_{env.sources[alias].aet}"
         assert archived.op.pool == pool
         assert defs.resolve_assets_def(dg.AssetKey([alias, "inventory"])).op.pool == pool
@@ -222,6 +227,61 @@ def test_deleted_instance_fails_complete_in_archive_and_next_run_restores_it(san
         assert _metadata(rerun, "ARIA")["moved"] == 1
         assert sandbox.main.has_instance(victim)
         assert _checks(rerun)["complete_in_archive"].passed
+
+
+def test_backfill_range_is_one_run_with_figures_per_day(sandbox, monkeypatch, tmp_path):
+    """A backfill run over several days (BackfillPolicy.multi_run(backfill_days_per_run)): one C-FIND over
+    the range, no look-back, every day materialized with its own counts, checks over the whole range."""
+    env = _env(sandbox, monkeypatch)  # lookback_days 3: a backfill run must not use it
+    defs = _defs(env, tmp_path)
+    days = ["2026-01-12", "2026-01-13", "2026-01-14"]
+    job = defs.resolve_job_def("ARIA_backup")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: days[0],
+                ASSET_PARTITION_RANGE_END_TAG: days[-1],
+                BACKFILL_ID_TAG: "testbackfill",
+            },
+        )
+        assert result.success, _failure(result)[0]
+        key = dg.AssetKey(["ARIA", "archived"])
+        per_day = {
+            m.partition: {k: v.value for k, v in m.materialization.metadata.items()}
+            for m in result.get_asset_materialization_events()
+            if m.asset_key == key
+        }
+        assert sorted(per_day) == days
+        for day in days:
+            expected = _sandbox_uids(sandbox, "ARIA", [dt.date.fromisoformat(day)])
+            assert per_day[day]["instances_dated"] == per_day[day]["instances_found"] == len(expected)
+            assert per_day[day]["run_partitions"] == f"{days[0]}..{days[-1]}"
+            assert "seconds_total" not in per_day[day]  # a range's duration is not one day's
+        # Each instance is counted by one day: the days add up to the run (other tests may have archived
+        # some of these instances already; the sandbox is shared).
+        for figure in ("moved", "already_archived", "instances_found"):
+            assert sum(per_day[d][figure] for d in days) == per_day[days[0]][f"run_{figure}"]
+        assert per_day[days[0]]["run_instances_found"] > 0
+        inventory = _metadata(result, "ARIA", "inventory")
+        assert inventory["study_dates"] == "20260112-20260114"  # no look-back in a backfill
+        every = _sandbox_uids(sandbox, "ARIA", [dt.date.fromisoformat(d) for d in days])
+        assert all(sandbox.main.has_instance(uid) for uid in every)
+        checks = _checks(result)
+        assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
+        assert checks["complete_in_archive"].metadata["present"].value == len(every)
+        assert "not judged" in (checks["duration_vs_baseline"].description or "")
+
+        # Execute checks on their own afterwards: they find the range's manifest through the metadata.
+        checks_only = dg.materialize(
+            [*defs.assets, *defs.asset_checks],  # type: ignore[list-item]
+            selection=dg.AssetSelection.checks(dg.AssetCheckKey(key, "complete_in_archive")),
+            instance=instance,
+            resources=defs.resources,
+            raise_on_error=False,
+        )
+        assert _checks(checks_only)["complete_in_archive"].passed
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -499,6 +559,6 @@ def test_volume_far_below_the_trailing_median_warns(sandbox, monkeypatch, tmp_pa
         assert volume.metadata["current"].value == 0
         assert volume.metadata["baseline_median"].value == 4
         assert volume.metadata["history"].value == [15, 4, 4]
-        assert "instances_found" in volume.metadata["compared"].value
+        assert "instances_dated" in volume.metadata["compared"].value
         duration = _checks(quiet)["duration_vs_baseline"]
         assert duration.passed and len(duration.metadata["history"].value) == 3
