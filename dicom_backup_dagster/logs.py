@@ -17,7 +17,8 @@ leak through extra fields; messages themselves carry counts, AE titles and UIDs 
 Exceptions are reduced to their class name: DIMSE and pydicom exception texts can echo data set contents
 (research monitoring.md 4).
 
-The file is `$DICOM_BACKUP_LOG_FILE`, else `$DAGSTER_HOME/logs/dicom_backup.jsonl`. WatchedFileHandler
+The file is `$DICOM_BACKUP_LOG_FILE`, else `$DAGSTER_HOME/logs/dicom_backup.jsonl` (without DAGSTER_HOME:
+under the temporary directory). WatchedFileHandler
 reopens it after logrotate moves it; every process appends whole lines (O_APPEND).
 """
 
@@ -27,6 +28,7 @@ import json
 import logging
 import logging.handlers
 import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,9 @@ def default_log_file() -> Path:
     explicit = os.environ.get(LOG_FILE_ENV_VAR)
     if explicit:
         return Path(explicit).expanduser()
-    home = os.environ.get("DAGSTER_HOME") or "."
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:  # an instance built from a config file in code (tests, scripts): not the working dir
+        return Path(tempfile.gettempdir()) / "dicom_backup_dagster" / "logs" / "dicom_backup.jsonl"
     return Path(home).expanduser() / "logs" / "dicom_backup.jsonl"
 
 
