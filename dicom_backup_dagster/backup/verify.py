@@ -116,9 +116,15 @@ class ContentResult:
 
 
 def retrieve_digests(
-    session: RetrieveSession, spool: Path, study: str, series: str, uids: list[str], errors: list[str]
+    session: RetrieveSession,
+    spool: Path,
+    study: str,
+    series: str,
+    uids: list[str],
+    errors: list[str],
+    digest: Callable[[Path], str] = content_digest,
 ) -> dict[str, str]:
-    """SOP Instance UID -> content digest of what a C-GET of `uids` (one series) brought back."""
+    """SOP Instance UID -> `digest` of what a C-GET of `uids` (one series) brought back."""
     out: dict[str, str] = {}
     for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
         chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
@@ -130,7 +136,7 @@ def retrieve_digests(
             if error.status is not None and error.status >= 0xA000 and not received:
                 errors.append(str(error))
         for item in received:
-            out[item.sop_instance_uid] = content_digest(item.path)
+            out[item.sop_instance_uid] = digest(Path(item.path))
             Path(item.path).unlink(missing_ok=True)
     return out
 

@@ -13,9 +13,15 @@ treatment date in the site's timezone (same start date as the Q/R backups):
 - `<source>/archived`: per series, an IMAGE-level C-MOVE of the run's records from staging to the main
   archive's AE with sub-operation accounting (one association for all series). Checks
   `complete_in_archive` (blocking: every record on main by IMAGE-level C-FIND) and `content_verified`
-  (every record C-GET from main, digest equal to the recorded one).
+  (every record C-GET from main, digest equal to the recorded one), and the WARN baselines
+  `volume_vs_baseline` (`records` vs the trailing median of earlier days) and `duration_vs_baseline`
+  (`seconds_total`: read + render + store + move of the partition).
 - job `<source>_backup`, schedule `<source>_backup_schedule` (STOPPED by default; each tick backs up the
   previous day).
+
+When content_verified passes it writes the partition's verified.jsonl (backup.records.VERIFIED_MANIFEST),
+the only evidence the staging cleanup job (defs/staging_cleanup.py) accepts before it deletes a record from
+staging; a failing check and every new render remove it.
 
 `rt_records` reads the day's rows again and renders the DHS_IDs `deliveries` listed, rather than passing
 Delivery objects between steps: those hold PHI and the IO manager would pickle them into Dagster's storage.
@@ -54,11 +60,13 @@ from dagster import (
 )
 from pydicom import dcmread
 
+from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.manifest import FAILED, MOVED, PENDING, ManifestHandle, read_manifest
 from dicom_backup_dagster.backup.records import (
     DELIVERY,
     delivery_lines,
     fresh_spool,
+    mark_verified,
     read_delivery_lines,
     reasons_by_dhs_id,
     record_path,
@@ -69,7 +77,7 @@ from dicom_backup_dagster.backup.records import (
 )
 from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
-from dicom_backup_dagster.defs.checks import presence_check_result
+from dicom_backup_dagster.defs.checks import baseline_checks, presence_check_result
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_START_DATE,
@@ -85,6 +93,7 @@ from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
 from dicom_backup_dagster.dicom.rt_record import RecordOptions
 from dicom_backup_dagster.dicom.store import c_store_files
+from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
 from dicom_backup_dagster.mosaiq.deliveries import (
     DeliveryBatch,
@@ -94,6 +103,7 @@ from dicom_backup_dagster.mosaiq.deliveries import (
 )
 
 _KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
+DEFAULT_RULES = baseline.BaselineRules()
 
 
 @dataclass(frozen=True)
@@ -156,12 +166,18 @@ def _read_day(
     try:
         conn = database.connect()
     except MosaiqConnectionError as error:
-        # SQLSTATE class 08 (connection exception) and HYT00/HYT01 (timeouts) may clear up; a rejected
-        # login (28000), a missing driver (IM...) or a wrong database name will not.
-        transient = (error.sqlstate or "").startswith(("08", "HYT"))
+        # An unreachable server (SQLSTATE class 08, HYT00/HYT01 timeouts) may clear up; a rejected login,
+        # a missing driver (IM...) or a wrong database name will not. Classified by what failed, not by
+        # SQLSTATE alone: psqlODBC reports a rejected password as 08001 too.
+        transient = error.what_failed == "the database server is unreachable" or (
+            error.what_failed == "the ODBC driver reported an error"
+            and (error.sqlstate or "").startswith(("08", "HYT"))
+        )
+        # The resource holds the password's value, not the variable's name: say where it comes from.
+        where = f" (password from ${source.db_password_env})" if error.what_failed == "login failed" else ""
         raise Failure(
             description=(
-                f"{source.alias} backup, reading deliveries of partition {partition}: {error} "
+                f"{source.alias} backup, reading deliveries of partition {partition}: {error}{where} "
                 + ("(transient, will be retried)" if transient else "(not retried)")
             ),
             metadata={"source": source.alias, "sqlstate": error.sqlstate or "none"},
@@ -209,6 +225,7 @@ def build_mosaiq_source_backup(
     partitions_def: DailyPartitionsDefinition,
     *,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
     staging = env.staging_target(source)
@@ -291,6 +308,9 @@ def build_mosaiq_source_backup(
         partition = context.partition_key
         started = time.monotonic()
         wanted = {line.dhs_id for line in read_delivery_lines(deliveries.path) if line.state == DELIVERY}
+        # A new render may change content under the same UIDs: the partition is unverified until
+        # content_verified passes again, so the staging cleanup leaves its records alone meanwhile.
+        mark_verified(folder(context, partition), None)
         database: MosaiqDatabase = getattr(context.resources, names.database)
         batch = _read_day(database, source, env, partition)
         read = time.monotonic()
@@ -310,7 +330,11 @@ def build_mosaiq_source_backup(
         for q in rendered.quarantined[:_KEEP_REASONS]:
             context.log.warning(f"{source.alias} {partition}: DHS_ID {q.dhs_id} quarantined: {q.reason}")
         return Output(
-            _handle(path, source.alias, partition, {PENDING: len(entries)}, done - started),
+            # Handles carry the cumulative seconds of the chain so far: archived's seconds_total is the
+            # whole partition's time (read + render + store + move), what duration_vs_baseline judges.
+            _handle(
+                path, source.alias, partition, {PENDING: len(entries)}, deliveries.seconds + done - started
+            ),
             metadata={
                 "records": len(entries),
                 "quarantined": len(rendered.quarantined),
@@ -338,6 +362,7 @@ def build_mosaiq_source_backup(
         ),
         **common,
     )
+    @with_dimse_metadata
     def staged(context: AssetExecutionContext, rt_records: ManifestHandle) -> Output[ManifestHandle]:
         partition = context.partition_key
         dicom: DicomNetwork = context.resources.dicom
@@ -388,7 +413,8 @@ def build_mosaiq_source_backup(
             f"({result.seconds:.2f} s)"
         )
         return Output(
-            _handle(path, source.alias, partition, _count(entries), result.seconds), metadata=metadata
+            _handle(path, source.alias, partition, _count(entries), rt_records.seconds + result.seconds),
+            metadata=metadata,
         )
 
     @asset(
@@ -404,6 +430,7 @@ def build_mosaiq_source_backup(
         ),
         **common,
     )
+    @with_dimse_metadata
     def archived(context: AssetExecutionContext, staged: ManifestHandle) -> Output[ManifestHandle]:
         partition = context.partition_key
         dicom: DicomNetwork = context.resources.dicom
@@ -446,7 +473,16 @@ def build_mosaiq_source_backup(
         entries = [e.with_state(FAILED if e.sop_instance_uid in failed else MOVED) for e in records]
         write_entries(path, entries)
         metadata: dict[str, Any] = {
+            # `records` is the volume baseline's key (the Q/R sources' instances_found); moved / failed /
+            # deferred / already_archived / seconds_total / bytes follow the archived metadata contract
+            # that monitoring reads. Nothing is ever deferred or skipped as already archived here: every
+            # record of the day is moved (the archive keeps one copy of a UID).
             "records": len(records),
+            "moved": completed,
+            "deferred": 0,
+            "already_archived": 0,
+            "bytes": sum(e.size or 0 for e in records),
+            "seconds_total": round(staged.seconds + seconds, 3),
             "series": len(by_series),
             "sub_operations_completed": completed,
             "sub_operations_failed": sub_failed,
@@ -472,7 +508,10 @@ def build_mosaiq_source_backup(
             f"{source.alias} {partition}: moved {completed} records in {len(by_series)} series to "
             f"{archive.aet} ({seconds:.2f} s)"
         )
-        return Output(_handle(path, source.alias, partition, _count(entries), seconds), metadata=metadata)
+        return Output(
+            _handle(path, source.alias, partition, _count(entries), staged.seconds + seconds),
+            metadata=metadata,
+        )
 
     # -- checks ---------------------------------------------------------------------------------------
 
@@ -587,6 +626,7 @@ def build_mosaiq_source_backup(
             "partition": partition,
             "compared": compared,
             "records": len(entries),
+            "sampled": len(entries),  # every record is verified (the Q/R sources may sample)
             "matched": result.matched,
             "mismatched_uids": uids_metadata(result.mismatched_uids),
             "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
@@ -594,11 +634,13 @@ def build_mosaiq_source_backup(
         if result.errors:
             metadata["errors"] = MetadataValue.json(result.errors[:5])
         if result.passed and result.matched == len(entries):
+            mark_verified(path.parent, entries)  # what the staging cleanup trusts (mosaiq.staging)
             return AssetCheckResult(
                 passed=True,
                 description=f"all {result.matched} records identical on {archive}",
                 metadata=metadata,
             )
+        mark_verified(path.parent, None)
         bad = result.mismatched_uids or result.missing_on_archive
         return AssetCheckResult(
             passed=False,
@@ -626,7 +668,14 @@ def build_mosaiq_source_backup(
     assets: list[AssetsDefinition] = [deliveries, rt_records, staged, archived]
     return Definitions(
         assets=assets,
-        asset_checks=[conformance, complete_in_archive, content_verified],
+        asset_checks=[
+            conformance,
+            complete_in_archive,
+            content_verified,
+            *baseline_checks(
+                names.archived, partitions_def, rules, volume_key="records", volume_noun="records"
+            ),
+        ],
         jobs=[job],
         schedules=[nightly],
     )
@@ -638,6 +687,7 @@ def build_mosaiq_backup_defs(
     start_date: str | dt.date = DEFAULT_START_DATE,
     storage: BackupStorage | None = None,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.
 
@@ -646,7 +696,7 @@ def build_mosaiq_backup_defs(
     start = start_date if isinstance(start_date, str) else start_date.isoformat()
     partitions_def = DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
     per_source = [
-        build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy)
+        build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
         for source in env.mosaiq_sources.values()
     ]
     resources = (

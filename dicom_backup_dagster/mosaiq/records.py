@@ -28,12 +28,21 @@ class RecordValueError(ValueError):
     """A column value has the wrong type or format. The message names the column, never the value."""
 
 
+_DECIMALS: dict[str, Decimal] = {}  # text -> Decimal memo (control points repeat angles, jaws, indexes)
+
+
 def to_decimal(value: Any, column: str = "value") -> Decimal | None:
     """NULL/'' -> None; Decimal, int, float (via str) and numeric str -> Decimal."""
     if value is None:
         return None
     if isinstance(value, Decimal):
         return value
+    if type(value) is str:
+        # SQLite3 ODBC returns every DECIMAL as text: ~26 columns per control point, most of them values
+        # seen before. Decimal is immutable, so one shared object per text is safe.
+        found = _DECIMALS.get(value)
+        if found is not None:
+            return found
     if isinstance(value, bool):
         raise RecordValueError(f"{column}: boolean where a number was expected")
     if isinstance(value, int):
@@ -51,6 +60,10 @@ def to_decimal(value: Any, column: str = "value") -> Decimal | None:
             raise RecordValueError(f"{column}: not a number") from None
         if not result.is_finite():
             raise RecordValueError(f"{column}: not a finite number")
+        if type(value) is str and len(value) <= 32:
+            if len(_DECIMALS) >= 100_000:
+                _DECIMALS.clear()
+            _DECIMALS[value] = result
         return result
     raise RecordValueError(f"{column}: unsupported type {type(value).__name__}")
 
@@ -123,14 +136,25 @@ _CONVERTERS = {
 }
 
 
+_PLANS: dict[type, list[tuple[str, Any, str]]] = {}
+
+
 def _normalise(obj: Any) -> None:
     """Convert every column listed in the class's ``_COLUMNS`` (name -> (kind, Mosaiq column)) in place;
     the dataclasses are frozen, hence object.__setattr__."""
-    for name, (kind, column) in obj._COLUMNS.items():
-        raw = getattr(obj, name)
-        converted = _CONVERTERS[kind](raw, column)
+    plan = _PLANS.get(type(obj))
+    if plan is None:
+        plan = _PLANS[type(obj)] = [
+            (n, _CONVERTERS[kind], column) for n, (kind, column) in obj._COLUMNS.items()
+        ]
+    values = obj.__dict__  # a frozen dataclass only guards __setattr__; this runs ~30 times per control point
+    for name, convert, column in plan:
+        raw = values[name]
+        if raw is None:  # NULL stays None for every kind
+            continue
+        converted = convert(raw, column)
         if converted is not raw:
-            object.__setattr__(obj, name, converted)
+            values[name] = converted
 
 
 @dataclass(frozen=True, repr=False, kw_only=True)

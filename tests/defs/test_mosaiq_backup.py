@@ -20,15 +20,18 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_config
 from dicom_backup_dagster.defs import build_definitions
 from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.sandbox.processes import free_port
 from dicom_backup_dagster.sandbox.synthetic import patients
 from tests.conftest import SANDBOX_TEST_DATA
+from tests.mosaiq.test_connection import PG_DRIVER, private_postgres
 
 ALIAS = "MOSAIQ"
 ASSETS = ("deliveries", "rt_records", "staged", "archived")
@@ -49,10 +52,18 @@ def _env(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> EnvironmentConfig:
     return load_config(sandbox.config_path, "SANDBOX").environment
 
 
-def _defs(env: EnvironmentConfig, storage_dir: Path, retry: dg.RetryPolicy | None = None) -> dg.Definitions:
+def _defs(
+    env: EnvironmentConfig,
+    storage_dir: Path,
+    retry: dg.RetryPolicy | None = None,
+    rules: BaselineRules | None = None,
+) -> dg.Definitions:
+    extra = {"rules": rules} if rules is not None else {}
     return dg.Definitions.merge(
         dg.Definitions(resources=build_resources(env)),
-        build_mosaiq_backup_defs(env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=retry),
+        build_mosaiq_backup_defs(
+            env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=retry, **extra
+        ),
     )
 
 
@@ -96,6 +107,8 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
         ("rt_records", "conformance"),
         ("archived", "complete_in_archive"),
         ("archived", "content_verified"),
+        ("archived", "volume_vs_baseline"),
+        ("archived", "duration_vs_baseline"),
     }
     pool = f"dicom_{env.staging_target(ALIAS).aet}"
     for name in ASSETS:
@@ -134,8 +147,19 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
         assert _metadata(result, "staged")["stored"] == expected
         archived = _metadata(result, "archived")
         assert archived["sub_operations_completed"] == expected and archived["failed"] == 0
+        # the archived metadata contract monitoring reads
+        assert archived["records"] == archived["moved"] == expected
+        assert archived["deferred"] == 0 and archived["already_archived"] == 0
+        assert archived["bytes"] == records["bytes"] > 0
+        assert archived["seconds_total"] >= archived["seconds_move"] > 0
         checks = _checks(result)
-        assert set(checks) == {"conformance", "complete_in_archive", "content_verified"}
+        assert set(checks) == {
+            "conformance",
+            "complete_in_archive",
+            "content_verified",
+            "volume_vs_baseline",
+            "duration_vs_baseline",
+        }
         assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
         assert checks["conformance"].metadata["checked"].value == expected
         assert checks["content_verified"].metadata["matched"].value == expected
@@ -211,9 +235,19 @@ def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, mon
     env = _env(sandbox, monkeypatch)
     day = P1.treatment_dates[-1]  # with the operator-terminated beam
     defs = _defs(env, tmp_path)
+    eager = replace(env, settings=replace(env.settings, staging_retention_days=0))
+    cleanup = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(eager)),
+        build_staging_cleanup_defs(eager, storage=BackupStorage(base_dir=str(tmp_path))),
+    ).resolve_job_def("staging_cleanup")
     with dg.instance_for_test() as instance:
         with sandbox.peer_stopped("ORTHANC_MAIN"):
             down = _run(defs, day, instance)
+            # the cleanup job, even with no retention, deletes nothing of an unverified partition
+            swept = cleanup.execute_in_process(instance=instance, raise_on_error=False)
+            assert swept.success, _logs(swept)
+            (output,) = [e for e in swept.all_events if e.event_type_value == "STEP_OUTPUT"]
+            assert output.event_specific_data.metadata["deleted"].value == 0
         assert not down.success
         failures = [e for e in down.all_events if e.event_type_value == "STEP_FAILURE"]
         assert [e.step_key for e in failures] == ["MOSAIQ__archived"]
@@ -240,3 +274,86 @@ def test_a_day_without_treatments_succeeds_with_nothing_to_do(sandbox, monkeypat
     assert _metadata(result, "staged")["stored"] == 0
     assert _metadata(result, "archived")["sub_operations_completed"] == 0
     assert all(c.passed for c in _checks(result).values())
+
+
+def _history(instance: dg.DagsterInstance, day: dt.date, records: int, seconds: float) -> None:
+    """Three earlier partitions of MOSAIQ/archived, as if backed up before (runless materializations)."""
+    for back in (1, 2, 3):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=dg.AssetKey([ALIAS, "archived"]),
+                partition=(day - dt.timedelta(days=back)).isoformat(),
+                metadata={"records": records, "seconds_total": seconds},
+            )
+        )
+
+
+def test_volume_and_duration_baselines_warn_against_earlier_days(sandbox, monkeypatch, tmp_path):
+    env = _env(sandbox, monkeypatch)
+    rules = BaselineRules(volume_floor_instances=1, duration_floor_seconds=0.0)  # sandbox days are small
+    defs = _defs(env, tmp_path, rules=rules)
+    expected = _expected_deliveries(DAY)
+    with dg.instance_for_test() as instance:
+        _history(instance, DAY, records=3 * expected, seconds=0.001)  # a busier, much faster past
+        result = _run(defs, DAY, instance)
+        assert result.success, _logs(result)  # WARN checks never fail the run
+        checks = _checks(result)
+        volume, duration = checks["volume_vs_baseline"], checks["duration_vs_baseline"]
+        for check in (volume, duration):
+            assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN, check.description
+        assert volume.metadata["current"].value == expected
+        assert volume.metadata["baseline_median"].value == 3 * expected
+        seconds_total = _metadata(result, "archived")["seconds_total"]
+        assert duration.metadata["current"].value == seconds_total > 0.002
+        assert all(checks[n].passed for n in ("conformance", "complete_in_archive", "content_verified"))
+    with dg.instance_for_test() as instance:
+        _history(instance, DAY, records=expected, seconds=3600.0)  # the usual day, a slow past
+        result = _run(defs, DAY, instance)
+        checks = _checks(result)
+        assert checks["volume_vs_baseline"].passed, checks["volume_vs_baseline"].description
+        assert checks["duration_vs_baseline"].passed, checks["duration_vs_baseline"].description
+        assert checks["volume_vs_baseline"].metadata["history"].value == [expected] * 3
+
+
+def _deliveries_failure(result: Any) -> str:
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["MOSAIQ__deliveries"]
+    error = failures[0].event_specific_data.error
+    return error.message + "".join(str(e.message) for e in result.all_events)
+
+
+def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_the_secret(
+    sandbox, monkeypatch, tmp_path
+):
+    """The sandbox's Mosaiq is SQLite (no login): a private PostgreSQL with scram-sha-256 gives a real
+    authentication failure through psqlODBC, and a free port a real unreachable server."""
+    env = _env(sandbox, monkeypatch)
+    source = env.mosaiq_sources[ALIAS]
+    wrong = "Wr0ng;pass}word-7"
+    monkeypatch.setenv(source.db_password_env, wrong)  # what the resource's EnvVar reads in the run
+
+    def run_against(port: int) -> str:
+        pg = replace(
+            source,
+            odbc_driver=PG_DRIVER,
+            db_server="127.0.0.1",
+            db_port=port,
+            db_database="postgres",
+            db_username="pg",
+        )
+        broken = replace(env, sources={**env.sources, ALIAS: pg})
+        with dg.instance_for_test() as instance:
+            return _deliveries_failure(_run(_defs(broken, tmp_path), DAY, instance))
+
+    with private_postgres() as (port, _good):
+        text = run_against(port)
+    assert f"MOSAIQ backup, reading deliveries of partition {DAY.isoformat()}" in text
+    assert f"postgres on 127.0.0.1:{port} for source MOSAIQ as user pg: login failed" in text
+    assert f"(password from ${source.db_password_env})" in text and "(not retried)" in text
+    assert wrong not in text and "pass}word" not in text
+
+    dead = free_port()
+    text = run_against(dead)
+    assert f"127.0.0.1:{dead} for source MOSAIQ" in text and "the database server is unreachable" in text
+    assert "(transient, will be retried)" in text and wrong not in text

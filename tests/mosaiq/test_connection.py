@@ -4,6 +4,7 @@ so it cannot tell a wrong one)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -196,6 +197,13 @@ def _pg_bin(name: str) -> str | None:
 @pytest.fixture(scope="module")
 def pg_cluster() -> Iterator[tuple[int, str]]:
     """A throwaway PostgreSQL with scram-sha-256 on 127.0.0.1:<free port>; user pg, password PG_PASSWORD."""
+    with private_postgres() as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def private_postgres() -> Iterator[tuple[int, str]]:
+    """pg_cluster's body, for other test modules: (port, ODBC connection string with the password)."""
     initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
     if not (initdb and postgres) or PG_DRIVER not in pyodbc.drivers():
         pytest.skip("PostgreSQL server binaries or psqlODBC not installed")
