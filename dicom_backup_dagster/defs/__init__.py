@@ -5,10 +5,12 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from dicom_backup_dagster.config import SiteConfig
+from dicom_backup_dagster.defs.alerts import build_alert_defs
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 
 
 def build_definitions(site: SiteConfig) -> Definitions:
@@ -20,4 +22,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_connectivity_defs(env),
         build_qr_backup_defs(env),
         build_mosaiq_backup_defs(env),
+        build_staging_cleanup_defs(env),
+        build_alert_defs(env),
     )
