@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql)
+# prometheus and prometheus-alertmanager provide promtool and amtool for the monitoring tests (deploy/).
+packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql prometheus prometheus-alertmanager)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,6 +24,7 @@ from dagster import (
 
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
+from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
@@ -95,7 +96,8 @@ def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
         required_resource_keys={"dicom", *mosaiq_keys.values()},
     )
     def check_connectivity(context: OpExecutionContext) -> dict[str, bool]:
-        results = [check_dicom_peer(context.resources.dicom, a, p) for a, p in dicom_peers.items()]
+        with stats.collecting() as dimse:
+            results = [check_dicom_peer(context.resources.dicom, a, p) for a, p in dicom_peers.items()]
         results += [check_mosaiq(getattr(context.resources, key)) for key in mosaiq_keys.values()]
         metadata: dict[str, object] = {}
         for result in results:
@@ -108,6 +110,8 @@ def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
                 "address": result.address,
                 "check": result.check,
             }
+            if result.alias in dicom_peers:  # that peer's C-ECHO (or failed association) for the exporter
+                peer_metadata["dimse"] = MetadataValue.json(dimse.to_metadata(dicom_peers[result.alias].aet))
             context.log_event(
                 AssetObservation(asset_key=peer_asset_key(result.alias), metadata=peer_metadata)
             )
