@@ -153,7 +153,14 @@ def test_dimse_figures_equal_run_metadata(monitored_night: Night, exposition: st
     assert requests(mim, "C-ECHO", "failure") == 1  # connectivity_check with MIM stopped
     assert requests(aria, "C-FIND", "failure") == 1  # the ARIA backup with ARIA stopped
     assert requests(aria, "C-FIND", "success") > 0 and requests(main, "C-FIND", "success") > 0
-    assert requests(aria, "C-MOVE", "success") > 0 and requests(mim, "C-GET", "success") > 0
+    assert requests(mim, "C-GET", "success") > 0  # content_verified fetches from the source
+    # C-MOVEs happen only for instances main does not hold yet; the session's sandbox is shared with
+    # other tests, which may have archived them already.
+    aria_archived = monitored_night.instance.fetch_materializations(
+        dg.AssetKey(["ARIA", "archived"]), limit=1000
+    ).records
+    moved = sum(r.asset_materialization.metadata["moved"].value for r in aria_archived)
+    assert (requests(aria, "C-MOVE", "success") > 0) == (moved > 0)
     staged = monitored_night.instance.fetch_materializations(
         dg.AssetKey(["MOSAIQ", "staged"]), limit=1
     ).records
