@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dicom_backup_dagster.backup.inventory import window
@@ -92,7 +92,3 @@ def _iso(study_date: str | None) -> str | None:
         return dt.date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:])).isoformat()
     except ValueError:
         return None
-
-
-def partition_days(partitions: Sequence[str]) -> RunDays:
-    return RunDays(tuple(sorted(partitions)))

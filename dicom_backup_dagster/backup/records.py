@@ -159,16 +159,7 @@ def verify_recorded_digests(
                 uids = list(recorded)
                 got = retrieve_digests(session, spool, study, series, uids, result.errors, _fast_digest)
                 for uid in uids:
-                    digest = got.get(uid)
-                    if digest is None:
-                        if len(result.missing_on_archive) < keep:
-                            result.missing_on_archive.append(uid)
-                        continue
-                    result.compared += 1
-                    if digest == recorded[uid]:
-                        result.matched += 1
-                    elif len(result.mismatched_uids) < keep:
-                        result.mismatched_uids.append(uid)
+                    result.compare(uid, recorded[uid], got.get(uid), keep)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return result

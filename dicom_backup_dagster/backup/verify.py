@@ -114,6 +114,20 @@ class ContentResult:
     def passed(self) -> bool:
         return not (self.mismatched_uids or self.missing_on_archive or self.missing_on_source or self.errors)
 
+    def compare(self, uid: str, at_source: str | None, at_archive: str | None, keep: int) -> None:
+        """Count one instance's digests (None: not retrieved there); at most `keep` UIDs per list."""
+        if at_source is None and len(self.missing_on_source) < keep:
+            self.missing_on_source.append(uid)
+        if at_archive is None and len(self.missing_on_archive) < keep:
+            self.missing_on_archive.append(uid)
+        if at_source is None or at_archive is None:
+            return
+        self.compared += 1
+        if at_source == at_archive:
+            self.matched += 1
+        elif len(self.mismatched_uids) < keep:
+            self.mismatched_uids.append(uid)
+
 
 def retrieve_digests(
     session: RetrieveSession,
@@ -175,18 +189,7 @@ def verify_content(
                     result.errors.append(str(error))
                     raise
                 for uid in uids:
-                    a, b = at_source.get(uid), at_archive.get(uid)
-                    if a is None and len(result.missing_on_source) < keep:
-                        result.missing_on_source.append(uid)
-                    if b is None and len(result.missing_on_archive) < keep:
-                        result.missing_on_archive.append(uid)
-                    if a is None or b is None:
-                        continue
-                    result.compared += 1
-                    if a == b:
-                        result.matched += 1
-                    elif len(result.mismatched_uids) < keep:
-                        result.mismatched_uids.append(uid)
+                    result.compare(uid, at_source.get(uid), at_archive.get(uid), keep)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return result

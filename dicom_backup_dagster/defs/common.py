@@ -3,6 +3,8 @@
 No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
 """
 
+import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from dagster import (
     Backoff,
     ConfigurableResource,
     DagsterInstance,
+    DailyPartitionsDefinition,
     Failure,
     Jitter,
     MetadataValue,
@@ -20,13 +23,16 @@ from dagster import (
 )
 from dagster._core.storage.tags import BACKFILL_ID_TAG  # "dagster/backfill", not exported publicly
 
+from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.errors import is_transient
+from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
 
 DEFAULT_START_DATE = "2020-01-01"
+DEFAULT_RULES = baseline.BaselineRules()  # volume/duration baseline thresholds (seeds/000 section 4)
 STORAGE_RESOURCE_KEY = "backup_storage"
 
 # Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
@@ -56,6 +62,40 @@ class BackupStorage(ConfigurableResource):
 
     def spool_dir(self, instance: DagsterInstance, source: str, run_id: str, purpose: str) -> Path:
         return self.root(instance) / "spool" / source / f"{run_id}-{purpose}"
+
+
+def daily_partitions(env: EnvironmentConfig, start_date: str | dt.date) -> DailyPartitionsDefinition:
+    """One partition per day in the site's timezone (StudyDate for Q/R sources, treatment day for Mosaiq)."""
+    start = start_date if isinstance(start_date, str) else start_date.isoformat()
+    return DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
+
+
+@dataclass(frozen=True)
+class SourceNames:
+    """The Dagster names every backup source has, derived from its alias in one place; `pool_aet` is the
+    AE title whose associations the source's steps hold (the source itself, or a Mosaiq source's staging)."""
+
+    alias: str
+    pool_aet: str
+
+    def key(self, name: str) -> AssetKey:
+        return AssetKey([self.alias, name])
+
+    @property
+    def archived(self) -> AssetKey:
+        return self.key("archived")
+
+    @property
+    def job(self) -> str:
+        return f"{self.alias}_backup"
+
+    @property
+    def pool(self) -> str:
+        return f"dicom_{self.pool_aet}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.alias.lower()}_backup"
 
 
 # ------------------------------------------------------------------------------------------------------

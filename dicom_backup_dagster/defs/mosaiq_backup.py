@@ -36,7 +36,6 @@ Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and
 # and checks by identity, and a string annotation fails that check.
 import datetime as dt
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +79,14 @@ from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
 from dicom_backup_dagster.defs.checks import baseline_checks, presence_check_result
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
+    DEFAULT_RULES,
     DEFAULT_START_DATE,
     STORAGE_RESOURCE_KEY,
     BackupStorage,
+    SourceNames,
     backup_failure,
     check_partition,
+    daily_partitions,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
@@ -103,22 +105,10 @@ from dicom_backup_dagster.mosaiq.deliveries import (
 )
 
 _KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
-DEFAULT_RULES = baseline.BaselineRules()
 
 
-@dataclass(frozen=True)
-class _Names:
-    """Every Dagster name of one Mosaiq source's backup, derived from its alias in one place."""
-
-    source: MosaiqSource
-    staging_aet: str
-
-    @property
-    def alias(self) -> str:
-        return self.source.alias
-
-    def key(self, name: str) -> AssetKey:
-        return AssetKey([self.alias, name])
+class _Names(SourceNames):
+    """A Mosaiq source's names: SourceNames (pool = its staging AE) plus its assets and database resource."""
 
     @property
     def deliveries(self) -> AssetKey:
@@ -133,24 +123,8 @@ class _Names:
         return self.key("staged")
 
     @property
-    def archived(self) -> AssetKey:
-        return self.key("archived")
-
-    @property
     def database(self) -> str:
         return mosaiq_resource_key(self.alias)
-
-    @property
-    def job(self) -> str:
-        return f"{self.alias}_backup"
-
-    @property
-    def pool(self) -> str:
-        return f"dicom_{self.staging_aet}"
-
-    @property
-    def group(self) -> str:
-        return f"{self.alias.lower()}_backup"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -229,7 +203,7 @@ def build_mosaiq_source_backup(
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
     staging = env.staging_target(source)
-    names = _Names(source, staging.aet)
+    names = _Names(source.alias, staging.aet)
     settings = env.settings
     archive = env.main_target.peer
     stage = staging.peer
@@ -693,8 +667,7 @@ def build_mosaiq_backup_defs(
 
     The `backup_storage` resource is the one build_qr_backup_defs registers (Definitions.merge refuses two
     resource objects under one key); pass `storage` only when these definitions are used on their own."""
-    start = start_date if isinstance(start_date, str) else start_date.isoformat()
-    partitions_def = DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
+    partitions_def = daily_partitions(env, start_date)
     per_source = [
         build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
         for source in env.mosaiq_sources.values()

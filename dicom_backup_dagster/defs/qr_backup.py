@@ -27,7 +27,6 @@ and UIDs only: no patient data.
 import datetime as dt
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +66,14 @@ from dicom_backup_dagster.config import EnvironmentConfig, QRSource
 from dicom_backup_dagster.defs.checks import baseline_checks, latest_metadata_value, presence_check_result
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
+    DEFAULT_RULES,
     DEFAULT_START_DATE,
     STORAGE_RESOURCE_KEY,
     BackupStorage,
+    SourceNames,
     backup_failure,
     check_partitions,
+    daily_partitions,
     find_session,
     is_backfill_run,
     uids_metadata,
@@ -83,41 +85,17 @@ from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
 # The first day a backfill can target. Sites that started archiving later simply never backfill earlier
 # days; the daily partition count (~365 a year) stays far below Dagster's recommended maximum.
-DEFAULT_RULES = baseline.BaselineRules()
 # Counts recorded per partition (each instance in exactly one; backup/partitions.py); a ranged run also
 # records its totals as run_<key>.
 _PER_PARTITION = ("instances_found", "already_archived", "moved", "failed", "deferred")
 
 
-@dataclass(frozen=True)
-class _Names:
-    """Every Dagster name of one source's backup, derived from its alias in one place."""
-
-    source: QRSource
-
-    @property
-    def alias(self) -> str:
-        return self.source.alias
+class _Names(SourceNames):
+    """An ARIA/MIM source's names: SourceNames plus its inventory."""
 
     @property
     def inventory(self) -> AssetKey:
-        return AssetKey([self.alias, "inventory"])
-
-    @property
-    def archived(self) -> AssetKey:
-        return AssetKey([self.alias, "archived"])
-
-    @property
-    def job(self) -> str:
-        return f"{self.alias}_backup"
-
-    @property
-    def pool(self) -> str:
-        return f"dicom_{self.source.aet}"
-
-    @property
-    def group(self) -> str:
-        return f"{self.alias.lower()}_backup"
+        return self.key("inventory")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -133,7 +111,7 @@ def build_source_backup(
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
-    names = _Names(source)
+    names = _Names(source.alias, source.aet)
     settings = env.settings
     archive = env.main_target.peer
     move_destination = env.main_target.aet
@@ -364,7 +342,9 @@ def build_source_backup(
         else:
             label = partitions[0]
             recorded = latest_metadata_value(context.instance, names.archived, label, "manifest")
-            path = Path(recorded) if isinstance(recorded, str) else Path("/nonexistent")
+            if not isinstance(recorded, str):
+                return label, None
+            path = Path(recorded)
         return label, path if path.exists() else None
 
     def no_manifest(partition: str | None) -> AssetCheckResult:
@@ -509,8 +489,7 @@ def build_qr_backup_defs(
 
     `rules`: thresholds of volume_vs_baseline and duration_vs_baseline (config.py has no keys for them
     yet; a caller can build them from site settings)."""
-    start = start_date if isinstance(start_date, str) else start_date.isoformat()
-    partitions_def = DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
+    partitions_def = daily_partitions(env, start_date)
     base_dir = os.environ.get("DICOM_BACKUP_STORAGE_DIR", "")
     per_source = [
         build_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
