@@ -6,7 +6,9 @@ layer de-duplicates and treats absent keys as None). Entries are written study b
 deterministic oldest-first order (StudyDate, StudyTime, UIDs) so that "the first N instances" means the
 same thing on every run: the plan's max_uids_per_run cut depends on it.
 
-Presence on the archive is asked the same way: one IMAGE-level C-FIND per study on the main archive.
+Presence on the main archive (always an Orthanc) is asked by SOP Instance UID lists instead
+(`ArchiveLookup`): 200 UIDs per C-FIND whatever their study, 25 queries for 5,000 instances where one per
+study took 240.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dicom_backup_dagster.dicom.find import FindSession, StudyRecord, study_date_range
@@ -137,3 +139,35 @@ def archived_sop_uids(session: FindSession, study_instance_uid: str) -> set[str]
     """SOP Instance UIDs of one study on the archive: IMAGE-level C-FIND with the series left universal
     (Orthanc answers it; research dicom.md 2.3)."""
     return {r.sop_instance_uid for r in session.instances(study_instance_uid)}
+
+
+class ArchiveLookup:
+    """Which of a manifest's instances the archive holds, as the per-study callable that make_plan,
+    finalize and check_presence take.
+
+    The first call asks for every UID of the manifest at once (FindSession.instances_by_uid, Orthanc);
+    each study is then answered from that. A study asked again is queried again, by its own UIDs: callers
+    ask twice only to see what arrived meanwhile (check_presence's settle re-check). A study that is not in
+    the manifest falls back to archived_sop_uids."""
+
+    def __init__(self, session: FindSession, entries: Iterable[InstanceEntry]) -> None:
+        self.session = session
+        self._by_study: dict[str, list[str]] = {}
+        for entry in entries:
+            self._by_study.setdefault(entry.study_instance_uid, []).append(entry.sop_instance_uid)
+        self._present: set[str] | None = None
+        self._answered: set[str] = set()
+
+    def _ask(self, uids: list[str]) -> set[str]:
+        return {r.sop_instance_uid for r in self.session.instances_by_uid(uids)}
+
+    def __call__(self, study_instance_uid: str) -> set[str]:
+        uids = self._by_study.get(study_instance_uid)
+        if uids is None:
+            return archived_sop_uids(self.session, study_instance_uid)
+        if study_instance_uid in self._answered:
+            return self._ask(uids)
+        if self._present is None:
+            self._present = self._ask([u for study in self._by_study.values() for u in study])
+        self._answered.add(study_instance_uid)
+        return {u for u in uids if u in self._present}

@@ -36,7 +36,7 @@ from dicom_backup_dagster.dicom.rt_record import RenderedRecord, write_rt_record
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
 from dicom_backup_dagster.mosaiq.staging import VerifiedRecord
 
-from .manifest import InstanceEntry, ManifestWriter, by_series, read_manifest
+from .manifest import InstanceEntry, ManifestWriter, read_manifest
 from .transfer import RetrieveSession
 from .verify import ContentResult, retrieve_digests
 
@@ -145,7 +145,8 @@ def verify_recorded_digests(
     spool_dir: str | os.PathLike[str],
     keep: int = 100,
 ) -> ContentResult:
-    """C-GET every entry from `archive` (one association, per series in chunks) and compare its content
+    """C-GET every entry from `archive` (the Orthanc main archive: one association, requests of up to
+    MAX_UIDS_PER_REQUEST instances named by SOP Instance UID across series) and compare its content
     digest with the one recorded when the record was rendered. `missing_on_source` stays empty: the
     recorded digest is the source.
 
@@ -153,13 +154,11 @@ def verify_recorded_digests(
     result = ContentResult()
     spool = Path(spool_dir)
     try:
+        recorded = {e.sop_instance_uid: e.digest for e in entries}
         with RetrieveSession(archive, calling_aet, timeouts, operation="C-GET") as session:
-            for (study, series), group in by_series(entries):
-                recorded = {e.sop_instance_uid: e.digest for e in group}
-                uids = list(recorded)
-                got = retrieve_digests(session, spool, study, series, uids, result.errors, _fast_digest)
-                for uid in uids:
-                    result.compare(uid, recorded[uid], got.get(uid), keep)
+            got = retrieve_digests(session, spool, list(recorded), result.errors, _fast_digest)
+        for uid, digest in recorded.items():
+            result.compare(uid, digest, got.get(uid), keep)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return result

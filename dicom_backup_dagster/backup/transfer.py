@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
@@ -48,9 +49,11 @@ from dicom_backup_dagster.dicom.errors import (
 )
 from dicom_backup_dagster.dicom.network import Peer, Timeouts, make_ae
 from dicom_backup_dagster.dicom.retrieve import (
+    MAX_UIDS_PER_REQUEST,
     RetrieveResult,
     collect_responses,
     evaluate,
+    instance_list_identifier,
     retrieve_identifier,
 )
 from dicom_backup_dagster.dicom.spool import (
@@ -65,9 +68,6 @@ from .errors import MOVE_DESTINATION_UNKNOWN
 from .manifest import FAILED, MOVED, PENDING, InstanceEntry, ManifestWriter, by_series, by_study
 
 Transfer = Literal["c-move", "c-get"]
-
-# Keeps an IMAGE-level identifier well below typical PDU and SCP limits (a UI is up to 64 bytes).
-MAX_UIDS_PER_REQUEST = 200
 
 
 class RetrieveSession:
@@ -160,6 +160,26 @@ class RetrieveSession:
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> RetrieveResult:
         """One C-MOVE/C-GET; raises like dicom.move.c_move (SubOperationError carries `.result`)."""
+        _, identifier = retrieve_identifier(study_instance_uid, series_instance_uid, sop_instance_uids)
+        return self._exchange(identifier, expected_count, spool_dir)
+
+    def retrieve_instances(
+        self,
+        sop_instance_uids: Sequence[str],
+        *,
+        expected_count: int | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ) -> RetrieveResult:
+        """One C-MOVE/C-GET of up to MAX_UIDS_PER_REQUEST instances named by SOP Instance UID alone, in any
+        series or study (`instance_list_identifier`: for Orthanc peers only)."""
+        return self._exchange(instance_list_identifier(sop_instance_uids), expected_count, spool_dir)
+
+    def _exchange(
+        self,
+        identifier: Dataset,
+        expected_count: int | None,
+        spool_dir: str | os.PathLike[str] | None,
+    ) -> RetrieveResult:
         if self.operation == "C-GET":
             if spool_dir is None:
                 raise ValueError("a C-GET needs a spool dir")
@@ -169,7 +189,6 @@ class RetrieveSession:
         if self._assoc is None or not self._assoc.is_established:
             self._assoc = self._open()
         assoc = self._assoc
-        _, identifier = retrieve_identifier(study_instance_uid, series_instance_uid, sop_instance_uids)
         started = time.monotonic()
         try:
             if self.operation == "C-MOVE":

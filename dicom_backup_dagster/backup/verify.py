@@ -23,9 +23,10 @@ from pathlib import Path
 from dicom_backup_dagster.dicom.digest import content_digest
 from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.dicom.retrieve import chunks
 
 from .manifest import ALREADY_ARCHIVED, DEFERRED, MOVED, InstanceEntry, by_series, by_study
-from .transfer import MAX_UIDS_PER_REQUEST, RetrieveSession
+from .transfer import RetrieveSession
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ def check_presence(
     settle_seconds: float = SETTLE_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PresenceResult:
-    """Every non-deferred instance must be on the archive now (one C-FIND per study, a second one after
-    `settle_seconds` for a study with gaps)."""
+    """Every non-deferred instance must be on the archive now (`archived_uids(study)`, asked a second
+    time after `settle_seconds` for a study with gaps; ArchiveLookup answers it from lists of UIDs)."""
     expected = present = deferred = missing = 0
     missing_uids: list[str] = []
     for study_uid, group in by_study(entries):
@@ -132,18 +133,24 @@ class ContentResult:
 def retrieve_digests(
     session: RetrieveSession,
     spool: Path,
-    study: str,
-    series: str,
     uids: list[str],
     errors: list[str],
     digest: Callable[[Path], str] = content_digest,
+    *,
+    series: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """SOP Instance UID -> `digest` of what a C-GET of `uids` (one series) brought back."""
+    """SOP Instance UID -> `digest` of what C-GETs of `uids` brought back, MAX_UIDS_PER_REQUEST per request.
+
+    `series` (study, series UIDs) when all of `uids` are in one series of a hierarchical SCP (a source);
+    None names them by SOP Instance UID alone, across series (`RetrieveSession.retrieve_instances`: the
+    Orthanc main archive)."""
     out: dict[str, str] = {}
-    for i in range(0, len(uids), MAX_UIDS_PER_REQUEST):
-        chunk = uids[i : i + MAX_UIDS_PER_REQUEST]
+    for chunk in chunks(uids):
         try:
-            received = session.retrieve(study, series, chunk, spool_dir=spool).received
+            if series is None:
+                received = session.retrieve_instances(chunk, spool_dir=spool).received
+            else:
+                received = session.retrieve(series[0], series[1], chunk, spool_dir=spool).received
         except SubOperationError as error:
             # An instance missing on one side shows up as a short count; the comparison names it.
             received = error.result.received
@@ -171,25 +178,28 @@ def verify_content(
     """
     result = ContentResult()
     spool = Path(spool_dir)
+    at_source: dict[str, str] = {}
+    uids: list[str] = []
     try:
         with (
             RetrieveSession(source, calling_aet, timeouts, operation="C-GET") as from_source,
             RetrieveSession(archive, calling_aet, timeouts, operation="C-GET") as from_archive,
         ):
-            for (study, series), group in by_series(sample_entries):
-                uids = [e.sop_instance_uid for e in group]
-                try:
-                    at_source = retrieve_digests(
-                        from_source, spool / "source", study, series, uids, result.errors
+            try:
+                for (study, series), group in by_series(sample_entries):
+                    series_uids = [e.sop_instance_uid for e in group]
+                    uids.extend(series_uids)
+                    at_source.update(
+                        retrieve_digests(
+                            from_source, spool / "source", series_uids, result.errors, series=(study, series)
+                        )
                     )
-                    at_archive = retrieve_digests(
-                        from_archive, spool / "archive", study, series, uids, result.errors
-                    )
-                except DicomError as error:
-                    result.errors.append(str(error))
-                    raise
-                for uid in uids:
-                    result.compare(uid, at_source.get(uid), at_archive.get(uid), keep)
+                at_archive = retrieve_digests(from_archive, spool / "archive", uids, result.errors)
+            except DicomError as error:
+                result.errors.append(str(error))
+                raise
+            for uid in uids:
+                result.compare(uid, at_source.get(uid), at_archive.get(uid), keep)
     finally:
         shutil.rmtree(spool, ignore_errors=True)
     return result

@@ -25,8 +25,8 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.inventory import archived_sop_uids
-from dicom_backup_dagster.backup.manifest import read_manifest
+from dicom_backup_dagster.backup.inventory import ArchiveLookup
+from dicom_backup_dagster.backup.manifest import DEFERRED, read_manifest
 from dicom_backup_dagster.backup.verify import check_presence
 from dicom_backup_dagster.defs.common import check_partitions, find_session, uids_metadata
 from dicom_backup_dagster.defs.resources import DicomNetwork
@@ -44,13 +44,13 @@ def presence_check_result(
     deferred_advice: str = "",
 ) -> AssetCheckResult:
     """complete_in_archive for any source: every non-deferred entry of the manifest is on the archive
-    (IMAGE-level C-FIND per study). Deferred entries alone make a WARN that says what to run next."""
+    (IMAGE-level C-FINDs by SOP Instance UID lists, ArchiveLookup). Deferred entries alone make a WARN
+    that says what to run next."""
     compared = f"{source_alias} {noun} of {partition} vs IMAGE-level C-FIND on {archive}"
     try:
         with find_session(archive, dicom) as main:
-            result = check_presence(
-                read_manifest(manifest_path), lambda study: archived_sop_uids(main, study)
-            )
+            wanted = (e for e in read_manifest(manifest_path) if e.state != DEFERRED)
+            result = check_presence(read_manifest(manifest_path), ArchiveLookup(main, wanted))
     except DicomError as error:
         return AssetCheckResult(
             passed=False,

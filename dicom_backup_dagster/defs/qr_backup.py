@@ -48,13 +48,14 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.inventory import archived_sop_uids, take_inventory
+from dicom_backup_dagster.backup.inventory import ArchiveLookup, take_inventory
 from dicom_backup_dagster.backup.manifest import (
     ALREADY_ARCHIVED,
     DEFERRED,
     FAILED,
     FOUND,
     MOVED,
+    PENDING,
     ManifestHandle,
     read_manifest,
 )
@@ -215,7 +216,7 @@ def build_source_backup(
             with find_session(archive, dicom) as main:
                 plan = make_plan(
                     read_manifest(inventory.path),
-                    lambda study: archived_sop_uids(main, study),
+                    ArchiveLookup(main, read_manifest(inventory.path)),
                     settings.max_uids_per_run,
                     plan_path,
                     level=source.query_level,
@@ -244,7 +245,7 @@ def build_source_backup(
             with find_session(archive, dicom) as main:
                 final = finalize(
                     read_manifest(plan_path),
-                    lambda study: archived_sop_uids(main, study),
+                    ArchiveLookup(main, (e for e in read_manifest(plan_path) if e.state == PENDING)),
                     out_path,
                     received=outcome.received,
                 )

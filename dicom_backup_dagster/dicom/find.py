@@ -25,6 +25,7 @@ from . import stats
 from .association import associate, no_response_error
 from .errors import DicomError, UnreadableResponse
 from .network import Peer, Timeouts, make_ae
+from .retrieve import chunks
 from .status import status_category
 
 log = logging.getLogger(__name__)
@@ -268,23 +269,24 @@ class FindSession:
             "SOPClassUID": "",
             "InstanceNumber": "",
         }
-        records = []
-        for row in self._unique_rows("IMAGE", keys, extra_keys, "SOPInstanceUID"):
-            series_uid = _text(row, "SeriesInstanceUID") or series_instance_uid
-            if series_uid is None:
-                log.warning(
-                    "C-FIND IMAGE row %s has no SeriesInstanceUID; skipped", _text(row, "SOPInstanceUID")
-                )
-                continue
-            records.append(
-                InstanceRecord(
-                    study_instance_uid=_text(row, "StudyInstanceUID") or study_instance_uid,
-                    series_instance_uid=series_uid,
-                    sop_instance_uid=str(_text(row, "SOPInstanceUID")),
-                    sop_class_uid=_text(row, "SOPClassUID"),
-                    instance_number=_int(row, "InstanceNumber"),
-                )
-            )
+        rows = self._unique_rows("IMAGE", keys, extra_keys, "SOPInstanceUID")
+        return _instance_records(rows, study_instance_uid, series_instance_uid)
+
+    def instances_by_uid(self, sop_instance_uids: Sequence[str]) -> list[InstanceRecord]:
+        """The instances among `sop_instance_uids` that the peer holds, whatever their study or series:
+        IMAGE-level C-FINDs with up to MAX_UIDS_PER_REQUEST UIDs each (list of UID matching, PS3.4
+        C.2.2.2.2) and no higher-level keys to match. Orthanc answers these (the main archive and
+        staging); a strictly hierarchical SCP needs `instances()` per study or series."""
+        keys: dict[str, KeyValue] = {
+            "StudyInstanceUID": "",
+            "SeriesInstanceUID": "",
+            "SOPClassUID": "",
+            "InstanceNumber": "",
+        }
+        records: list[InstanceRecord] = []
+        for chunk in chunks(list(sop_instance_uids)):
+            rows = self._unique_rows("IMAGE", {**keys, "SOPInstanceUID": list(chunk)}, None, "SOPInstanceUID")
+            records.extend(_instance_records(rows, None, None))
         return records
 
     def walk(self, studies: Iterable[StudyRecord | str]) -> list[InstanceRecord]:
@@ -295,6 +297,28 @@ class FindSession:
             for series in self.series(study_uid):
                 out.extend(self.instances(study_uid, series.series_instance_uid))
         return out
+
+
+def _instance_records(
+    rows: Iterable[Dataset], study_instance_uid: str | None, series_instance_uid: str | None
+) -> list[InstanceRecord]:
+    """IMAGE-level rows as records; the UIDs asked for stand in for return keys a peer left out."""
+    records = []
+    for row in rows:
+        series_uid = _text(row, "SeriesInstanceUID") or series_instance_uid
+        if series_uid is None:
+            log.warning("C-FIND IMAGE row %s has no SeriesInstanceUID; skipped", _text(row, "SOPInstanceUID"))
+            continue
+        records.append(
+            InstanceRecord(
+                study_instance_uid=_text(row, "StudyInstanceUID") or study_instance_uid or "",
+                series_instance_uid=series_uid,
+                sop_instance_uid=str(_text(row, "SOPInstanceUID")),
+                sop_class_uid=_text(row, "SOPClassUID"),
+                instance_number=_int(row, "InstanceNumber"),
+            )
+        )
+    return records
 
 
 def c_find(

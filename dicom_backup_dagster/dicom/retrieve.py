@@ -24,6 +24,10 @@ from .status import CANCEL, FAILURE, PENDING, status_category
 
 RetrieveLevel = Literal["STUDY", "SERIES", "IMAGE"]
 
+#: SOP Instance UIDs per identifier (list of UID matching, PS3.4 C.2.2.2.2): 200 UIs of up to 64 bytes keep
+#: an identifier well below typical PDU and SCP limits.
+MAX_UIDS_PER_REQUEST = 200
+
 
 @dataclass(frozen=True)
 class RetrieveResult:
@@ -58,6 +62,28 @@ def retrieve_identifier(
         level = "IMAGE"
     ds.QueryRetrieveLevel = level
     return level, ds
+
+
+def instance_list_identifier(sop_instance_uids: Sequence[str]) -> Dataset:
+    """IMAGE-level identifier naming instances by SOP Instance UID alone, across series and studies.
+
+    The relational form of a retrieve identifier (PS3.4 C.4.2.2.1: no higher-level unique keys) with list
+    of UID matching (C.2.2.2.2). Orthanc resolves IMAGE-level requests by SOP Instance UID without
+    relational-retrieve negotiation, so it is used only towards Orthanc targets (the main archive, an
+    Orthanc staging); a strictly hierarchical SCP gets `retrieve_identifier` per series."""
+    if not sop_instance_uids:
+        raise ValueError("an instance-list identifier needs at least one SOP Instance UID")
+    if len(sop_instance_uids) > MAX_UIDS_PER_REQUEST:
+        raise ValueError(f"at most {MAX_UIDS_PER_REQUEST} SOP Instance UIDs per identifier")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "IMAGE"
+    ds.SOPInstanceUID = list(sop_instance_uids) if len(sop_instance_uids) > 1 else sop_instance_uids[0]
+    return ds
+
+
+def chunks(uids: Sequence[str], size: int = MAX_UIDS_PER_REQUEST) -> list[Sequence[str]]:
+    """`uids` in consecutive slices of at most `size` (one identifier each)."""
+    return [uids[i : i + size] for i in range(0, len(uids), size)]
 
 
 def _count(ds: Dataset | None, keyword: str) -> int | None:

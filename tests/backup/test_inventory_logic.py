@@ -6,8 +6,9 @@ import datetime as dt
 
 import pytest
 
-from dicom_backup_dagster.backup.inventory import split_query_keys, study_order, window
-from dicom_backup_dagster.dicom.find import StudyRecord
+from dicom_backup_dagster.backup.inventory import ArchiveLookup, split_query_keys, study_order, window
+from dicom_backup_dagster.backup.manifest import InstanceEntry
+from dicom_backup_dagster.dicom.find import InstanceRecord, StudyRecord
 
 
 def test_window_covers_the_day_and_the_lookback() -> None:
@@ -40,3 +41,39 @@ def test_studies_sort_oldest_first_and_undated_last() -> None:
         StudyRecord("0", "20260101"),
     ]
     assert [s.study_instance_uid for s in sorted(studies, key=study_order)] == ["0", "1", "2", "3"]
+
+
+class _ArchiveFake:
+    """A FindSession stand-in that records what was asked: instances_by_uid lists and per-study queries."""
+
+    def __init__(self, on_archive: set[str]) -> None:
+        self.on_archive = on_archive
+        self.lists: list[list[str]] = []
+        self.studies: list[str] = []
+
+    def instances_by_uid(self, uids: list[str]) -> list[InstanceRecord]:
+        self.lists.append(list(uids))
+        return [InstanceRecord("?", "?", u) for u in uids if u in self.on_archive]
+
+    def instances(self, study_instance_uid: str) -> list[InstanceRecord]:
+        self.studies.append(study_instance_uid)
+        return [InstanceRecord(study_instance_uid, "?", "elsewhere")]
+
+
+def test_archive_lookup_asks_once_then_answers_per_study() -> None:
+    entries = [
+        InstanceEntry("A", "A.1", "a1"),
+        InstanceEntry("A", "A.2", "a2"),
+        InstanceEntry("B", "B.1", "b1"),
+    ]
+    archive = _ArchiveFake({"a2", "b1", "not-in-manifest"})
+    lookup = ArchiveLookup(archive, entries)  # type: ignore[arg-type]
+    assert lookup("A") == {"a2"}
+    assert lookup("B") == {"b1"}
+    assert archive.lists == [["a1", "a2", "b1"]]  # one list for every study of the manifest
+    # Asked again (check_presence's settle re-check): a fresh query by that study's own UIDs.
+    archive.on_archive.add("a1")
+    assert lookup("A") == {"a1", "a2"}
+    assert archive.lists[-1] == ["a1", "a2"]
+    # A study outside the manifest: the per-study query, never an empty answer.
+    assert lookup("C") == {"elsewhere"} and archive.studies == ["C"]

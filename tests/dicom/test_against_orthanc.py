@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
+from dicom_backup_dagster.backup.transfer import RetrieveSession
 from dicom_backup_dagster.dicom.commitment import request_storage_commitment
 from dicom_backup_dagster.dicom.digest import content_digest
 from dicom_backup_dagster.dicom.echo import c_echo
@@ -17,6 +18,7 @@ from dicom_backup_dagster.dicom.find import FindSession, find_instances, find_se
 from dicom_backup_dagster.dicom.get import c_get
 from dicom_backup_dagster.dicom.move import c_move
 from dicom_backup_dagster.dicom.network import Peer
+from dicom_backup_dagster.dicom.retrieve import MAX_UIDS_PER_REQUEST
 from dicom_backup_dagster.dicom.scp import StorageSCP
 from dicom_backup_dagster.dicom.store import c_store_files
 from dicom_backup_dagster.sandbox.orthanc import OrthancServer
@@ -208,3 +210,58 @@ def test_echo_wrong_port_names_peer() -> None:
     peer = Peer("ORTHANC_TEST", "127.0.0.1", free_port())
     with pytest.raises(AssociationError, match="connection refused"):
         c_echo(peer, CALLING_AET, FAST)
+
+
+@pytest.fixture
+def second_patient(orthanc: OrthancServer, tmp_path: Path) -> Iterator[list[SyntheticInstance]]:
+    """Another study on the same Orthanc, removed again after the test (the module's counts stay true)."""
+    patient = make_patient(tmp_path / "second", patient_id="SANDBOX_ORT2", ct_slices=2)
+    c_store_files(orthanc.peer, CALLING_AET, [p.path for p in patient], timeouts=FAST)
+    yield patient
+    for p in patient:
+        orthanc.delete_instance(p.sop_instance_uid)
+
+
+def test_instances_by_uid_across_studies_and_chunks(
+    orthanc: OrthancServer, stored: list[SyntheticInstance], second_patient: list[SyntheticInstance]
+) -> None:
+    # Two studies, several series, an unknown UID, and more UIDs than one identifier carries: the known
+    # instance after position 400 must be found by the third request.
+    unknown = [f"1.2.826.0.1.3680043.10.999.{i}" for i in range(450)]
+    chosen = [stored[0], stored[-1], second_patient[0]]
+    wanted = [chosen[0].sop_instance_uid, *unknown[:200], chosen[1].sop_instance_uid, *unknown[200:]]
+    wanted.append(chosen[2].sop_instance_uid)
+    with FindSession(orthanc.peer, CALLING_AET, FAST) as session:
+        found = session.instances_by_uid(wanted)
+    assert len(wanted) > 2 * MAX_UIDS_PER_REQUEST
+    assert {(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid) for r in found} == {
+        (p.study_instance_uid, p.series_instance_uid, p.sop_instance_uid) for p in chosen
+    }
+
+
+def test_retrieve_instances_across_studies(
+    orthanc: OrthancServer,
+    stored: list[SyntheticInstance],
+    second_patient: list[SyntheticInstance],
+    our_scp: StorageSCP,
+    tmp_path: Path,
+) -> None:
+    chosen = [stored[0], stored[-1], *second_patient[:2]]
+    uids = [p.sop_instance_uid for p in chosen]
+    assert len({p.series_instance_uid for p in chosen}) >= 3
+    our_scp.clear()
+    with RetrieveSession(
+        orthanc.peer, CALLING_AET, FAST, operation="C-MOVE", move_destination=CALLING_AET
+    ) as session:
+        moved = session.retrieve_instances(uids, expected_count=len(uids))
+        # A UID Orthanc does not hold is a short count, not a silent success.
+        with pytest.raises(SubOperationError, match="only 1 of 2 expected"):
+            session.retrieve_instances([uids[0], "1.2.826.0.1.3680043.10.999.1"], expected_count=2)
+    assert moved.completed == len(uids) and moved.failed == 0
+    assert sorted(r.sop_instance_uid for r in our_scp.received) == sorted([*uids, uids[0]])
+    with RetrieveSession(orthanc.peer, CALLING_AET, FAST, operation="C-GET") as session:
+        got = session.retrieve_instances(uids, expected_count=len(uids), spool_dir=tmp_path)
+    by_uid = {r.sop_instance_uid: r for r in got.received}
+    assert sorted(by_uid) == sorted(uids)
+    for p in chosen:
+        assert content_digest(by_uid[p.sop_instance_uid].path) == content_digest(p.path)
