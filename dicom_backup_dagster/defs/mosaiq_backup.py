@@ -58,7 +58,6 @@ from dagster import (
     asset,
     asset_check,
 )
-from pydicom import dcmread
 
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.manifest import FAILED, MOVED, PENDING, ManifestHandle, read_manifest
@@ -94,7 +93,7 @@ from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mo
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.retrieve import chunks
-from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
+from dicom_backup_dagster.dicom.rt_conformance import check_rt_record_files
 from dicom_backup_dagster.dicom.rt_record import RecordOptions
 from dicom_backup_dagster.dicom.store import c_store_files
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
@@ -532,17 +531,19 @@ def build_mosaiq_source_backup(
         if partition is None or path is None:
             return no_manifest(partition, "rt_records.jsonl")
         out = spool(context, partition)
-        checked = 0
         bad: dict[str, list[str]] = {}
+        files: dict[Path, str] = {}
         for entry in read_manifest(path):
             file = record_path(out, entry.sop_instance_uid)
-            if not file.exists():
+            if file.exists():
+                files[file] = entry.sop_instance_uid
+            else:
                 bad[entry.sop_instance_uid] = ["record file missing from the spool"]
-                continue
-            findings = check_rt_record(dcmread(file))
+        checked = 0
+        for file, findings in check_rt_record_files(list(files)):
             checked += 1
             if findings:
-                bad[entry.sop_instance_uid] = [str(f) for f in findings[:5]]
+                bad[files[file]] = [str(f) for f in findings[:5]]
         metadata = {
             "partition": partition,
             "checked": checked,

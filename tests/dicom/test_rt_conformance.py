@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_backup_dagster.dicom.rt_conformance import Finding, check_rt_record
+from dicom_backup_dagster.dicom.rt_conformance import Finding, check_rt_record, check_rt_record_files
 from dicom_backup_dagster.dicom.rt_record import build_rt_record, encode_rt_record
 from tests.mosaiq.test_records import ALL_KINDS, FIRST, IDA, LAST, step_and_shoot_delivery
 
@@ -226,3 +227,24 @@ def test_findings_never_quote_patient_data() -> None:
     for secret in (FIRST, IDA, "1961", LAST):
         assert secret not in text
     assert all(isinstance(f, Finding) for f in findings)
+
+
+def test_files_checked_in_worker_processes_match_one_by_one(tmp_path: Path) -> None:
+    paths = []
+    for kind, delivery in ALL_KINDS.items():
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(encode_rt_record(build_rt_record(delivery())))
+        paths.append(path)
+    bad = fresh()
+    beam(bad).BeamType = "ARC"
+    del cp(bad, 0).GantryAngle
+    bad.save_as(tmp_path / "bad.dcm")
+    paths.insert(1, tmp_path / "bad.dcm")
+    serial = list(check_rt_record_files(paths, workers=1))
+    pooled = list(check_rt_record_files(paths, workers=2, pool_from=1))
+    assert pooled == serial
+    assert [p for p, findings in pooled if findings] == [tmp_path / "bad.dcm"]
+    assert {f.path.rsplit(".", 1)[-1] for f in dict(pooled)[tmp_path / "bad.dcm"]} == {
+        "BeamType",
+        "GantryAngle",
+    }
