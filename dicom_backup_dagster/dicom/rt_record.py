@@ -495,9 +495,13 @@ _SCALAR_CACHE: dict[tuple[str, object], tuple[int, bytes, bytes]] = {}
 _Encoded = tuple[int, bytes, bytes]  # (tag, element bytes, digest input)
 
 
+#: Values that are (nearly) never repeated: caching them would only evict the ones that are.
+_UNIQUE_VALUES = frozenset({"DeliveredMeterset", "SpecifiedMeterset", "SOPInstanceUID", "InstanceNumber"})
+
+
 def _encode_element(keyword: str, value: object) -> _Encoded:
     # Control points repeat most scalar values (date, time, directions, unchanged angles): memoise them.
-    if value is None or (isinstance(value, str) and len(value) <= 64):
+    if (value is None or (isinstance(value, str) and len(value) <= 64)) and keyword not in _UNIQUE_VALUES:
         key = (keyword, value)
         found = _SCALAR_CACHE.get(key)
         if found is None:
@@ -508,18 +512,51 @@ def _encode_element(keyword: str, value: object) -> _Encoded:
     return _encode_uncached(keyword, value)
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What every element of one keyword starts with, computed once: its tag, VR, the header bytes before
+    the value length, and the tag as the digest input starts it."""
+
+    tag: int
+    vr: str
+    head: bytes
+    long_length: bool
+    digest_tag: bytes
+    digest_strips: bool
+
+
+_LAYOUTS: dict[str, _Layout] = {}
+
+
+def _layout(keyword: str) -> _Layout:
+    found = _LAYOUTS.get(keyword)
+    if found is None:
+        tag, vr = _tag(keyword)
+        long_length = vr in _LONG_LENGTH_VRS
+        head = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode()) + (b"\0\0" if long_length else b"")
+        found = _LAYOUTS[keyword] = _Layout(
+            tag, vr, head, long_length, tag.to_bytes(4, "big"), vr in _DIGEST_TEXT_VRS
+        )
+    return found
+
+
 def _encode_uncached(keyword: str, value: object) -> _Encoded:
-    tag, vr = _tag(keyword)
-    digest_input: bytes | None = None
-    if vr == "SQ":
+    layout = _layout(keyword)
+    vr = layout.vr
+    if value.__class__ is str:  # the common case (DS, IS, CS, DA, TM, UI ... text), first
+        payload = value.encode("utf-8")  # type: ignore[attr-defined]
+        if len(payload) % 2:
+            payload += b"\0" if vr == "UI" else b" "
+    elif vr == "SQ":
         items = [_encode_item(item) for item in value]  # type: ignore[attr-defined]
-        payload = b"".join(data for data, _ in items)
+        payload = b"".join([data for data, _ in items])
         digest_input = (
-            tag.to_bytes(4, "big")
+            layout.digest_tag
             + b"SQ"
             + len(items).to_bytes(4, "big")
-            + b"".join(b"ITEM" + hashed + b"END" for _, hashed in items)
+            + b"".join([b"ITEM" + hashed + b"END" for _, hashed in items])
         )
+        return layout.tag, layout.head + len(payload).to_bytes(4, "little") + payload, digest_input
     elif vr == "FL":
         payload = b"" if value is None else struct.pack("<f", value)
     elif vr == "UL":
@@ -537,15 +574,10 @@ def _encode_uncached(keyword: str, value: object) -> _Encoded:
         payload = text.encode("utf-8")
         if len(payload) % 2:
             payload += b"\0" if vr == "UI" else b" "
-    if digest_input is None:
-        hashed = payload.rstrip(b" \x00") if vr in _DIGEST_TEXT_VRS else payload
-        digest_input = tag.to_bytes(4, "big") + len(hashed).to_bytes(8, "big") + hashed
-    group, element = tag >> 16, tag & 0xFFFF
-    if vr in _LONG_LENGTH_VRS:
-        header = struct.pack("<HH2sHI", group, element, vr.encode(), 0, len(payload))
-    else:
-        header = struct.pack("<HH2sH", group, element, vr.encode(), len(payload))
-    return tag, header + payload, digest_input
+    hashed = payload.rstrip(b" \x00") if layout.digest_strips else payload
+    digest_input = layout.digest_tag + len(hashed).to_bytes(8, "big") + hashed
+    length = len(payload).to_bytes(4 if layout.long_length else 2, "little")
+    return layout.tag, layout.head + length + payload, digest_input
 
 
 def _encode_dataset(item: _Item) -> tuple[bytes, bytes]:
