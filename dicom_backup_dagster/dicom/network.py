@@ -4,6 +4,9 @@ Two things matter for throughput and safety on every association we open or acce
 - TCP_NODELAY: pynetdicom 3.0 leaves Nagle's algorithm on, so each small PDU waits for a ~40 ms delayed
   ACK; with it off, C-STORE to Orthanc goes from ~19 to ~130 instances/s (research/dicom.md section 3).
 - pynetdicom's identifier logging is off, so C-FIND/C-MOVE identifiers (patient data) never reach logs.
+- A file given to send_c_store() by path is sent as its encoded bytes (STORE_SEND_CHUNKED_DATASET), not
+  decoded and re-encoded by pydicom: store.py asks for the file's exact SOP Class + Transfer Syntax
+  context, so no conversion is ever needed, and the bytes archived are the bytes we digested.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from pynetdicom import AE, _config, transport
 # Identifiers carry patient names and IDs: never log them.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Without it pynetdicom dcmread()s every file and encodes it again: ~40% of a C-STORE's time (2,100 RT
+# records to Orthanc: 143/s vs storescu 209/s). Needs the exact presentation context, which store.py asks for.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 @dataclass(frozen=True)
