@@ -146,9 +146,9 @@ class ArchiveLookup:
     finalize and check_presence take.
 
     The first call asks for every UID of the manifest at once (FindSession.instances_by_uid, Orthanc);
-    each study is then answered from that. A study asked again is queried again, by its own UIDs: callers
-    ask twice only to see what arrived meanwhile (check_presence's settle re-check). A study that is not in
-    the manifest falls back to archived_sop_uids."""
+    every study is then answered from that, however often and in whatever order it is asked. `refresh`
+    asks again for one study's UIDs (check_presence's settle re-check). A study that is not in the
+    manifest falls back to archived_sop_uids."""
 
     def __init__(self, session: FindSession, entries: Iterable[InstanceEntry]) -> None:
         self.session = session
@@ -156,7 +156,6 @@ class ArchiveLookup:
         for entry in entries:
             self._by_study.setdefault(entry.study_instance_uid, []).append(entry.sop_instance_uid)
         self._present: set[str] | None = None
-        self._answered: set[str] = set()
 
     def _ask(self, uids: list[str]) -> set[str]:
         return {r.sop_instance_uid for r in self.session.instances_by_uid(uids)}
@@ -165,9 +164,16 @@ class ArchiveLookup:
         uids = self._by_study.get(study_instance_uid)
         if uids is None:
             return archived_sop_uids(self.session, study_instance_uid)
-        if study_instance_uid in self._answered:
-            return self._ask(uids)
         if self._present is None:
             self._present = self._ask([u for study in self._by_study.values() for u in study])
-        self._answered.add(study_instance_uid)
         return {u for u in uids if u in self._present}
+
+    def refresh(self, study_instance_uid: str) -> set[str]:
+        """One study's instances on the archive now (what arrived since the first answer is included)."""
+        uids = self._by_study.get(study_instance_uid)
+        if uids is None:
+            return archived_sop_uids(self.session, study_instance_uid)
+        found = self._ask(uids)
+        if self._present is not None:
+            self._present |= found
+        return found

@@ -52,12 +52,15 @@ def check_presence(
     entries: Iterable[InstanceEntry],
     archived_uids: Callable[[str], set[str]],
     *,
+    recheck: Callable[[str], set[str]] | None = None,
     keep: int = 100,
     settle_seconds: float = SETTLE_SECONDS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PresenceResult:
-    """Every non-deferred instance must be on the archive now (`archived_uids(study)`, asked a second
-    time after `settle_seconds` for a study with gaps; ArchiveLookup answers it from lists of UIDs)."""
+    """Every non-deferred instance must be on the archive now: `archived_uids(study)`, and for a study
+    with gaps `recheck(study)` (default: archived_uids again) after `settle_seconds`. With ArchiveLookup,
+    pass its `refresh` as `recheck`: its call answers from one query of the whole manifest."""
+    recheck = recheck or archived_uids
     expected = present = deferred = missing = 0
     missing_uids: list[str] = []
     for study_uid, group in by_study(entries):
@@ -68,7 +71,7 @@ def check_presence(
         on_archive = archived_uids(study_uid)
         if any(e.sop_instance_uid not in on_archive for e in wanted):
             sleep(settle_seconds)
-            on_archive = on_archive | archived_uids(study_uid)
+            on_archive = on_archive | recheck(study_uid)
         for entry in wanted:
             expected += 1
             if entry.sop_instance_uid in on_archive:

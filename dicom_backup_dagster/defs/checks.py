@@ -49,8 +49,8 @@ def presence_check_result(
     compared = f"{source_alias} {noun} of {partition} vs IMAGE-level C-FIND on {archive}"
     try:
         with find_session(archive, dicom) as main:
-            wanted = (e for e in read_manifest(manifest_path) if e.state != DEFERRED)
-            result = check_presence(read_manifest(manifest_path), ArchiveLookup(main, wanted))
+            lookup = ArchiveLookup(main, (e for e in read_manifest(manifest_path) if e.state != DEFERRED))
+            result = check_presence(read_manifest(manifest_path), lookup, recheck=lookup.refresh)
     except DicomError as error:
         return AssetCheckResult(
             passed=False,

@@ -276,13 +276,12 @@ class FindSession:
         """The instances among `sop_instance_uids` that the peer holds, whatever their study or series:
         IMAGE-level C-FINDs with up to MAX_UIDS_PER_REQUEST UIDs each (list of UID matching, PS3.4
         C.2.2.2.2) and no higher-level keys to match. Orthanc answers these (the main archive and
-        staging); a strictly hierarchical SCP needs `instances()` per study or series."""
-        keys: dict[str, KeyValue] = {
-            "StudyInstanceUID": "",
-            "SeriesInstanceUID": "",
-            "SOPClassUID": "",
-            "InstanceNumber": "",
-        }
+        staging); a strictly hierarchical SCP needs `instances()` per study or series.
+
+        Only the UIDs are asked for: with SOPClassUID and InstanceNumber as return keys too, 2,100
+        instances took Orthanc 1.10 4.4 s instead of 1.1 s (tags outside its index are read from the
+        files)."""
+        keys: dict[str, KeyValue] = {"StudyInstanceUID": "", "SeriesInstanceUID": ""}
         records: list[InstanceRecord] = []
         for chunk in chunks(list(sop_instance_uids)):
             rows = self._unique_rows("IMAGE", {**keys, "SOPInstanceUID": list(chunk)}, None, "SOPInstanceUID")

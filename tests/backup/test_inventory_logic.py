@@ -63,17 +63,18 @@ class _ArchiveFake:
 def test_archive_lookup_asks_once_then_answers_per_study() -> None:
     entries = [
         InstanceEntry("A", "A.1", "a1"),
-        InstanceEntry("A", "A.2", "a2"),
         InstanceEntry("B", "B.1", "b1"),
+        InstanceEntry("A", "A.2", "a2"),
     ]
     archive = _ArchiveFake({"a2", "b1", "not-in-manifest"})
     lookup = ArchiveLookup(archive, entries)  # type: ignore[arg-type]
-    assert lookup("A") == {"a2"}
-    assert lookup("B") == {"b1"}
-    assert archive.lists == [["a1", "a2", "b1"]]  # one list for every study of the manifest
-    # Asked again (check_presence's settle re-check): a fresh query by that study's own UIDs.
+    # Studies asked in any order and more than once (manifests need not be grouped by study): one list.
+    assert [lookup("A"), lookup("B"), lookup("A")] == [{"a2"}, {"b1"}, {"a2"}]
+    assert archive.lists == [["a1", "a2", "b1"]]
+    # refresh: a fresh query by that study's own UIDs, remembered for later calls.
     archive.on_archive.add("a1")
-    assert lookup("A") == {"a1", "a2"}
+    assert lookup.refresh("A") == {"a1", "a2"}
     assert archive.lists[-1] == ["a1", "a2"]
+    assert lookup("A") == {"a1", "a2"} and len(archive.lists) == 2
     # A study outside the manifest: the per-study query, never an empty answer.
     assert lookup("C") == {"elsewhere"} and archive.studies == ["C"]
