@@ -73,6 +73,7 @@ SOURCE_TYPES = ("aria", "mim", "mosaiq")
 TARGET_TYPES = ("orthanc", "dicom_scp")
 QUERY_LEVELS = ("STUDY", "SERIES", "IMAGE")
 TRANSFERS = ("c-move", "c-get")
+INVENTORY_MODES = ("by-study", "walk")
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
@@ -193,6 +194,9 @@ class QRSource:
     query_keys: dict[str, str] = field(default_factory=dict, hash=False)
     transfer: Literal["c-move", "c-get"] = "c-move"
     max_associations: int = 2
+    #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
+    #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
+    inventory: Literal["by-study", "walk"] = "by-study"
 
     @property
     def peer(self) -> Peer:
@@ -698,7 +702,17 @@ _ENV_KEYS = (
     "settings",
     "notifications",
 )
-_QR_KEYS = ("type", "aet", "ip", "port", "query_level", "query_keys", "transfer", "max_associations")
+_QR_KEYS = (
+    "type",
+    "aet",
+    "ip",
+    "port",
+    "query_level",
+    "query_keys",
+    "transfer",
+    "max_associations",
+    "inventory",
+)
 _MOSAIQ_KEYS = (
     "type",
     "db_server",
@@ -825,9 +839,10 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
     max_assoc = v.integer(
         env, path, raw, "max_associations", required=False, low=1, high=64, example="2", default=2
     )
-    if None in (aet, ip, port, level, transfer, max_assoc):
+    inventory = _choice(v, env, path, raw, "inventory", INVENTORY_MODES, "by-study", "inventory")
+    if None in (aet, ip, port, level, transfer, max_assoc, inventory):
         return None
-    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc)  # type: ignore[arg-type]
+    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory)  # type: ignore[arg-type]
 
 
 def _parse_mosaiq_source(

@@ -144,7 +144,14 @@ def build_source_backup(
         path = folder / "inventory.jsonl"
         try:
             with find_session(source.peer, dicom) as session:
-                summary = take_inventory(session, first, last, path, query_keys=source.query_keys)
+                summary = take_inventory(
+                    session,
+                    first,
+                    last,
+                    path,
+                    query_keys=source.query_keys,
+                    by_study=source.inventory == "by-study",
+                )
         except DicomError as error:
             raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
         context.log.info(
@@ -165,6 +172,9 @@ def build_source_backup(
                 "studies": summary.studies,  # of the whole run (a study is not split across days)
                 "series": summary.series,
                 "run_instances": summary.instances,
+                # studies listed series by series: all of them with inventory = "walk", else those whose
+                # one-query answer was refused, empty or short (a source that rejects universal series keys)
+                "studies_walked": summary.studies_walked,
                 "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
                 "seconds_find": round(summary.seconds, 3),
                 "source_peer": str(source.peer),

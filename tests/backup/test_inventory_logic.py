@@ -6,9 +6,17 @@ import datetime as dt
 
 import pytest
 
-from dicom_backup_dagster.backup.inventory import ArchiveLookup, split_query_keys, study_order, window
-from dicom_backup_dagster.backup.manifest import InstanceEntry
-from dicom_backup_dagster.dicom.find import InstanceRecord, StudyRecord
+from dicom_backup_dagster.backup.inventory import (
+    ArchiveLookup,
+    split_query_keys,
+    study_order,
+    take_inventory,
+    window,
+)
+from dicom_backup_dagster.backup.manifest import InstanceEntry, read_manifest
+from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.find import InstanceRecord, SeriesRecord, StudyRecord
+from dicom_backup_dagster.dicom.network import Peer
 
 
 def test_window_covers_the_day_and_the_lookback() -> None:
@@ -78,3 +86,69 @@ def test_archive_lookup_asks_once_then_answers_per_study() -> None:
     assert lookup("A") == {"a1", "a2"} and len(archive.lists) == 2
     # A study outside the manifest: the per-study query, never an empty answer.
     assert lookup("C") == {"elsewhere"} and archive.studies == ["C"]
+
+
+class _SourceFake:
+    """A source with two studies of two series each; how it answers an IMAGE query without a series key is
+    chosen per test (`whole_study`), a series-level query is always answered right."""
+
+    def __init__(self, whole_study: str, counts: bool = False) -> None:
+        self.whole_study = whole_study
+        self.counts = counts
+        self.asked: list[tuple[str, str | None]] = []
+        self.data = {
+            (study, f"{study}.{s}"): [f"{study}.{s}.{i}" for i in (2, 1)]
+            for study in ("A", "B")
+            for s in (2, 1)
+        }
+
+    def studies(self, **_: object) -> list[StudyRecord]:
+        return [
+            StudyRecord(s, "20260101", number_of_study_related_instances=4 if self.counts else None)
+            for s in "AB"
+        ]
+
+    def series(self, study: str, **_: object) -> list[SeriesRecord]:
+        self.asked.append(("SERIES", study))
+        return [SeriesRecord(study, series) for (st, series) in self.data if st == study]
+
+    def instances(self, study: str, series: str | None = None, **_: object) -> list[InstanceRecord]:
+        self.asked.append(("IMAGE", series))
+        keys = [k for k in self.data if k[0] == study and (series is None or k[1] == series)]
+        rows = [
+            InstanceRecord(st, se, uid, instance_number=int(uid[-1]))
+            for st, se in keys
+            for uid in self.data[(st, se)]
+        ]
+        if series is None and study == "B":  # study A is always answered right
+            if self.whole_study == "refuse":
+                raise DicomError(Peer("SRC", "127.0.0.1", 104), "C-FIND", "IMAGE-level query", status=0xC000)
+            if self.whole_study == "empty":
+                return []
+            if self.whole_study == "short":
+                return rows[:-1]
+        return rows
+
+
+@pytest.mark.parametrize(
+    ("whole_study", "counts", "walked"),
+    [("right", False, 0), ("refuse", False, 1), ("empty", False, 1), ("short", True, 1), ("short", False, 0)],
+)
+def test_inventory_walks_a_study_only_when_its_whole_study_answer_is_not_trusted(
+    tmp_path, whole_study: str, counts: bool, walked: int
+) -> None:
+    source = _SourceFake(whole_study, counts)
+    out = tmp_path / "inventory.jsonl"
+    summary = take_inventory(source, dt.date(2026, 1, 1), dt.date(2026, 1, 1), out)  # type: ignore[arg-type]
+    entries = list(read_manifest(out))
+    assert summary.studies_walked == walked
+    assert [("SERIES", "B") in source.asked, ("SERIES", "A") in source.asked] == [walked == 1, False]
+    if whole_study == "short" and not counts:
+        # Without NumberOfStudyRelatedInstances a short answer cannot be told from a complete one: this is
+        # what `inventory = "walk"` is for.
+        assert len(entries) == 7
+        return
+    assert len(entries) == summary.instances == 8
+    # Series by UID, instances by number, whichever way the study was listed.
+    assert [e.sop_instance_uid for e in entries[:4]] == ["A.1.1", "A.1.2", "A.2.1", "A.2.2"]
+    assert [e.sop_instance_uid for e in entries[4:]] == ["B.1.1", "B.1.2", "B.2.1", "B.2.2"]

@@ -69,7 +69,7 @@ def test_valid_config_builds_the_typed_model(write_config: Writer) -> None:
     assert env.script_ae.aet == "DICOM_BACKUP" and env.script_ae.port == 11113
     aria, mim, mosaiq = env.sources["ARIA"], env.sources["MIM"], env.sources["MOSAIQ"]
     assert isinstance(aria, QRSource) and aria.query_level == "IMAGE" and aria.transfer == "c-move"
-    assert aria.max_associations == 2 and aria.query_keys == {}
+    assert aria.max_associations == 2 and aria.query_keys == {} and aria.inventory == "by-study"
     assert isinstance(mim, QRSource) and mim.transfer == "c-get" and mim.query_keys == {"Modality": "RTPLAN"}
     assert isinstance(mosaiq, MosaiqSource) and mosaiq.password == SECRETS["SITE_A_MOSAIQ_PW"]
     assert mosaiq.db_port is None and mosaiq.odbc_options == {}
@@ -430,6 +430,14 @@ def test_c_get_is_refused_for_aria(write_config: Writer) -> None:
     err = load_error(write_config, data)
     issue(err, "SITE_A.sources.ARIA.transfer", "C-MOVE only", 'transfer = "c-move"')
     issue(err, "SITE_A.sources.MIM.transfer", "did you mean 'c-get'?")
+
+
+def test_inventory_mode_is_checked(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["sources"]["MIM"]["inventory"] = "walk"
+    assert load_config(write_config(data)).environment.sources["MIM"].inventory == "walk"  # type: ignore[union-attr]
+    data["SITE_A"]["sources"]["ARIA"]["inventory"] = "per-series"
+    issue(load_error(write_config, data), "SITE_A.sources.ARIA.inventory", "'by-study', 'walk'")
 
 
 @pytest.mark.parametrize("tz", ["America/NewYork", "EST5", "", "Mars/Olympus"])

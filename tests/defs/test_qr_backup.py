@@ -124,6 +124,7 @@ def test_partition_backs_up_every_instance_then_rerun_moves_nothing(sandbox, mon
         meta = _metadata(result, "ARIA")
         assert inventory["instances"] == meta["instances_found"] > 0
         assert inventory["study_dates"] == "20260111-20260114"
+        assert inventory["studies_walked"] == 0  # the sandbox's ARIA answers one IMAGE query per study
         assert meta["moved"] + meta["already_archived"] == meta["instances_found"]
         assert meta["failed"] == meta["deferred"] == 0
         for key in ("seconds_find", "seconds_plan", "seconds_transfer", "seconds_confirm", "seconds_total"):

@@ -3,11 +3,13 @@ optional return keys. C-MOVE to Orthanc and to our own SCP, C-GET into a spool."
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dicom_backup_dagster.backup.inventory import take_inventory
 from dicom_backup_dagster.dicom.digest import content_digest
 from dicom_backup_dagster.dicom.echo import c_echo
 from dicom_backup_dagster.dicom.errors import SubOperationError
@@ -195,3 +197,26 @@ def test_get_into_spool(
     assert result.completed == len(patient)
     sent = {p.sop_instance_uid: content_digest(p.path) for p in patient}
     assert {r.sop_instance_uid: content_digest(r.path) for r in result.received} == sent
+
+
+def test_inventory_by_study_equals_the_walk_with_fewer_queries(
+    peers: tuple[AriaSimulator, OrthancServer, StorageSCP], patient: list[SyntheticInstance], tmp_path: Path
+) -> None:
+    aria, _, _ = peers
+    day = dt.date(2024, 1, 15)
+    manifests, queries, summaries = {}, {}, {}
+    for by_study in (True, False):
+        with FindSession(aria.peer, CALLING_AET, FAST) as session:
+            levels: list[str] = []
+            find = session.find
+            session.find = lambda level, keys, find=find, levels=levels: (
+                levels.append(level) or find(level, keys)
+            )  # type: ignore[method-assign]
+            out = tmp_path / f"by_study_{by_study}.jsonl"
+            summaries[by_study] = take_inventory(session, dt.date(2024, 1, 1), day, out, by_study=by_study)
+            manifests[by_study], queries[by_study] = out.read_text(), levels
+    assert manifests[True] == manifests[False]  # same instances, same order: max_uids_per_run cuts alike
+    assert summaries[True].instances == len(patient) and summaries[True].series == 4
+    assert (summaries[True].studies_walked, summaries[False].studies_walked) == (0, 1)
+    assert queries[True] == ["STUDY", "IMAGE"]
+    assert queries[False] == ["STUDY", "SERIES", "IMAGE", "IMAGE", "IMAGE", "IMAGE"]
