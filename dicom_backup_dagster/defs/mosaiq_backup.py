@@ -87,6 +87,7 @@ from dicom_backup_dagster.defs.common import (
     backup_failure,
     check_partition,
     daily_partitions,
+    find_session,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
@@ -413,6 +414,7 @@ def build_mosaiq_source_backup(
         records = list(read_manifest(staged.path))
         path = folder(context, partition) / "archived.jsonl"
         failed: set[str] = set()
+        unnamed: list[str] = []  # records of refused requests whose failures the staging did not list
         completed = warnings = sub_failed = 0
         errors: list[DicomError] = []
         started = time.monotonic()
@@ -442,7 +444,10 @@ def build_mosaiq_source_backup(
                     except SubOperationError as error:
                         errors.append(error)
                         result = error.result
-                        failed.update(result.failed_sop_instance_uids or chunk)
+                        if result.failed_sop_instance_uids:
+                            failed.update(result.failed_sop_instance_uids)
+                        else:
+                            unnamed.extend(chunk)
                     completed += result.completed
                     warnings += result.warning
                     sub_failed += result.failed
@@ -454,6 +459,16 @@ def build_mosaiq_source_backup(
                 error,
                 {"moved_before_error": completed},
             ) from error
+        # A refused request without a Failed SOP Instance UID List: main says which of its records arrived
+        # (a 200-record request must not count as 200 failures for one missing record). Main unreachable:
+        # all of them count as failed, and the next run moves them again.
+        if unnamed:
+            try:
+                with find_session(archive, dicom) as main:
+                    arrived = {r.sop_instance_uid for r in main.instances_by_uid(unnamed)}
+            except DicomError:
+                arrived = set()
+            failed.update(uid for uid in unnamed if uid not in arrived)
         seconds = time.monotonic() - started
         entries = [e.with_state(FAILED if e.sop_instance_uid in failed else MOVED) for e in records]
         write_entries(path, entries)

@@ -357,3 +357,39 @@ def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_th
     text = run_against(dead)
     assert f"127.0.0.1:{dead} for source MOSAIQ" in text and "the database server is unreachable" in text
     assert "(transient, will be retried)" in text and wrong not in text
+
+
+def test_record_missing_on_staging_fails_alone_not_its_whole_move_request(sandbox, monkeypatch, tmp_path):
+    # C-MOVEs from the Orthanc staging name up to 200 records each; a record that vanished from staging
+    # after `staged` makes its request come back short without a Failed SOP Instance UID List. Main is
+    # asked which of that request's records arrived: exactly the vanished one is FAILED.
+    env = _env(sandbox, monkeypatch)
+    day = P1.treatment_dates[1]
+    defs = _defs(env, tmp_path)
+    job = defs.resolve_job_def(f"{ALIAS}_backup")
+    key = day.isoformat()
+    with dg.instance_for_test() as instance:
+        first = [dg.AssetKey([ALIAS, name]) for name in ("deliveries", "rt_records", "staged")]
+        staged = job.execute_in_process(partition_key=key, instance=instance, asset_selection=first)
+        assert staged.success
+        manifest = tmp_path / "manifests" / ALIAS / key / "staged.jsonl"
+        uids = [e.sop_instance_uid for e in read_manifest(manifest)]
+        assert len(uids) >= 2
+        vanished = uids[len(uids) // 2]
+        assert sandbox.stage.delete_instance(vanished)
+        moved = job.execute_in_process(
+            partition_key=key,
+            instance=instance,
+            asset_selection=[dg.AssetKey([ALIAS, "archived"])],
+            raise_on_error=False,
+        )
+        assert not moved.success
+        (failure,) = [e for e in moved.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert f"(1 of {len(uids)} records not moved)" in failure.event_specific_data.error.message
+        archived = {e.sop_instance_uid: e.state for e in read_manifest(manifest.with_name("archived.jsonl"))}
+        assert [uid for uid, state in archived.items() if state != "moved"] == [vanished]
+        assert all(sandbox.main.has_instance(u) for u in uids if u != vanished)
+        # The next full run stores it to staging again and completes the day (and restores the sandbox).
+        again = _run(defs, day, instance)
+        assert again.success, _logs(again)
+        assert sandbox.main.has_instance(vanished) and sandbox.stage.has_instance(vanished)
