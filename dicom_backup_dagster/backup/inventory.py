@@ -93,13 +93,17 @@ def _instance_order(inst: InstanceRecord) -> tuple[str, int, str]:
     return (inst.series_instance_uid, inst.instance_number or 0, inst.sop_instance_uid)
 
 
+class _Refused(Exception):
+    """The SCP answered a whole-study IMAGE query with a failure status."""
+
+
 def _whole_study(
     session: FindSession, study: StudyRecord, image_keys: Mapping[str, str]
 ) -> list[InstanceRecord] | None:
     """Every instance of a study from one IMAGE-level C-FIND with the SeriesInstanceUID left universal,
-    or None when that answer cannot be trusted and the study must be walked: a refusal status (a strictly
-    hierarchical SCP may reject a universal series key, PS3.4 C.4.1.2.2), no rows at all, or fewer rows
-    than the study's NumberOfStudyRelatedInstances where the SCP reports it."""
+    or None when that answer cannot be trusted and the study must be walked: no rows at all, or fewer rows
+    than the study's NumberOfStudyRelatedInstances where the SCP reports it. Raises _Refused for a failure
+    status (a strictly hierarchical SCP rejects a universal series key, PS3.4 C.4.1.2.2)."""
     uid = study.study_instance_uid
     try:
         rows = session.instances(uid, extra_keys=image_keys)
@@ -108,7 +112,7 @@ def _whole_study(
         # unreadable match would break the walk just the same.
         if error.status is None or isinstance(error, UnreadableResponse):
             raise
-        return None
+        raise _Refused from error
     # Rows of another study mean the SCP ignored the study key; duplicates are already gone (find.py).
     rows = [r for r in rows if r.study_instance_uid == uid]
     expected = study.number_of_study_related_instances
@@ -149,9 +153,9 @@ def take_inventory(
     """C-FIND every instance of the studies dated first_day..last_day and write the ordered manifest.
 
     `by_study`: one IMAGE-level query per study (`_whole_study`), walking only the studies whose answer
-    cannot be trusted; 5,000 instances in 240 studies on dcmqrscp: 240 queries instead of ~600. Off, or
-    with series-level `query_keys` (not matchable at IMAGE level), every study is walked. Both give the
-    same manifest, in the same order."""
+    cannot be trusted, and every study after the first refusal; 5,000 instances in 240 studies on
+    dcmqrscp: 240 queries instead of ~600. Off, or with series-level `query_keys` (not matchable at IMAGE
+    level), every study is walked. Both give the same manifest, in the same order."""
     started = time.monotonic()
     study_keys, series_keys, image_keys = split_query_keys(query_keys or {})
     studies = sorted(
@@ -164,7 +168,12 @@ def take_inventory(
     with ManifestWriter(out_path) as writer:
         for study in studies:
             uid = study.study_instance_uid
-            instances = _whole_study(session, study, image_keys) if by_study else None
+            instances = None
+            if by_study:
+                try:
+                    instances = _whole_study(session, study, image_keys)
+                except _Refused:
+                    by_study = False  # the SCP refuses universal series keys: walk this and every next study
             if instances is None:
                 instances = _walk_study(session, uid, series_keys, image_keys)
                 walked += 1

@@ -92,9 +92,10 @@ class _SourceFake:
     """A source with two studies of two series each; how it answers an IMAGE query without a series key is
     chosen per test (`whole_study`), a series-level query is always answered right."""
 
-    def __init__(self, whole_study: str, counts: bool = False) -> None:
+    def __init__(self, whole_study: str, counts: bool = False, bad: str = "B") -> None:
         self.whole_study = whole_study
         self.counts = counts
+        self.bad = bad
         self.asked: list[tuple[str, str | None]] = []
         self.data = {
             (study, f"{study}.{s}"): [f"{study}.{s}.{i}" for i in (2, 1)]
@@ -120,7 +121,7 @@ class _SourceFake:
             for st, se in keys
             for uid in self.data[(st, se)]
         ]
-        if series is None and study == "B":  # study A is always answered right
+        if series is None and study == self.bad:  # the other study is always answered right
             if self.whole_study == "refuse":
                 raise DicomError(Peer("SRC", "127.0.0.1", 104), "C-FIND", "IMAGE-level query", status=0xC000)
             if self.whole_study == "empty":
@@ -152,3 +153,10 @@ def test_inventory_walks_a_study_only_when_its_whole_study_answer_is_not_trusted
     # Series by UID, instances by number, whichever way the study was listed.
     assert [e.sop_instance_uid for e in entries[:4]] == ["A.1.1", "A.1.2", "A.2.1", "A.2.2"]
     assert [e.sop_instance_uid for e in entries[4:]] == ["B.1.1", "B.1.2", "B.2.1", "B.2.2"]
+
+
+def test_after_a_refusal_every_next_study_is_walked_without_asking_again(tmp_path) -> None:
+    source = _SourceFake("refuse", bad="A")
+    summary = take_inventory(source, dt.date(2026, 1, 1), dt.date(2026, 1, 1), tmp_path / "i.jsonl")  # type: ignore[arg-type]
+    assert summary.studies_walked == 2 and summary.instances == 8
+    assert source.asked.count(("IMAGE", None)) == 1  # study A's refused query; B is walked straight away
