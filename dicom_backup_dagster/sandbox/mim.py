@@ -41,6 +41,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from dicom_backup_dagster.dicom.association import keep_responses
 from dicom_backup_dagster.dicom.network import Peer, enable_tcp_nodelay
 from dicom_backup_dagster.sandbox.processes import ManagedProcess, ManagedServer, SandboxError
 
@@ -563,6 +564,7 @@ class MimServer:
             yield PENDING, dcmread(inst.path)
 
     def _on_move(self, event: Any) -> Iterator[Any]:
+        from pynetdicom import evt
         from pynetdicom.presentation import build_context
 
         move_destination = event.move_destination
@@ -587,7 +589,11 @@ class MimServer:
             if inst.transfer_syntax not in ts:
                 ts.insert(0, inst.transfer_syntax)
         contexts = [build_context(c, t) for c, t in list(syntaxes.items())[:128]]
-        yield dest.host, dest.port, {"contexts": contexts}
+        # The sub-association's C-STORE responses must survive pynetdicom's reactor race as ours do
+        # (dicom.association.keep_responses): at 20,000 instances and two concurrent C-MOVEs this simulator
+        # lost some and reported the sub-operations failed (a peer's flake, not the backup's).
+        handlers = [(evt.EVT_ESTABLISHED, lambda established: keep_responses(established.assoc))]
+        yield dest.host, dest.port, {"contexts": contexts, "evt_handlers": handlers}
         yield from self._sub_operations(event, instances, "C-MOVE")
 
     def _on_get(self, event: Any) -> Iterator[Any]:
