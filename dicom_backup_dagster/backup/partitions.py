@@ -50,6 +50,11 @@ class RunDays:
             return self.partitions[0]
         return f"{self.partitions[0]}..{self.partitions[-1]}"
 
+    def uid_limit(self, max_uids_per_run: int) -> int:
+        """What one run of these days may retrieve: `max_uids_per_run` per day, so a ranged backfill run
+        takes what the same days' nightly runs would have taken (and defers no more)."""
+        return max_uids_per_run * len(self.partitions)
+
     def study_dates(self, lookback_days: int) -> tuple[dt.date, dt.date]:
         """First and last StudyDate to query: the range, and the look-back before its first day."""
         return window(self.first, lookback_days)[0], self.last

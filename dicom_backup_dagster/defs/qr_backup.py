@@ -198,8 +198,9 @@ def build_source_backup(
                 if source.transfer == "c-move"
                 else f"by C-GET from {source.alias} into a spool and C-STORE to {move_destination}"
             )
-            + f", at most {settings.max_uids_per_run} instances per run oldest first (the rest deferred to "
-            "the next run), then confirmed instance by instance on the archive by C-FIND."
+            + f", at most {settings.max_uids_per_run} instances per run and day it covers, oldest first "
+            "(the rest deferred to the next run), then confirmed instance by instance on the archive by "
+            "C-FIND."
         ),
     )
     @with_dimse_metadata
@@ -227,7 +228,7 @@ def build_source_backup(
                 plan = make_plan(
                     read_manifest(inventory.path),
                     ArchiveLookup(main, read_manifest(inventory.path)),
-                    settings.max_uids_per_run,
+                    days.uid_limit(settings.max_uids_per_run),
                     plan_path,
                     level=source.query_level,
                 )
@@ -237,7 +238,7 @@ def build_source_backup(
         context.log.info(
             f"{source.alias} {partition}: {plan.found} found, {plan.already_archived} already archived, "
             f"{plan.pending} to transfer, {plan.deferred} deferred (max_uids_per_run "
-            f"{settings.max_uids_per_run})"
+            f"{settings.max_uids_per_run} per day: {days.uid_limit(settings.max_uids_per_run)} for this run)"
         )
         outcome = transfer(
             read_manifest(plan_path),

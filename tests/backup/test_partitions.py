@@ -63,3 +63,8 @@ def test_counts_sum_to_the_run_and_dated_counts_only_the_own_day():
     assert sum(c.found for c in counts.values()) == len(entries)
     assert counts["2026-01-12"].states == {FOUND: 1, MOVED: 1}
     assert counts["2026-01-13"].states[MOVED] == 2
+
+
+def test_uid_limit_is_per_day_of_the_run() -> None:
+    assert RunDays(("2026-01-12",)).uid_limit(5000) == 5000
+    assert RunDays(("2026-01-12", "2026-01-13", "2026-01-14")).uid_limit(5000) == 15000

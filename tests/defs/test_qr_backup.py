@@ -199,6 +199,32 @@ def test_max_uids_per_run_defers_and_next_run_takes_the_rest(sandbox, monkeypatc
         assert _checks(second)["complete_in_archive"].passed
 
 
+def test_backfill_run_takes_max_uids_per_run_for_each_day_it_covers(sandbox, monkeypatch, tmp_path):
+    # A 3-day backfill run may take what the 3 nightly runs would have: the cap is per day of the run.
+    days = [dt.date(2026, 1, 12), dt.date(2026, 1, 13), dt.date(2026, 1, 14)]
+    counts = [len(_sandbox_uids(sandbox, "ARIA", [d])) for d in days]
+    cap = max(counts)
+    assert sum(counts) > cap  # one run-wide cap would defer some
+    every = _sandbox_uids(sandbox, "ARIA", days)
+    for uid in every:
+        sandbox.main.delete_instance(uid)
+    job = _defs(_env(sandbox, monkeypatch, max_uids_per_run=cap), tmp_path).resolve_job_def("ARIA_backup")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            raise_on_error=False,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: days[0].isoformat(),
+                ASSET_PARTITION_RANGE_END_TAG: days[-1].isoformat(),
+                BACKFILL_ID_TAG: "capbackfill",
+            },
+        )
+    assert result.success, _failure(result)[0]
+    meta = _metadata(result, "ARIA")
+    assert (meta["run_moved"], meta["run_deferred"]) == (len(every), 0)
+    assert all(sandbox.main.has_instance(uid) for uid in every)
+
+
 def test_deleted_instance_fails_complete_in_archive_and_next_run_restores_it(sandbox, monkeypatch, tmp_path):
     env = _env(sandbox, monkeypatch, lookback_days=0)
     defs = _defs(env, tmp_path)
