@@ -17,20 +17,16 @@ render; their UIDs are deterministic, so a re-render overwrites rather than dupl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from pydicom.datadict import dictionary_VR
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_backup_dagster.dicom.digest import _TEXT_VRS, content_digest
+from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.dicom.rt_record import RenderedRecord, write_rt_record
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
@@ -188,131 +184,6 @@ def read_verified(manifest_root: Path, aliases: Iterable[str]) -> dict[str, Veri
             except FileNotFoundError:  # withdrawn by a new render meanwhile: not verified
                 continue
     return out
-
-
-# --- a content digest without pydicom Datasets ----------------------------------------------------------
-# dicom.digest.content_digest parses the file into a pydicom Dataset and walks it: ~6 ms per VMAT record,
-# which made digest checks of a day's records the slowest part of the Mosaiq backup. The records are
-# PS3.10 files in Explicit VR Little Endian (what we render, what Orthanc stores and returns), so their
-# elements can be walked directly. Same rules as content_digest (tag order, no group 0002 / group lengths /
-# (FFFC,FFFC), sequences as b"SQ" + count + ITEM..END, text VRs (by the data dictionary) without trailing
-# padding); anything else (another transfer syntax, undefined-length non-sequence values, private or
-# unknown elements holding items, a sequence the dictionary and the file disagree on) returns to
-# content_digest. Tests assert equality on every kind of record. (A candidate for dicom/digest.py.)
-_ITEM = 0xFFFEE000
-_ITEM_END = 0xFFFEE00D
-_SEQUENCE_END = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_EXPLICIT_LE = b"1.2.840.10008.1.2.1"
-
-
-class _NotFast(Exception):
-    pass
-
-
-@lru_cache(maxsize=4096)
-def _dict_vr(tag: int) -> str | None:
-    if (tag >> 16) % 2:  # private
-        return None
-    try:
-        return dictionary_VR(tag)
-    except KeyError:
-        return None
-
-
-def _dataset(buf: bytes, pos: int, end: int, in_item: bool) -> tuple[bytes, int]:
-    """(digest input of the data set from `pos`, position after it): up to `end`, or for an item of
-    undefined length up to its Item Delimitation Item."""
-    chunks: list[tuple[int, bytes]] = []
-    unpack = struct.unpack_from
-    while pos < end:
-        group, element = unpack("<HH", buf, pos)
-        tag = group << 16 | element
-        if tag == _ITEM_END:
-            if not in_item:
-                raise _NotFast
-            return b"".join(c for _, c in sorted(chunks)), pos + 8
-        vr = buf[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            (length,) = unpack("<I", buf, pos + 8)
-            start = pos + 12
-        else:
-            (length,) = unpack("<H", buf, pos + 6)
-            start = pos + 8
-        dict_vr = _dict_vr(tag)
-        if vr == b"SQ":
-            hashed, pos = _sequence(buf, start, length)
-            chunk = tag.to_bytes(4, "big") + hashed
-        else:
-            if length == _UNDEFINED or dict_vr == "SQ" or start + length > end:
-                raise _NotFast
-            value = buf[start : start + length]
-            pos = start + length
-            if dict_vr is None and value[:4] == b"\xfe\xff\x00\xe0":
-                raise _NotFast  # content_digest would parse it as an implicit-VR sequence
-            if dict_vr in _TEXT_VRS:
-                value = value.rstrip(b" \x00")
-            chunk = tag.to_bytes(4, "big") + len(value).to_bytes(8, "big") + value
-        if group != 0x0002 and element != 0x0000 and tag != 0xFFFCFFFC:
-            chunks.append((tag, chunk))
-    if in_item:
-        raise _NotFast  # an undefined-length item ran past its container
-    return b"".join(c for _, c in sorted(chunks)), pos
-
-
-def _sequence(buf: bytes, pos: int, length: int) -> tuple[bytes, int]:
-    end = len(buf) if length == _UNDEFINED else pos + length
-    items: list[bytes] = []
-    while pos < end:
-        tag = (struct.unpack_from("<H", buf, pos)[0] << 16) | struct.unpack_from("<H", buf, pos + 2)[0]
-        (item_length,) = struct.unpack_from("<I", buf, pos + 4)
-        if tag == _SEQUENCE_END:
-            if length != _UNDEFINED:
-                raise _NotFast
-            pos += 8
-            return b"SQ" + len(items).to_bytes(4, "big") + b"".join(items), pos
-        if tag != _ITEM:
-            raise _NotFast
-        if item_length == _UNDEFINED:
-            hashed, pos = _dataset(buf, pos + 8, len(buf), True)
-        else:
-            hashed, pos = _dataset(buf, pos + 8, pos + 8 + item_length, False)
-        items.append(b"ITEM" + hashed + b"END")
-    if length == _UNDEFINED or pos != end:
-        raise _NotFast
-    return b"SQ" + len(items).to_bytes(4, "big") + b"".join(items), pos
-
-
-def fast_content_digest(data: bytes) -> str:
-    """dicom.digest.content_digest(data) for a PS3.10 file, without building a pydicom Dataset when the
-    file is Explicit VR Little Endian (falls back to content_digest otherwise)."""
-    try:
-        if data[128:132] != b"DICM":
-            raise _NotFast
-        pos, syntax = 132, b""
-        while pos + 8 <= len(data):  # File Meta Information: group 0002, always Explicit VR LE
-            group, element = struct.unpack_from("<HH", data, pos)
-            if group != 0x0002:
-                break
-            vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
-                (length,) = struct.unpack_from("<I", data, pos + 8)
-                start = pos + 12
-            else:
-                (length,) = struct.unpack_from("<H", data, pos + 6)
-                start = pos + 8
-            if element == 0x0010:
-                syntax = data[start : start + length].rstrip(b" \x00")
-            pos = start + length
-        if syntax != _EXPLICIT_LE:
-            raise _NotFast
-        hashed, _ = _dataset(data, pos, len(data), False)
-    except (_NotFast, struct.error):
-        return content_digest(data)
-    return hashlib.sha256(hashed).hexdigest()
 
 
 def _fast_digest(path: Path) -> str:

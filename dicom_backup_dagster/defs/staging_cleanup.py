@@ -34,10 +34,11 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup.inventory import archived_sop_uids
-from dicom_backup_dagster.backup.records import fast_content_digest, read_verified
+from dicom_backup_dagster.backup.records import read_verified
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig
 from dicom_backup_dagster.defs.common import STORAGE_RESOURCE_KEY, BackupStorage, find_session, uids_metadata
 from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.mosaiq.staging import OrthancRest, StagingRestError, clean_staging
 

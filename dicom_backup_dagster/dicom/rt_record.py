@@ -64,7 +64,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_backup_dagster.dicom.digest import _TEXT_VRS as _DIGEST_TEXT_VRS
+from dicom_backup_dagster.dicom.digest import DIGEST_TEXT_VRS, LONG_LENGTH_VRS
 from dicom_backup_dagster.mosaiq import enums
 from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
 from dicom_backup_dagster.mosaiq.leaves import LeafSetError, leaf_jaw_positions
@@ -471,7 +471,6 @@ def _control_points(
 # pydicom writes them) by `render_rt_record`, or turned into a pydicom Dataset by `build_rt_record`.
 # Tests assert that both give byte-identical files for every kind of delivery.
 _Item = list  # [(keyword, value)]; value: str | list[str] | float | int | bytes | None | list[_Item] (SQ)
-_LONG_LENGTH_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _TAGS: dict[str, tuple[int, str]] = {}
 _PREAMBLE = b"\0" * 128 + b"DICM"
 
@@ -532,10 +531,10 @@ def _layout(keyword: str) -> _Layout:
     found = _LAYOUTS.get(keyword)
     if found is None:
         tag, vr = _tag(keyword)
-        long_length = vr in _LONG_LENGTH_VRS
+        long_length = vr in LONG_LENGTH_VRS
         head = struct.pack("<HH2s", tag >> 16, tag & 0xFFFF, vr.encode()) + (b"\0\0" if long_length else b"")
         found = _LAYOUTS[keyword] = _Layout(
-            tag, vr, head, long_length, tag.to_bytes(4, "big"), vr in _DIGEST_TEXT_VRS
+            tag, vr, head, long_length, tag.to_bytes(4, "big"), vr in DIGEST_TEXT_VRS
         )
     return found
 

@@ -23,9 +23,8 @@ from pydicom import dcmread, dcmwrite
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_backup_dagster.backup import records as records_module
-from dicom_backup_dagster.backup.records import fast_content_digest
 from dicom_backup_dagster.config import MosaiqSource
-from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
 from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
 from dicom_backup_dagster.dicom.rt_record import RecordOptions, render_rt_record
 from dicom_backup_dagster.mosaiq.connection import connect
@@ -645,7 +644,7 @@ def test_digest_computed_while_encoding_equals_content_digest(
 
 @pytest.mark.parametrize("kind", sorted(ALL_KINDS))
 def test_fast_content_digest_equals_content_digest(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """backup.records.fast_content_digest (what content_verified uses on C-GET results) gives
+    """dicom.digest.fast_content_digest (what content_verified uses on C-GET results) gives
     content_digest's answer for our records, also re-encoded with undefined-length sequences and items,
     without falling back; Implicit VR falls back to content_digest."""
     record = render_rt_record(ALL_KINDS[kind]())
