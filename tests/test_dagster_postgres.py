@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import psycopg2
@@ -11,25 +10,15 @@ from dagster import DagsterInstance, DagsterRunStatus
 
 from dicom_backup_dagster.config import load_config
 from dicom_backup_dagster.defs import build_definitions
+from tests.postgres import PG, throwaway_database
 
 REPO = Path(__file__).resolve().parents[1]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 @pytest.fixture
 def postgres_database():
-    name = f"dagster_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
-    except psycopg2.OperationalError as error:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {error}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
+    with throwaway_database("dagster_test") as name:
         yield name
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def test_postgres_instance_runs_connectivity_check(postgres_database, sandbox, monkeypatch):

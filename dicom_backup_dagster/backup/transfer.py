@@ -49,8 +49,8 @@ from dicom_backup_dagster.dicom.errors import (
 )
 from dicom_backup_dagster.dicom.network import Peer, Timeouts, make_ae
 from dicom_backup_dagster.dicom.retrieve import (
-    MAX_UIDS_PER_REQUEST,
     RetrieveResult,
+    chunks,
     collect_responses,
     evaluate,
     instance_list_identifier,
@@ -279,9 +279,7 @@ def _requests(entries: list[InstanceEntry]) -> list[tuple[str | None, list[str],
         if len(pending) == len(group):
             requests.append((series, [], len(pending)))
             continue
-        for i in range(0, len(pending), MAX_UIDS_PER_REQUEST):
-            chunk = pending[i : i + MAX_UIDS_PER_REQUEST]
-            requests.append((series, chunk, len(chunk)))
+        requests.extend((series, chunk, len(chunk)) for chunk in chunks(pending))
     return requests
 
 

@@ -34,6 +34,16 @@ from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.network import Peer
 
 
+def peer_unreachable_result(what: str, error: DicomError, partition: str, compared: str) -> AssetCheckResult:
+    """A failed (ERROR) evaluation for a check that could not talk to its DICOM peer: "could not <what>"."""
+    return AssetCheckResult(
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        description=f"could not {what}: {error}",
+        metadata={"partition": partition, "compared": compared},
+    )
+
+
 def presence_check_result(
     source_alias: str,
     partition: str,
@@ -52,12 +62,7 @@ def presence_check_result(
             lookup = ArchiveLookup(main, (e for e in read_manifest(manifest_path) if e.state != DEFERRED))
             result = check_presence(read_manifest(manifest_path), lookup, recheck=lookup.refresh)
     except DicomError as error:
-        return AssetCheckResult(
-            passed=False,
-            severity=AssetCheckSeverity.ERROR,
-            description=f"could not query the archive: {error}",
-            metadata={"partition": partition, "compared": compared},
-        )
+        return peer_unreachable_result("query the archive", error, partition, compared)
     metadata: dict[str, Any] = {
         "partition": partition,
         "compared": compared,

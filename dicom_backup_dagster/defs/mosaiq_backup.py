@@ -76,7 +76,7 @@ from dicom_backup_dagster.backup.records import (
 )
 from dicom_backup_dagster.backup.transfer import RetrieveSession
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
-from dicom_backup_dagster.defs.checks import baseline_checks, presence_check_result
+from dicom_backup_dagster.defs.checks import baseline_checks, peer_unreachable_result, presence_check_result
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
@@ -619,12 +619,7 @@ def build_mosaiq_source_backup(
                 spool_dir=storage.spool_dir(context.instance, source.alias, context.run.run_id, "verify"),
             )
         except DicomError as error:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                description=f"could not retrieve for verification: {error}",
-                metadata={"partition": partition, "compared": compared},
-            )
+            return peer_unreachable_result("retrieve for verification", error, partition, compared)
         metadata = {
             "partition": partition,
             "compared": compared,

@@ -64,7 +64,12 @@ from dicom_backup_dagster.backup.plan import make_plan
 from dicom_backup_dagster.backup.transfer import finalize, transfer
 from dicom_backup_dagster.backup.verify import sample, verify_content
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource
-from dicom_backup_dagster.defs.checks import baseline_checks, latest_metadata_value, presence_check_result
+from dicom_backup_dagster.defs.checks import (
+    baseline_checks,
+    latest_metadata_value,
+    peer_unreachable_result,
+    presence_check_result,
+)
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
@@ -428,11 +433,7 @@ def build_source_backup(
                 ),
             )
         except DicomError as error:
-            return AssetCheckResult(
-                passed=False,
-                description=f"could not retrieve for verification: {error}",
-                metadata={"partition": partition, "compared": compared},
-            )
+            return peer_unreachable_result("retrieve for verification", error, partition, compared)
         metadata = {
             "partition": partition,
             "compared": compared,

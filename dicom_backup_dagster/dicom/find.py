@@ -284,7 +284,7 @@ class FindSession:
         keys: dict[str, KeyValue] = {"StudyInstanceUID": "", "SeriesInstanceUID": ""}
         records: list[InstanceRecord] = []
         for chunk in chunks(list(sop_instance_uids)):
-            rows = self._unique_rows("IMAGE", {**keys, "SOPInstanceUID": list(chunk)}, None, "SOPInstanceUID")
+            rows = self._unique_rows("IMAGE", {**keys, "SOPInstanceUID": chunk}, None, "SOPInstanceUID")
             records.extend(_instance_records(rows, None, None))
         return records
 

@@ -81,7 +81,7 @@ def instance_list_identifier(sop_instance_uids: Sequence[str]) -> Dataset:
     return ds
 
 
-def chunks(uids: Sequence[str], size: int = MAX_UIDS_PER_REQUEST) -> list[Sequence[str]]:
+def chunks(uids: list[str], size: int = MAX_UIDS_PER_REQUEST) -> list[list[str]]:
     """`uids` in consecutive slices of at most `size` (one identifier each)."""
     return [uids[i : i + size] for i in range(0, len(uids), size)]
 

@@ -95,6 +95,25 @@ def _safe_optional(value: object | None) -> str | None:
     return text or None
 
 
+#: Alert's optional context fields, in the order PagerDuty's custom_details lists them; URLs are kept only
+#: when they are one whitespace-free string, every other field passes safe_text.
+_CONTEXT_FIELDS = (
+    "partition",
+    "job",
+    "run_id",
+    "run_url",
+    "failed_step",
+    "check",
+    "peer",
+    "operation",
+    "dicom_status",
+    "status_meaning",
+    "error_type",
+    "runbook_url",
+)
+_URL_FIELDS = ("run_url", "runbook_url")
+
+
 @dataclass(frozen=True)
 class Alert:
     """A notification, built only from allow-listed, non-identifying fields (see the module docstring)."""
@@ -119,22 +138,9 @@ class Alert:
     runbook_url: str | None = None
 
     def __post_init__(self) -> None:
-        for name in (
-            "environment",
-            "subject",
-            "partition",
-            "job",
-            "run_id",
-            "failed_step",
-            "check",
-            "peer",
-            "operation",
-            "dicom_status",
-            "status_meaning",
-            "error_type",
-        ):
+        for name in ("environment", "subject", *(f for f in _CONTEXT_FIELDS if f not in _URL_FIELDS)):
             object.__setattr__(self, name, _safe_optional(getattr(self, name)))
-        for name in ("run_url", "runbook_url"):
+        for name in _URL_FIELDS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or any(c.isspace() for c in value)):
                 object.__setattr__(self, name, None)
@@ -207,20 +213,7 @@ class Alert:
             "environment": self.environment,
             "subject": self.subject,
         }
-        for name in (
-            "partition",
-            "job",
-            "run_id",
-            "run_url",
-            "failed_step",
-            "check",
-            "peer",
-            "operation",
-            "dicom_status",
-            "status_meaning",
-            "error_type",
-            "runbook_url",
-        ):
+        for name in _CONTEXT_FIELDS:
             value = getattr(self, name)
             if value:
                 out[name] = value

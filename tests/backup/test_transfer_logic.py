@@ -13,7 +13,8 @@ from dicom_backup_dagster.backup.manifest import (
     InstanceEntry,
     read_manifest,
 )
-from dicom_backup_dagster.backup.transfer import MAX_UIDS_PER_REQUEST, Received, _requests, finalize
+from dicom_backup_dagster.backup.transfer import Received, _requests, finalize
+from dicom_backup_dagster.dicom.retrieve import MAX_UIDS_PER_REQUEST
 
 
 def test_whole_study_pending_is_one_study_level_request() -> None:

@@ -9,21 +9,19 @@ import socket
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 from prometheus_client import start_http_server
 
 from dicom_backup_dagster.monitoring import metrics as m
 from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector, build_registry
 from dicom_backup_dagster.sandbox.processes import free_port
+from tests.postgres import PG, throwaway_database
 
 REPO = Path(__file__).resolve().parents[2]
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 
 
 class TcpProxy:
@@ -88,33 +86,25 @@ class TcpProxy:
 
 @pytest.fixture
 def postgres_instance(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[dg.DagsterInstance, TcpProxy]]:
-    name = f"dagster_exporter_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
-    except psycopg2.OperationalError as error:
-        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for this test: {error}")
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    proxy = TcpProxy(free_port(), (PG["host"], PG["port"]))
-    proxy.start()
-    for key, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(proxy.port),
-        "DAGSTER_PG_USER": PG["user"],
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": name,
-    }.items():
-        monkeypatch.setenv(key, value)
-    instance = None
-    try:
-        instance = dg.DagsterInstance.from_config(str(REPO / "dagster_home" / "postgres"))
-        yield instance, proxy
-    finally:
-        proxy.stop()
-        if instance is not None:
-            instance.dispose()
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with throwaway_database("dagster_exporter") as name:
+        proxy = TcpProxy(free_port(), (PG["host"], PG["port"]))
+        proxy.start()
+        for key, value in {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(proxy.port),
+            "DAGSTER_PG_USER": PG["user"],
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": name,
+        }.items():
+            monkeypatch.setenv(key, value)
+        instance = None
+        try:
+            instance = dg.DagsterInstance.from_config(str(REPO / "dagster_home" / "postgres"))
+            yield instance, proxy
+        finally:
+            proxy.stop()
+            if instance is not None:
+                instance.dispose()
 
 
 DIMSE = {
