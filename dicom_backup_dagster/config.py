@@ -197,6 +197,9 @@ class QRSource:
     #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
     #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
     inventory: Literal["by-study", "walk"] = "by-study"
+    #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
+    #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
+    relational: bool = False
 
     @property
     def peer(self) -> Peer:
@@ -276,6 +279,16 @@ class Settings:
     # The staging cleanup job deletes a staged Mosaiq RT record only once it is verified on main AND was
     # received by staging at least this many days ago (defs/staging_cleanup.py).
     staging_retention_days: int = 7
+    # Late data (backup/late.py): the nightly inventory compares the studies dated this many days before
+    # its window with the archive and inventories those that grew (0: off).
+    late_series_days: int = 30
+    # The reconciliation sweep (backup/sweep.py): every study dated in the last `sweep_days` days is
+    # re-inventoried and compared with the archive at least once every `sweep_nights` nights, at most
+    # `sweep_max_studies` studies a night; the sweep job runs on `sweep_schedule` (0 days: no sweep).
+    sweep_days: int = 180
+    sweep_nights: int = 30
+    sweep_max_studies: int = 2000
+    sweep_schedule: str = "30 4 * * *"
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -712,6 +725,7 @@ _QR_KEYS = (
     "transfer",
     "max_associations",
     "inventory",
+    "relational",
 )
 _MOSAIQ_KEYS = (
     "type",
@@ -737,6 +751,11 @@ _SETTINGS_KEYS = (
     "connectivity_schedule",
     "backfill_days_per_run",
     "staging_retention_days",
+    "late_series_days",
+    "sweep_days",
+    "sweep_nights",
+    "sweep_max_studies",
+    "sweep_schedule",
 )
 _TIMEOUT_KEYS = ("acse", "dimse", "network", "connect")
 # Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
@@ -840,9 +859,19 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
         env, path, raw, "max_associations", required=False, low=1, high=64, example="2", default=2
     )
     inventory = _choice(v, env, path, raw, "inventory", INVENTORY_MODES, "by-study", "inventory")
+    relational = raw.get("relational", False)
+    if not isinstance(relational, bool):
+        v.add(
+            env,
+            f"{path}.relational",
+            f"must be true or false, got {_type_name(relational)}",
+            "set relational = true only if the source answers SERIES-level C-FINDs without a "
+            "StudyInstanceUID (MIM does; ARIA does not)",
+        )
+        return None
     if None in (aet, ip, port, level, transfer, max_assoc, inventory):
         return None
-    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory)  # type: ignore[arg-type]
+    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory, relational)  # type: ignore[arg-type]
 
 
 def _parse_mosaiq_source(
@@ -1017,6 +1046,17 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         example="7",
         default=d.staging_retention_days,
     )
+    late_days, sweep_days, sweep_nights, sweep_max = (
+        v.integer(
+            env, path, table, key, required=False, low=low, high=high, example=str(default), default=default
+        )
+        for key, low, high, default in (
+            ("late_series_days", 0, 3650, d.late_series_days),
+            ("sweep_days", 0, 3650, d.sweep_days),
+            ("sweep_nights", 1, 366, d.sweep_nights),
+            ("sweep_max_studies", 1, 1_000_000, d.sweep_max_studies),
+        )
+    )
     timezone = d.timezone
     if "timezone" in table:
         tz = table["timezone"]
@@ -1038,7 +1078,11 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
                 'use an IANA time zone name, e.g. timezone = "America/Los_Angeles"',
             )
     crons = {}
-    for key, default in (("schedule", d.schedule), ("connectivity_schedule", d.connectivity_schedule)):
+    for key, default in (
+        ("schedule", d.schedule),
+        ("connectivity_schedule", d.connectivity_schedule),
+        ("sweep_schedule", d.sweep_schedule),
+    ):
         crons[key] = default
         if key in table:
             expr = table[key]
@@ -1126,6 +1170,11 @@ def _parse_settings(v: _Validator, env: str, raw: Any) -> Settings:
         crons["connectivity_schedule"],
         days_per_run,
         staging_retention_days=retention,  # type: ignore[arg-type]
+        late_series_days=late_days,  # type: ignore[arg-type]
+        sweep_days=sweep_days,  # type: ignore[arg-type]
+        sweep_nights=sweep_nights,  # type: ignore[arg-type]
+        sweep_max_studies=sweep_max,  # type: ignore[arg-type]
+        sweep_schedule=crons["sweep_schedule"],
     )
 
 
@@ -1774,6 +1823,7 @@ def _summary(site: SiteConfig) -> list[str]:
             lines.append(
                 f"  {alias}{mark}: {src.type} {src.peer} query_level={src.query_level} "
                 f"transfer={src.transfer} max_associations={src.max_associations}"
+                + (" relational" if src.relational else "")
                 + (f" query_keys={sorted(src.query_keys)}" if src.query_keys else "")
             )
         else:
@@ -1802,7 +1852,9 @@ def _summary(site: SiteConfig) -> list[str]:
         f"settings: schedule {s.schedule!r} ({s.timezone}), connectivity {s.connectivity_schedule!r}, "
         f"lookback_days={s.lookback_days}, max_uids_per_run={s.max_uids_per_run}, "
         f"backfill_days_per_run={s.backfill_days_per_run}, "
-        f"staging_retention_days={s.staging_retention_days}, "
+        f"staging_retention_days={s.staging_retention_days}, late_series_days={s.late_series_days}, "
+        f"sweep: {s.sweep_days} days within {s.sweep_nights} nights, at most {s.sweep_max_studies} "
+        f"studies a night, {s.sweep_schedule!r}, "
         f"verification_fraction={s.verification_fraction}, timeouts acse={s.timeouts.acse} "
         f"dimse={s.timeouts.dimse} network={s.timeouts.network} connect={s.timeouts.connect}"
         + (f", mosaiq_queries={sorted(s.mosaiq_queries)}" if s.mosaiq_queries else "")

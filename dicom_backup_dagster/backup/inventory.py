@@ -19,7 +19,7 @@ import datetime as dt
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dicom_backup_dagster.dicom.errors import DicomError, UnreadableResponse
 from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, StudyRecord, study_date_range
@@ -89,6 +89,10 @@ class InventorySummary:
     studies_walked: int = 0  # studies listed series by series (by_study off, or its answer not trusted)
 
 
+def _unique_studies(studies: Iterable[StudyRecord]) -> list[StudyRecord]:
+    return list({s.study_instance_uid: s for s in reversed(list(studies))}.values())
+
+
 def _instance_order(inst: InstanceRecord) -> tuple[str, int, str]:
     return (inst.series_instance_uid, inst.instance_number or 0, inst.sop_instance_uid)
 
@@ -149,24 +153,45 @@ def take_inventory(
     *,
     query_keys: Mapping[str, str] | None = None,
     by_study: bool = True,
+    extra_studies: Iterable[StudyRecord] = (),
 ) -> InventorySummary:
     """C-FIND every instance of the studies dated first_day..last_day and write the ordered manifest.
 
     `by_study`: one IMAGE-level query per study (`_whole_study`), walking only the studies whose answer
     cannot be trusted, and every study after the first refusal; 5,000 instances in 240 studies on
     dcmqrscp: 240 queries instead of ~600. Off, or with series-level `query_keys` (not matchable at IMAGE
-    level), every study is walked. Both give the same manifest, in the same order."""
+    level), every study is walked. Both give the same manifest, in the same order.
+
+    `extra_studies`: older studies to inventory as well (late data found by `backup.late`); they take
+    their place in the same oldest-first order."""
     started = time.monotonic()
-    study_keys, series_keys, image_keys = split_query_keys(query_keys or {})
-    studies = sorted(
-        session.studies(study_date=study_date_range(first_day, last_day), extra_keys=study_keys),
-        key=study_order,
+    study_keys = split_query_keys(query_keys or {})[0]
+    listed = session.studies(study_date=study_date_range(first_day, last_day), extra_keys=study_keys)
+    summary = inventory_studies(
+        session, [*listed, *extra_studies], out_path, query_keys=query_keys, by_study=by_study, day=last_day
     )
+    return replace(summary, seconds=time.monotonic() - started)
+
+
+def inventory_studies(
+    session: FindSession,
+    studies: Iterable[StudyRecord],
+    out_path: str | os.PathLike[str],
+    *,
+    query_keys: Mapping[str, str] | None = None,
+    by_study: bool = True,
+    day: dt.date | None = None,
+) -> InventorySummary:
+    """Every instance of `studies` (as the source listed them at STUDY level), written oldest first to the
+    manifest at `out_path`; `instances_on_day` counts those whose StudyDate is `day`."""
+    started = time.monotonic()
+    _, series_keys, image_keys = split_query_keys(query_keys or {})
+    ordered = sorted(_unique_studies(studies), key=study_order)
     by_study = by_study and not series_keys
-    day = last_day.strftime("%Y%m%d")
+    on = day.strftime("%Y%m%d") if day else None
     n_series = n_instances = on_day = walked = 0
     with ManifestWriter(out_path) as writer:
-        for study in studies:
+        for study in ordered:
             uid = study.study_instance_uid
             instances = None
             if by_study:
@@ -190,8 +215,8 @@ def take_inventory(
                     )
                 )
                 n_instances += 1
-                on_day += study.study_date == day
-    return InventorySummary(len(studies), n_series, n_instances, on_day, time.monotonic() - started, walked)
+                on_day += study.study_date == on
+    return InventorySummary(len(ordered), n_series, n_instances, on_day, time.monotonic() - started, walked)
 
 
 def archived_sop_uids(session: FindSession, study_instance_uid: str) -> set[str]:

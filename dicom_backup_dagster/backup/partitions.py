@@ -61,7 +61,7 @@ class RunDays:
 
     def attribute(self, study_date: str | None) -> str:
         """The partition that counts an instance with this StudyDate (YYYYMMDD, as the source gave it)."""
-        day = _iso(study_date)
+        day = iso_date(study_date)
         if day is None:
             return self.partitions[-1]
         if day <= self.partitions[0]:
@@ -84,13 +84,13 @@ def counts_by_partition(entries: Iterable[InstanceEntry], days: RunDays) -> dict
         own = counts[days.attribute(entry.study_date)]
         own.found += 1
         own.states[entry.state] += 1
-        dated = counts.get(_iso(entry.study_date) or "")
+        dated = counts.get(iso_date(entry.study_date) or "")
         if dated is not None:
             dated.dated += 1
     return counts
 
 
-def _iso(study_date: str | None) -> str | None:
+def iso_date(study_date: str | None) -> str | None:
     if not study_date or len(study_date) != 8 or not study_date.isdigit():
         return None
     try:

@@ -26,7 +26,6 @@ and UIDs only: no patient data.
 # and checks by identity, and a string annotation fails that check.
 import datetime as dt
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,20 +47,19 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.inventory import ArchiveLookup, take_inventory
+from dicom_backup_dagster.backup.archive import ArchivePhaseError, archive_missing
+from dicom_backup_dagster.backup.inventory import split_query_keys, take_inventory
+from dicom_backup_dagster.backup.late import LateScan, find_late_studies
 from dicom_backup_dagster.backup.manifest import (
     ALREADY_ARCHIVED,
     DEFERRED,
     FAILED,
     FOUND,
     MOVED,
-    PENDING,
     ManifestHandle,
     read_manifest,
 )
 from dicom_backup_dagster.backup.partitions import RunDays, counts_by_partition
-from dicom_backup_dagster.backup.plan import make_plan
-from dicom_backup_dagster.backup.transfer import finalize, transfer
 from dicom_backup_dagster.backup.verify import sample, verify_content
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource
 from dicom_backup_dagster.defs.checks import (
@@ -144,11 +142,28 @@ def build_source_backup(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> MaterializeResult:
         days = RunDays(tuple(context.partition_keys))
-        first, last = days.study_dates(0 if is_backfill_run(context) else settings.lookback_days)
+        backfill = is_backfill_run(context)
+        first, last = days.study_dates(0 if backfill else settings.lookback_days)
         folder = backup_storage.partition_dir(context.instance, source.alias, days.label)
         path = folder / "inventory.jsonl"
+        late = LateScan(0, (), "none", 0)
         try:
             with find_session(source.peer, dicom) as session:
+                if not backfill:
+                    # Late data: older studies that grew since they were archived (backup/late.py).
+                    study_keys, series_keys, _ = split_query_keys(source.query_keys)
+                    with find_session(archive, dicom) as main:
+                        late = find_late_studies(
+                            session,
+                            main,
+                            first,
+                            last,
+                            settings.late_series_days,
+                            relational=source.relational,
+                            backed_up_days=context.instance.get_materialized_partitions(names.archived),
+                            study_keys=study_keys,
+                            series_keys=series_keys,
+                        )
                 summary = take_inventory(
                     session,
                     first,
@@ -156,12 +171,14 @@ def build_source_backup(
                     path,
                     query_keys=source.query_keys,
                     by_study=source.inventory == "by-study",
+                    extra_studies=late.changed,
                 )
         except DicomError as error:
             raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
         context.log.info(
             f"{source.alias} {days.label}: {summary.studies} studies, {summary.series} series, "
-            f"{summary.instances} instances dated {first}..{last} ({summary.seconds:.2f} s)"
+            f"{summary.instances} instances dated {first}..{last} or on older studies with new data "
+            f"({len(late.changed)} of {late.studies_checked} older studies compared, {summary.seconds:.2f} s)"
         )
         found = {FOUND: summary.instances}
         ManifestHandle(str(path), source.alias, days.label, summary.instances, found, summary.seconds).save(
@@ -181,6 +198,10 @@ def build_source_backup(
                 # one-query answer was refused, empty or short (a source that rejects universal series keys)
                 "studies_walked": summary.studies_walked,
                 "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
+                # Older studies with data the archive lacks, inventoried with the window (backup/late.py).
+                "late_studies": len(late.changed),
+                "late_studies_compared": late.studies_checked,
+                "late_compared_by": late.compared_by,
                 "seconds_find": round(summary.seconds, 3),
                 "source_peer": str(source.peer),
                 "manifest": MetadataValue.path(str(path)),
@@ -215,7 +236,7 @@ def build_source_backup(
         days = RunDays(tuple(context.partition_keys))
         partition = days.label
         folder = backup_storage.partition_dir(context.instance, source.alias, partition)
-        plan_path, out_path = folder / "plan.jsonl", folder / "archived.jsonl"
+        out_path = folder / "archived.jsonl"
         handle_path = folder / "inventory.handle.json"
         if not handle_path.exists():
             raise Failure(
@@ -227,50 +248,31 @@ def build_source_backup(
                 allow_retries=False,
             )
         inventory = ManifestHandle.load(handle_path)
-        started = time.monotonic()
         try:
-            with find_session(archive, dicom) as main:
-                plan = make_plan(
-                    read_manifest(inventory.path),
-                    ArchiveLookup(main, read_manifest(inventory.path)),
-                    days.uid_limit(settings.max_uids_per_run),
-                    plan_path,
-                    level=source.query_level,
-                )
-        except DicomError as error:
-            raise backup_failure(source.alias, "archive lookup (C-FIND)", partition, error) from error
-        planned = time.monotonic()
+            result = archive_missing(
+                inventory.path,
+                folder,
+                archive_session=lambda: find_session(archive, dicom),
+                source=source.peer,
+                archive=archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                mode=source.transfer,
+                level=source.query_level,
+                uid_limit=days.uid_limit(settings.max_uids_per_run),
+                spool_dir=backup_storage.spool_dir(
+                    context.instance, source.alias, context.run.run_id, "transfer"
+                ),
+            )
+        except ArchivePhaseError as failed:
+            raise backup_failure(source.alias, failed.phase, partition, failed.error) from failed
+        plan, outcome, final = result.plan, result.outcome, result.final
         context.log.info(
             f"{source.alias} {partition}: {plan.found} found, {plan.already_archived} already archived, "
             f"{plan.pending} to transfer, {plan.deferred} deferred (max_uids_per_run "
             f"{settings.max_uids_per_run} per day: {days.uid_limit(settings.max_uids_per_run)} for this run)"
         )
-        outcome = transfer(
-            read_manifest(plan_path),
-            source=source.peer,
-            archive=archive,
-            calling_aet=dicom.calling_aet,
-            timeouts=dicom.timeouts,
-            mode=source.transfer,
-            spool_dir=backup_storage.spool_dir(
-                context.instance, source.alias, context.run.run_id, "transfer"
-            ),
-        )
-        transferred = time.monotonic()
-        try:
-            with find_session(archive, dicom) as main:
-                final = finalize(
-                    read_manifest(plan_path),
-                    ArchiveLookup(main, (e for e in read_manifest(plan_path) if e.state == PENDING)),
-                    out_path,
-                    received=outcome.received,
-                )
-        except DicomError as error:
-            raise backup_failure(
-                source.alias, "confirmation on the archive (C-FIND)", partition, error
-            ) from error
-        done = time.monotonic()
-        seconds_transfer = transferred - planned
+        seconds_transfer = result.seconds_transfer
         metadata: dict[str, Any] = {
             "instances_found": plan.found,
             "already_archived": plan.already_archived,
@@ -281,14 +283,14 @@ def build_source_backup(
             "associations": outcome.associations,
             "sub_operations_completed": outcome.completed,
             "seconds_find": round(inventory.seconds, 3),
-            "seconds_plan": round(planned - started, 3),
+            "seconds_plan": round(result.seconds_plan, 3),
             "seconds_transfer": round(seconds_transfer, 3),
             "seconds_retrieve": round(outcome.retrieve_seconds, 3),
             "seconds_store": round(outcome.store_seconds, 3),
-            "seconds_confirm": round(done - transferred, 3),
+            "seconds_confirm": round(result.seconds_confirm, 3),
             # A ranged run's duration is not one day's: duration_vs_baseline judges single-day runs only.
             "seconds_total" if len(days.partitions) == 1 else "seconds_run_total": round(
-                inventory.seconds + done - started, 3
+                inventory.seconds + result.seconds_plan + seconds_transfer + result.seconds_confirm, 3
             ),
             "run_partitions": partition,
             "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,

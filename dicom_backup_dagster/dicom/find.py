@@ -251,6 +251,42 @@ class FindSession:
             for row in self._unique_rows("SERIES", keys, extra_keys, "SeriesInstanceUID")
         ]
 
+    def series_of_studies(
+        self,
+        study_instance_uids: Sequence[str] = (),
+        *,
+        series_date: str = "",
+    ) -> list[SeriesRecord]:
+        """SERIES level across studies (relational query, PS3.4 C.4.1.2.2.2): the series of up to
+        MAX_UIDS_PER_REQUEST studies per request (list of UID matching), or with `study_instance_uids`
+        empty every series whose SeriesDate matches `series_date` (a date or a range), whatever its
+        study. Orthanc and relational sources answer this; a strictly hierarchical SCP refuses it (use
+        `series()` per study there)."""
+        keys: dict[str, KeyValue] = {
+            "SeriesInstanceUID": "",
+            "Modality": "",
+            "SeriesDate": series_date,
+            "NumberOfSeriesRelatedInstances": "",
+        }
+        requests: list[KeyValue] = list(chunks(list(study_instance_uids))) if study_instance_uids else [""]
+        out: list[SeriesRecord] = []
+        for studies in requests:
+            for row in self._unique_rows(
+                "SERIES", {"StudyInstanceUID": studies, **keys}, None, "SeriesInstanceUID"
+            ):
+                study_uid = _text(row, "StudyInstanceUID")
+                if study_uid is None:
+                    continue  # a relational answer without its study cannot be placed
+                out.append(
+                    SeriesRecord(
+                        study_instance_uid=study_uid,
+                        series_instance_uid=str(_text(row, "SeriesInstanceUID")),
+                        modality=_text(row, "Modality"),
+                        number_of_series_related_instances=_int(row, "NumberOfSeriesRelatedInstances"),
+                    )
+                )
+        return out
+
     def instances(
         self,
         study_instance_uid: str,
