@@ -11,6 +11,7 @@ from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
+from dicom_backup_dagster.defs.sweep import build_sweep_defs
 
 
 def build_definitions(site: SiteConfig) -> Definitions:
@@ -21,6 +22,7 @@ def build_definitions(site: SiteConfig) -> Definitions:
         Definitions(resources=build_resources(env), executor=in_process_executor),
         build_connectivity_defs(env),
         build_qr_backup_defs(env),
+        build_sweep_defs(env),
         build_mosaiq_backup_defs(env),
         build_staging_cleanup_defs(env),
         build_alert_defs(env),

@@ -56,6 +56,7 @@ from pydantic import Field
 from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.connectivity import peer_asset_key
 from dicom_backup_dagster.defs.staging_cleanup import JOB_NAME as STAGING_CLEANUP_JOB
+from dicom_backup_dagster.defs.sweep import NOTHING_MISSED, SWEEP_COVERAGE
 from dicom_backup_dagster.notify import (
     Alert,
     AlertKind,
@@ -90,6 +91,8 @@ _CHECK_KINDS = {
     "content_verified": AlertKind.CONTENT_NOT_VERIFIED,
     "volume_vs_baseline": AlertKind.VOLUME_ANOMALY,
     "duration_vs_baseline": AlertKind.DURATION_ANOMALY,
+    NOTHING_MISSED: AlertKind.MISSED_DATA,
+    SWEEP_COVERAGE: AlertKind.SWEEP_BEHIND,
 }
 
 

@@ -23,7 +23,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from . import stats
 from .association import associate, no_response_error
-from .errors import DicomError, UnreadableResponse
+from .errors import AssociationError, DicomError, UnreadableResponse
 from .network import Peer, Timeouts, make_ae
 from .retrieve import chunks
 from .status import status_category
@@ -154,6 +154,15 @@ class FindSession:
                 # pydicom would silently keep it out of the identifier: the match would not happen.
                 raise ValueError(f"{keyword!r} is not a DICOM keyword (check the query keys)")
             setattr(query, keyword, value)
+        if not self._assoc.is_established:
+            # The peer closed or aborted the association since the last request (restarted, or its
+            # idle timeout): pynetdicom would raise a bare RuntimeError.
+            raise AssociationError(
+                self.peer,
+                f"association lost before a {level}-level C-FIND (the peer closed or aborted it)",
+                operation="C-FIND",
+                advice="check that the peer is running and reachable; the step is retried",
+            )
         rows: list[Dataset] = []
         started = waited_from = time.monotonic()
         for status, identifier in self._assoc.send_c_find(query, FIND_SOP_CLASS):

@@ -40,6 +40,8 @@ class AlertKind(StrEnum):
     VOLUME_ANOMALY = "volume_anomaly"
     DURATION_ANOMALY = "duration_anomaly"
     CHECK_FAILED = "check_failed"
+    MISSED_DATA = "missed_data"
+    SWEEP_BEHIND = "sweep_behind"
     STAGING_CLEANUP_FAILED = "staging_cleanup_failed"
     STAGING_CLEANUP_SUMMARY = "staging_cleanup_summary"
     TEST_ALERT = "test_alert"
@@ -66,6 +68,14 @@ _TITLES: dict[AlertKind, tuple[str, str]] = {
         "{subject}: duration back within baseline ({check})",
     ),
     AlertKind.CHECK_FAILED: ("{subject}: check {check} failed", "{subject}: check {check} passes again"),
+    AlertKind.MISSED_DATA: (
+        "{subject}: the reconciliation sweep found instances the nightly runs had missed",
+        "{subject}: the reconciliation sweep found nothing missed",
+    ),
+    AlertKind.SWEEP_BEHIND: (
+        "{subject}: the reconciliation sweep is behind its window ({check})",
+        "{subject}: the reconciliation sweep covers its window again ({check})",
+    ),
     AlertKind.STAGING_CLEANUP_FAILED: ("staging cleanup failed", "staging cleanup succeeded again"),
     AlertKind.STAGING_CLEANUP_SUMMARY: ("staging cleanup summary", "staging cleanup summary"),
     AlertKind.TEST_ALERT: ("Test alert from dicom-backup", "Test alert resolved"),

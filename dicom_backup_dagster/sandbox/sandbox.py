@@ -225,8 +225,9 @@ class Sandbox:
                 minimal_responses=True,
             )  # fmt: skip
         self.mim = MimSimulator(
-            self.run_dir / "mim", MIM_AET, p.mim, manifest.source_dir("MIM"), destinations
-        )
+            self.run_dir / "mim", MIM_AET, p.mim, manifest.source_dir("MIM"), destinations,
+            relational=True,  # like MIM: the nightly run then finds late series by SeriesDate
+        )  # fmt: skip
 
         def aria() -> None:
             sim = self.aria
@@ -371,6 +372,7 @@ class Sandbox:
             'ip = "127.0.0.1"',
             f"port = {p.mim}",
             f"transfer = {_toml_str(o.mim_transfer)}",
+            "relational = true",
             "",
             f"[{e}.sources.MOSAIQ]",
             'type = "mosaiq"',
@@ -404,6 +406,8 @@ class Sandbox:
             'schedule = "30 1 * * *"',
             "lookback_days = 3",
             "verification_fraction = 0.0",
+            # The synthetic data is dated early in 2026: a two-year sweep window reaches it.
+            "sweep_days = 730",
             "",
             f"[{e}.settings.timeouts]",
             "acse = 30",
