@@ -611,3 +611,30 @@ def test_mosaiq_query_override_with_wrong_parameters_is_reported(write_config: W
     issue(
         err, "SITE_A.settings.mosaiq_queries.deliveries", "has 1 '?' placeholder(s) but must have exactly 2"
     )
+
+
+def test_late_data_and_sweep_settings(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["sources"]["MIM"]["relational"] = True
+    data["SITE_A"]["settings"].update(
+        late_series_days=45,
+        sweep_days=365,
+        sweep_nights=14,
+        sweep_max_studies=800,
+        sweep_schedule="0 5 * * *",
+    )
+    env = load_config(write_config(data)).environment
+    assert env.qr_sources["MIM"].relational and not env.qr_sources["ARIA"].relational
+    s = env.settings
+    assert (s.late_series_days, s.sweep_days, s.sweep_nights, s.sweep_max_studies) == (45, 365, 14, 800)
+    assert s.sweep_schedule == "0 5 * * *"
+
+
+def test_bad_late_data_and_sweep_settings_name_the_key(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["sources"]["MIM"]["relational"] = "yes"
+    data["SITE_A"]["settings"].update(sweep_nights=0, sweep_schedule="every night")
+    text = str(load_error(write_config, data))
+    assert "SITE_A.sources.MIM.relational" in text and "true or false" in text
+    assert "SITE_A.settings.sweep_nights" in text
+    assert "SITE_A.settings.sweep_schedule" in text

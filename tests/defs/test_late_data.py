@@ -194,9 +194,7 @@ def test_sweep_interrupted_by_an_outage_resumes_where_it_stopped(sandbox, monkey
 def test_sweep_coverage_fails_when_a_study_is_overdue(sandbox, monkeypatch, tmp_path):
     day = dt.date(2025, 5, 5)
     storage = tmp_path / "storage"
-    _, defs = _sweep_defs(
-        sandbox, monkeypatch, storage, sweep_days=2, sweep_nights=30, sweep_max_studies=1
-    )
+    _, defs = _sweep_defs(sandbox, monkeypatch, storage, sweep_days=2, sweep_nights=30, sweep_max_studies=1)
     for n in range(2):
         _store(sandbox, "ARIA", _study(tmp_path / f"s{n}", day, ct_slices=1))
     state_path = storage / "sweep" / "ARIA.json"
@@ -213,4 +211,3 @@ def test_sweep_coverage_fails_when_a_study_is_overdue(sandbox, monkeypatch, tmp_
         assert "raise sweep_max_studies (1)" in (coverage.description or "")
         data = json.loads(state_path.read_text())
         assert len(data["reconciled"]) == 1  # at most sweep_max_studies a night
-
