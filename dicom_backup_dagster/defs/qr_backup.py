@@ -131,10 +131,11 @@ def build_source_backup(
         kinds={"dicom"},
         description=(
             f"Every instance {source.alias} ({what}) holds for the partition's StudyDate and the "
-            f"{settings.lookback_days} days before it (late series on older studies), found by C-FIND "
-            "STUDY -> SERIES -> IMAGE. A backfill run covers up to "
-            f"{settings.backfill_days_per_run} days in one C-FIND, without the look-back. The manifest of "
-            "instance UIDs is on disk."
+            f"{settings.lookback_days} days before it, found by C-FIND STUDY -> SERIES -> IMAGE, and the "
+            f"older studies (dated up to {settings.late_series_days} days before, or with a series dated "
+            "in the window on a relational source) that hold data the archive lacks. A backfill run covers "
+            f"up to {settings.backfill_days_per_run} days in one C-FIND, without the look-back. The "
+            "manifest of instance UIDs is on disk."
         ),
     )
     @with_dimse_metadata
