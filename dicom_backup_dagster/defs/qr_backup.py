@@ -85,6 +85,7 @@ from dicom_backup_dagster.defs.common import (
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
 # The first day a backfill can target. Sites that started archiving later simply never backfill earlier
@@ -151,20 +152,7 @@ def build_source_backup(
         try:
             with find_session(source.peer, dicom) as session:
                 if not backfill:
-                    # Late data: older studies that grew since they were archived (backup/late.py).
-                    study_keys, series_keys, _ = split_query_keys(source.query_keys)
-                    with find_session(archive, dicom) as main:
-                        late = find_late_studies(
-                            session,
-                            main,
-                            first,
-                            last,
-                            settings.late_series_days,
-                            relational=source.relational,
-                            backed_up_days=context.instance.get_materialized_partitions(names.archived),
-                            study_keys=study_keys,
-                            series_keys=series_keys,
-                        )
+                    late = _late_scan(session, first, last, context, dicom)
                 summary = take_inventory(
                     session,
                     first,
@@ -208,6 +196,33 @@ def build_source_backup(
                 "manifest": MetadataValue.path(str(path)),
             },
         )
+
+    def _late_scan(
+        session: FindSession,
+        first: dt.date,
+        last: dt.date,
+        context: AssetExecutionContext,
+        dicom: DicomNetwork,
+    ) -> LateScan:
+        """Older studies that grew since they were archived (backup/late.py); the archive is asked too."""
+        study_keys, series_keys, _ = split_query_keys(source.query_keys)
+        try:
+            with find_session(archive, dicom) as main:
+                return find_late_studies(
+                    session,
+                    main,
+                    first,
+                    last,
+                    settings.late_series_days,
+                    relational=source.relational,
+                    backed_up_days=context.instance.get_materialized_partitions(names.archived),
+                    study_keys=study_keys,
+                    series_keys=series_keys,
+                )
+        except DicomError as error:
+            raise backup_failure(
+                source.alias, "late-data scan (C-FIND on source and archive)", context.partition_key, error
+            ) from error
 
     @asset(
         key=names.archived,
