@@ -197,6 +197,9 @@ class QRSource:
     #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
     #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
     inventory: Literal["by-study", "walk"] = "by-study"
+    #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
+    #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
+    max_find_results: int | None = None
 
     @property
     def peer(self) -> Peer:
@@ -712,6 +715,7 @@ _QR_KEYS = (
     "transfer",
     "max_associations",
     "inventory",
+    "max_find_results",
 )
 _MOSAIQ_KEYS = (
     "type",
@@ -840,9 +844,22 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
         env, path, raw, "max_associations", required=False, low=1, high=64, example="2", default=2
     )
     inventory = _choice(v, env, path, raw, "inventory", INVENTORY_MODES, "by-study", "inventory")
+    max_find = v.integer(
+        env,
+        path,
+        raw,
+        "max_find_results",
+        required=False,
+        low=1,
+        high=10_000_000,
+        example="1000",
+        what="an integer >= 1 (the source's C-FIND match limit)",
+    )
+    if max_find is None and "max_find_results" in raw:
+        return None
     if None in (aet, ip, port, level, transfer, max_assoc, inventory):
         return None
-    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory)  # type: ignore[arg-type]
+    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory, max_find)  # type: ignore[arg-type]
 
 
 def _parse_mosaiq_source(
@@ -1774,6 +1791,7 @@ def _summary(site: SiteConfig) -> list[str]:
             lines.append(
                 f"  {alias}{mark}: {src.type} {src.peer} query_level={src.query_level} "
                 f"transfer={src.transfer} max_associations={src.max_associations}"
+                + (f" max_find_results={src.max_find_results}" if src.max_find_results else "")
                 + (f" query_keys={sorted(src.query_keys)}" if src.query_keys else "")
             )
         else:
