@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from dicom_backup_dagster.dicom.errors import DicomError, UnreadableResponse
-from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, StudyRecord, study_date_range
+from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, StudyRecord
 
+from .listing import list_studies
 from .manifest import InstanceEntry, ManifestWriter
 
 # Where an extra match key from the site configuration (`query_keys`) belongs in the Study Root
@@ -87,6 +88,8 @@ class InventorySummary:
     instances_on_day: int  # instances whose StudyDate is the partition's own day
     seconds: float
     studies_walked: int = 0  # studies listed series by series (by_study off, or its answer not trusted)
+    find_splits: tuple[str, ...] = ()  # listing parts that reached the source's cap (listing.py)
+    find_queries: int = 0  # STUDY-level C-FINDs the listing took
 
 
 def _instance_order(inst: InstanceRecord) -> tuple[str, int, str]:
@@ -98,7 +101,7 @@ class _Refused(Exception):
 
 
 def _whole_study(
-    session: FindSession, study: StudyRecord, image_keys: Mapping[str, str]
+    session: FindSession, study: StudyRecord, image_keys: Mapping[str, str], cap: int | None = None
 ) -> list[InstanceRecord] | None:
     """Every instance of a study from one IMAGE-level C-FIND with the SeriesInstanceUID left universal,
     or None when that answer cannot be trusted and the study must be walked: no rows at all, or fewer rows
@@ -116,7 +119,8 @@ def _whole_study(
     # Rows of another study mean the SCP ignored the study key; duplicates are already gone (find.py).
     rows = [r for r in rows if r.study_instance_uid == uid]
     expected = study.number_of_study_related_instances
-    if not rows or (expected is not None and len(rows) < expected):
+    # An answer at the source's cap may have been cut there (listing.py): walk the study instead.
+    if not rows or (expected is not None and len(rows) < expected) or (cap is not None and len(rows) >= cap):
         return None
     return sorted(rows, key=_instance_order)
 
@@ -149,19 +153,19 @@ def take_inventory(
     *,
     query_keys: Mapping[str, str] | None = None,
     by_study: bool = True,
+    max_find_results: int | None = None,
 ) -> InventorySummary:
     """C-FIND every instance of the studies dated first_day..last_day and write the ordered manifest.
 
     `by_study`: one IMAGE-level query per study (`_whole_study`), walking only the studies whose answer
     cannot be trusted, and every study after the first refusal; 5,000 instances in 240 studies on
     dcmqrscp: 240 queries instead of ~600. Off, or with series-level `query_keys` (not matchable at IMAGE
-    level), every study is walked. Both give the same manifest, in the same order."""
+    level), every study is walked. Both give the same manifest, in the same order. `max_find_results`:
+    the source's C-FIND cap; the listing is split below it (listing.list_studies)."""
     started = time.monotonic()
     study_keys, series_keys, image_keys = split_query_keys(query_keys or {})
-    studies = sorted(
-        session.studies(study_date=study_date_range(first_day, last_day), extra_keys=study_keys),
-        key=study_order,
-    )
+    listing = list_studies(session, first_day, last_day, extra_keys=study_keys, cap=max_find_results)
+    studies = sorted(listing.studies, key=study_order)
     by_study = by_study and not series_keys
     day = last_day.strftime("%Y%m%d")
     n_series = n_instances = on_day = walked = 0
@@ -171,7 +175,7 @@ def take_inventory(
             instances = None
             if by_study:
                 try:
-                    instances = _whole_study(session, study, image_keys)
+                    instances = _whole_study(session, study, image_keys, max_find_results)
                 except _Refused:
                     by_study = False  # the SCP refuses universal series keys: walk this and every next study
             if instances is None:
@@ -191,7 +195,16 @@ def take_inventory(
                 )
                 n_instances += 1
                 on_day += study.study_date == day
-    return InventorySummary(len(studies), n_series, n_instances, on_day, time.monotonic() - started, walked)
+    return InventorySummary(
+        len(studies),
+        n_series,
+        n_instances,
+        on_day,
+        time.monotonic() - started,
+        walked,
+        listing.splits,
+        listing.queries,
+    )
 
 
 def archived_sop_uids(session: FindSession, study_instance_uid: str) -> set[str]:
