@@ -156,6 +156,7 @@ def build_source_backup(
                     path,
                     query_keys=source.query_keys,
                     by_study=source.inventory == "by-study",
+                    max_find_results=source.max_find_results,
                 )
         except DicomError as error:
             raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
@@ -163,6 +164,9 @@ def build_source_backup(
             f"{source.alias} {days.label}: {summary.studies} studies, {summary.series} series, "
             f"{summary.instances} instances dated {first}..{last} ({summary.seconds:.2f} s)"
         )
+        splits = list(summary.find_splits)
+        for line in splits:  # an answer at the source's C-FIND cap (dates and times only)
+            context.log.warning(f"{source.alias} {days.label}: C-FIND answer at the cap: {line}")
         found = {FOUND: summary.instances}
         ManifestHandle(str(path), source.alias, days.label, summary.instances, found, summary.seconds).save(
             folder / "inventory.handle.json"
@@ -180,6 +184,9 @@ def build_source_backup(
                 # studies listed series by series: all of them with inventory = "walk", else those whose
                 # one-query answer was refused, empty or short (a source that rejects universal series keys)
                 "studies_walked": summary.studies_walked,
+                # listing parts that reached the source's max_find_results and were split (listing.py)
+                "find_queries": summary.find_queries,
+                "find_splits": MetadataValue.json(splits) if splits else "none",
                 "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
                 "seconds_find": round(summary.seconds, 3),
                 "source_peer": str(source.peer),
