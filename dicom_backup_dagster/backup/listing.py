@@ -72,7 +72,8 @@ class FindCapError(DicomError):
 class StudyListing:
     studies: list[StudyRecord]  # de-duplicated by StudyInstanceUID, any order
     queries: int  # C-FINDs sent
-    # One short line per part that reached the cap and was split (dates, times, modalities: no PHI).
+    # One short line per part that reached the cap and was split, or (per-modality pass of a split day)
+    # that stayed at the cap without studies lacking a StudyTime in view. Dates, times, modalities: no PHI.
     splits: tuple[str, ...]
 
 
