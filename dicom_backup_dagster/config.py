@@ -200,6 +200,9 @@ class QRSource:
     #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
     #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
     relational: bool = False
+    #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
+    #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
+    max_find_results: int | None = None
 
     @property
     def peer(self) -> Peer:
@@ -726,6 +729,7 @@ _QR_KEYS = (
     "max_associations",
     "inventory",
     "relational",
+    "max_find_results",
 )
 _MOSAIQ_KEYS = (
     "type",
@@ -869,9 +873,24 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
             "StudyInstanceUID (MIM does; ARIA does not)",
         )
         return None
+    max_find = v.integer(
+        env,
+        path,
+        raw,
+        "max_find_results",
+        required=False,
+        low=1,
+        high=10_000_000,
+        example="1000",
+        what="an integer >= 1 (the source's C-FIND match limit)",
+    )
+    if max_find is None and "max_find_results" in raw:
+        return None
     if None in (aet, ip, port, level, transfer, max_assoc, inventory):
         return None
-    return QRSource(alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory, relational)  # type: ignore[arg-type]
+    return QRSource(
+        alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory, relational, max_find
+    )  # type: ignore[arg-type]
 
 
 def _parse_mosaiq_source(
@@ -1824,6 +1843,7 @@ def _summary(site: SiteConfig) -> list[str]:
                 f"  {alias}{mark}: {src.type} {src.peer} query_level={src.query_level} "
                 f"transfer={src.transfer} max_associations={src.max_associations}"
                 + (" relational" if src.relational else "")
+                + (f" max_find_results={src.max_find_results}" if src.max_find_results else "")
                 + (f" query_keys={sorted(src.query_keys)}" if src.query_keys else "")
             )
         else:

@@ -22,8 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from dicom_backup_dagster.dicom.errors import DicomError, UnreadableResponse
-from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, StudyRecord, study_date_range
+from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, StudyRecord
 
+from .listing import list_studies
 from .manifest import InstanceEntry, ManifestWriter
 
 # Where an extra match key from the site configuration (`query_keys`) belongs in the Study Root
@@ -87,6 +88,8 @@ class InventorySummary:
     instances_on_day: int  # instances whose StudyDate is the partition's own day
     seconds: float
     studies_walked: int = 0  # studies listed series by series (by_study off, or its answer not trusted)
+    find_splits: tuple[str, ...] = ()  # listing parts that reached the source's cap (listing.py)
+    find_queries: int = 0  # STUDY-level C-FINDs the listing took
 
 
 def _unique_studies(studies: Iterable[StudyRecord]) -> list[StudyRecord]:
@@ -102,7 +105,7 @@ class _Refused(Exception):
 
 
 def _whole_study(
-    session: FindSession, study: StudyRecord, image_keys: Mapping[str, str]
+    session: FindSession, study: StudyRecord, image_keys: Mapping[str, str], cap: int | None = None
 ) -> list[InstanceRecord] | None:
     """Every instance of a study from one IMAGE-level C-FIND with the SeriesInstanceUID left universal,
     or None when that answer cannot be trusted and the study must be walked: no rows at all, or fewer rows
@@ -120,7 +123,8 @@ def _whole_study(
     # Rows of another study mean the SCP ignored the study key; duplicates are already gone (find.py).
     rows = [r for r in rows if r.study_instance_uid == uid]
     expected = study.number_of_study_related_instances
-    if not rows or (expected is not None and len(rows) < expected):
+    # An answer at the source's cap may have been cut there (listing.py): walk the study instead.
+    if not rows or (expected is not None and len(rows) < expected) or (cap is not None and len(rows) >= cap):
         return None
     return sorted(rows, key=_instance_order)
 
@@ -154,23 +158,36 @@ def take_inventory(
     query_keys: Mapping[str, str] | None = None,
     by_study: bool = True,
     extra_studies: Iterable[StudyRecord] = (),
+    max_find_results: int | None = None,
 ) -> InventorySummary:
     """C-FIND every instance of the studies dated first_day..last_day and write the ordered manifest.
 
     `by_study`: one IMAGE-level query per study (`_whole_study`), walking only the studies whose answer
     cannot be trusted, and every study after the first refusal; 5,000 instances in 240 studies on
     dcmqrscp: 240 queries instead of ~600. Off, or with series-level `query_keys` (not matchable at IMAGE
-    level), every study is walked. Both give the same manifest, in the same order.
+    level), every study is walked. Both give the same manifest, in the same order. `max_find_results`:
+    the source's C-FIND cap; the listing is split below it (listing.list_studies).
 
     `extra_studies`: older studies to inventory as well (late data found by `backup.late`); they take
     their place in the same oldest-first order."""
     started = time.monotonic()
     study_keys = split_query_keys(query_keys or {})[0]
-    listed = session.studies(study_date=study_date_range(first_day, last_day), extra_keys=study_keys)
+    listing = list_studies(session, first_day, last_day, extra_keys=study_keys, cap=max_find_results)
     summary = inventory_studies(
-        session, [*listed, *extra_studies], out_path, query_keys=query_keys, by_study=by_study, day=last_day
+        session,
+        [*listing.studies, *extra_studies],
+        out_path,
+        query_keys=query_keys,
+        by_study=by_study,
+        day=last_day,
+        cap=max_find_results,
     )
-    return replace(summary, seconds=time.monotonic() - started)
+    return replace(
+        summary,
+        seconds=time.monotonic() - started,
+        find_splits=listing.splits,
+        find_queries=listing.queries,
+    )
 
 
 def inventory_studies(
@@ -181,9 +198,11 @@ def inventory_studies(
     query_keys: Mapping[str, str] | None = None,
     by_study: bool = True,
     day: dt.date | None = None,
+    cap: int | None = None,
 ) -> InventorySummary:
     """Every instance of `studies` (as the source listed them at STUDY level), written oldest first to the
-    manifest at `out_path`; `instances_on_day` counts those whose StudyDate is `day`."""
+    manifest at `out_path`; `instances_on_day` counts those whose StudyDate is `day`. `cap`: the source's
+    C-FIND cap (a whole-study answer that reaches it is walked instead)."""
     started = time.monotonic()
     _, series_keys, image_keys = split_query_keys(query_keys or {})
     ordered = sorted(_unique_studies(studies), key=study_order)
@@ -196,7 +215,7 @@ def inventory_studies(
             instances = None
             if by_study:
                 try:
-                    instances = _whole_study(session, study, image_keys)
+                    instances = _whole_study(session, study, image_keys, cap)
                 except _Refused:
                     by_study = False  # the SCP refuses universal series keys: walk this and every next study
             if instances is None:

@@ -29,9 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicom_backup_dagster.dicom.find import FindSession, StudyRecord, study_date_range
+from dicom_backup_dagster.dicom.find import FindSession, StudyRecord
 
 from .inventory import study_order
+from .listing import list_studies
 from .manifest import ALREADY_ARCHIVED, MOVED, InstanceEntry, by_study
 
 STATE_VERSION = 1
@@ -171,15 +172,17 @@ def list_window(
     last_day: dt.date,
     *,
     extra_keys: Mapping[str, str] | None = None,
+    cap: int | None = None,
     days_per_query: int = 7,
 ) -> list[StudyRecord]:
-    """The source's studies dated first_day..last_day, one STUDY-level C-FIND per `days_per_query` days:
-    a six-month window in one answer would be the answer a capped PACS cuts short."""
+    """The source's studies dated first_day..last_day, listed `days_per_query` days at a time (a six-month
+    window in one answer is the answer a capped PACS cuts short), each part split below the source's
+    C-FIND `cap` where it reaches it (listing.list_studies)."""
     out: dict[str, StudyRecord] = {}
     start = first_day
     while start <= last_day:
         end = min(last_day, start + dt.timedelta(days=days_per_query - 1))
-        for study in session.studies(study_date=study_date_range(start, end), extra_keys=extra_keys):
+        for study in list_studies(session, start, end, extra_keys=extra_keys, cap=cap).studies:
             out.setdefault(study.study_instance_uid, study)
         start = end + dt.timedelta(days=1)
     return sorted(out.values(), key=study_order)

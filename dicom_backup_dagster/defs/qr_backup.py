@@ -161,6 +161,7 @@ def build_source_backup(
                     query_keys=source.query_keys,
                     by_study=source.inventory == "by-study",
                     extra_studies=late.changed,
+                    max_find_results=source.max_find_results,
                 )
         except DicomError as error:
             raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
@@ -169,6 +170,9 @@ def build_source_backup(
             f"{summary.instances} instances dated {first}..{last} or on older studies with new data "
             f"({len(late.changed)} of {late.studies_checked} older studies compared, {summary.seconds:.2f} s)"
         )
+        splits = list(summary.find_splits)
+        for line in splits:  # an answer at the source's C-FIND cap (dates and times only)
+            context.log.warning(f"{source.alias} {days.label}: C-FIND answer at the cap: {line}")
         found = {FOUND: summary.instances}
         ManifestHandle(str(path), source.alias, days.label, summary.instances, found, summary.seconds).save(
             folder / "inventory.handle.json"
@@ -186,6 +190,9 @@ def build_source_backup(
                 # studies listed series by series: all of them with inventory = "walk", else those whose
                 # one-query answer was refused, empty or short (a source that rejects universal series keys)
                 "studies_walked": summary.studies_walked,
+                # listing parts that reached the source's max_find_results and were split (listing.py)
+                "find_queries": summary.find_queries,
+                "find_splits": MetadataValue.json(splits) if splits else "none",
                 "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
                 # Older studies with data the archive lacks, inventoried with the window (backup/late.py).
                 "late_studies": len(late.changed),

@@ -174,7 +174,7 @@ def build_source_sweep(
 
         try:
             with find_session(source.peer, dicom) as session:
-                listed = list_window(session, first, last, extra_keys=study_keys)
+                listed = list_window(session, first, last, extra_keys=study_keys, cap=source.max_find_results)
             window = [s for s in listed if iso_date(s.study_date) in backed_up]
             with find_session(archive, dicom) as main:
                 counts = archive_study_counts(main, [s.study_instance_uid for s in window])
@@ -219,6 +219,7 @@ def build_source_sweep(
                         folder / "inventory.jsonl",
                         query_keys=source.query_keys,
                         by_study=source.inventory == "by-study",
+                        cap=source.max_find_results,
                     )
                 result = archive_missing(
                     folder / "inventory.jsonl",

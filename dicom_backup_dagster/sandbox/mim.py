@@ -3,10 +3,12 @@
 Services (PS3.4 Annex C, Study Root Query/Retrieve Information Model):
 - C-ECHO (Verification, PS3.4 A.4);
 - C-FIND at STUDY, SERIES and IMAGE level (C.4.1) with single value, universal, wildcard (* ?), UID list
-  and date/time range matching (C.2.2.2). Hierarchical by default (C.4.1.2.1): a SERIES query needs one
+  and date/time range matching (C.2.2.2), and ModalitiesInStudy matching any of the study's modalities.
+  Hierarchical by default (C.4.1.2.1): a SERIES query needs one
   StudyInstanceUID and an IMAGE query also one SeriesInstanceUID, otherwise 0xC000 Unable to process;
   `relational=True` lifts that (C.4.1.2.2). Optional return keys it can compute are returned
-  (NumberOfStudyRelatedSeries/Instances, ModalitiesInStudy, NumberOfSeriesRelatedInstances);
+  (NumberOfStudyRelatedSeries/Instances, ModalitiesInStudy, NumberOfSeriesRelatedInstances).
+  `max_results=N` cuts every answer at N matches and still ends it with 0x0000, as capped PACS do;
 - C-MOVE (C.4.2) only to AEs it knows (else pynetdicom answers 0xA801 Move Destination Unknown), with
   sub-operation accounting done by pynetdicom from the per-instance statuses;
 - C-GET (C.4.3) for every storage SOP class;
@@ -317,6 +319,13 @@ def matches(kw: str, pattern: str | None, value: str) -> bool:
     return value == pattern
 
 
+def _modalities_match(pattern: str, study: Study) -> bool:
+    """ModalitiesInStudy (multi-valued, PS3.4 C.6.2.1.2): a study matches when one of its series'
+    modalities matches one of the values asked for."""
+    present = {se.modality for se in study.series.values() if se.modality}
+    return any(matches("Modality", p, m) for p in pattern.split("\\") for m in present)
+
+
 def _single_uid(ident: Dataset, kw: str) -> bool:
     v = _value(ident, kw)
     return bool(v) and "\\" not in v and "*" not in v and "?" not in v  # type: ignore[operator]
@@ -339,6 +348,7 @@ def select(index: Index, ident: Dataset, relational: bool = False) -> tuple[str,
     study_p = {kw: _value(ident, kw) for kw in STUDY_KEYS}
     series_p = {kw: _value(ident, kw) for kw in SERIES_KEYS}
     image_p = {kw: _value(ident, kw) for kw in IMAGE_KEYS}
+    modalities_p = _value(ident, "ModalitiesInStudy")
     uid = study_p["StudyInstanceUID"]
     with index.lock:
         if uid and "\\" not in uid and "*" not in uid and "?" not in uid:
@@ -348,6 +358,8 @@ def select(index: Index, ident: Dataset, relational: bool = False) -> tuple[str,
     out: list[Any] = []
     for st in candidates:
         if not all(matches(kw, p, STUDY_KEYS[kw](st)) for kw, p in study_p.items()):
+            continue
+        if modalities_p and not _modalities_match(modalities_p, st):
             continue
         if level == "STUDY":
             out.append(st)
@@ -439,8 +451,10 @@ class MimServer:
         host: str = "127.0.0.1",
         incoming_dir: str | os.PathLike[str] | None = None,
         minimal_responses: bool = False,
+        max_results: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.max_results = max_results
         # Received instances go to their own directory so a shared, cached data set is never modified.
         self.incoming_dir = Path(incoming_dir).resolve() if incoming_dir else self.data_dir / "incoming"
         self.aet = aet
@@ -543,6 +557,10 @@ class MimServer:
             log.warning("C-FIND refused: %s", exc)
             yield UNABLE_TO_PROCESS, None
             return
+        if self.max_results is not None and len(objs) > self.max_results:
+            # A capped PACS: the first N matches, then Success as if that were all.
+            log.warning("C-FIND: %d matches cut at max_results %d", len(objs), self.max_results)
+            objs = objs[: self.max_results]
         for obj in objs:
             if event.is_cancelled:
                 yield CANCEL, None
@@ -633,9 +651,11 @@ class MimSimulator(ManagedServer):
         relational: bool = False,
         incoming_dir: str | os.PathLike[str] | None = None,
         minimal_responses: bool = False,
+        max_results: int | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.minimal_responses = minimal_responses
+        self.max_results = max_results
         self.incoming_dir = Path(incoming_dir).resolve() if incoming_dir else self.workdir / "incoming"
         self.aet = aet
         self.port = port
@@ -673,6 +693,8 @@ class MimSimulator(ManagedServer):
             argv.append("--relational")
         if self.minimal_responses:
             argv.append("--minimal-responses")
+        if self.max_results is not None:
+            argv += ["--max-results", str(self.max_results)]
         return argv
 
     def start(self, timeout: float = 120.0) -> MimSimulator:
@@ -727,6 +749,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--minimal-responses", action="store_true", help="omit optional C-FIND return keys, like dcmqrscp"
     )
+    ap.add_argument(
+        "--max-results",
+        type=int,
+        default=None,
+        help="cut every C-FIND answer at N matches, still ending with Success (a capped PACS)",
+    )
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -738,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         args.relational,
         incoming_dir=args.incoming,
         minimal_responses=args.minimal_responses,
+        max_results=args.max_results,
     )
     server.load()
     server.start()

@@ -18,6 +18,7 @@ from dicom_backup_dagster.config import (
     ConfigIssue,
     MosaiqSource,
     QRSource,
+    _summary,
     ae_title_problem,
     load_config,
 )
@@ -438,6 +439,23 @@ def test_inventory_mode_is_checked(write_config: Writer) -> None:
     assert load_config(write_config(data)).environment.sources["MIM"].inventory == "walk"  # type: ignore[union-attr]
     data["SITE_A"]["sources"]["ARIA"]["inventory"] = "per-series"
     issue(load_error(write_config, data), "SITE_A.sources.ARIA.inventory", "'by-study', 'walk'")
+
+
+def test_max_find_results_is_checked_and_shown(write_config: Writer) -> None:
+    data = valid_config()
+    assert load_config(write_config(data)).environment.sources["ARIA"].max_find_results is None  # type: ignore[union-attr]
+    data["SITE_A"]["sources"]["MIM"]["max_find_results"] = 500
+    site = load_config(write_config(data))
+    assert site.environment.sources["MIM"].max_find_results == 500  # type: ignore[union-attr]
+    assert any("MIM" in line and "max_find_results=500" in line for line in _summary(site))
+    for bad in (0, -3, "500", 2.5, True):
+        data["SITE_A"]["sources"]["ARIA"]["max_find_results"] = bad
+        issue(
+            load_error(write_config, data),
+            "SITE_A.sources.ARIA.max_find_results",
+            "an integer >= 1",
+            "max_find_results = 1000",
+        )
 
 
 @pytest.mark.parametrize("tz", ["America/NewYork", "EST5", "", "Mars/Olympus"])

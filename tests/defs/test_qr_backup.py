@@ -30,10 +30,11 @@ from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
 from dicom_backup_dagster.defs.qr_backup import DEFAULT_RULES, build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.sandbox.mim import MimSimulator
 from dicom_backup_dagster.sandbox.orthanc import OrthancServer
 from dicom_backup_dagster.sandbox.processes import free_port, wait_until
 from tests.dicom.fault_scp import FaultSCP, RetrievePlan
-from tests.dicom.synthetic import make_patient
+from tests.dicom.synthetic import make_patient, make_study
 
 CHECKS = {"complete_in_archive", "content_verified", "volume_vs_baseline", "duration_vs_baseline"}
 
@@ -589,3 +590,37 @@ def test_volume_far_below_the_trailing_median_warns(sandbox, monkeypatch, tmp_pa
         assert "instances_dated" in volume.metadata["compared"].value
         duration = _checks(quiet)["duration_vs_baseline"]
         assert duration.passed and len(duration.metadata["history"].value) == 3
+
+
+def test_day_with_more_studies_than_the_source_cap_is_archived_whole(sandbox, monkeypatch, tmp_path):
+    # A MIM that cuts every C-FIND answer at 3 matches and still says Success, like a capped PACS, holding
+    # a day of 7 studies (one without StudyTime); the source's max_find_results says so.
+    cap, day = 3, dt.date(2026, 2, 2)
+    times: list[str | None] = ["073000", "081500", "0945", "103000", "103015", "141000", None]
+    studies = [
+        make_study(tmp_path / "capped-data", study_date=f"{day:%Y%m%d}", study_time=t, modality=m)
+        for t, m in zip(times, ["CT"] * 6 + ["RTPLAN"], strict=True)
+    ]
+    env = _env(sandbox, monkeypatch, lookback_days=0)
+    mim = env.sources["MIM"]
+    assert isinstance(mim, QRSource) and mim.transfer == "c-get"
+    capped = MimSimulator(
+        tmp_path / "capped-mim", mim.aet, free_port(), tmp_path / "capped-data", max_results=cap
+    ).start()
+    try:
+        source = replace(mim, port=capped.port, max_find_results=cap)
+        env = replace(env, sources={**env.sources, "MIM": source})
+        with dg.instance_for_test() as instance:
+            result = _run(_defs(env, tmp_path / "storage"), "MIM", day.isoformat(), instance)
+        assert result.success, _failure(result)[0]
+    finally:
+        capped.stop()
+    inventory = _metadata(result, "MIM", "inventory")
+    assert inventory["studies"] == len(studies) and inventory["instances"] == len(studies)
+    splits = inventory["find_splits"]
+    assert f"{day:%Y%m%d}: {cap} matches = cap {cap}, split by StudyTime" in splits
+    assert inventory["find_queries"] > 1
+    meta = _metadata(result, "MIM")
+    assert meta["instances_found"] == len(studies) and meta["failed"] == meta["deferred"] == 0
+    assert all(sandbox.main.has_instance(s.sop_instance_uid) for s in studies)  # Orthanc REST
+    assert "SANDBOX" not in repr(inventory)

@@ -76,3 +76,39 @@ def make_patient(
             )
         )
     return written
+
+
+def make_study(
+    directory: Path,
+    *,
+    study_date: str,
+    study_time: str | None,
+    modality: str = "CT",
+    patient_id: str = "SANDBOX_CAP",
+) -> SyntheticInstance:
+    """One study of one instance (CT_small for "CT", rtplan for "RTPLAN") at a chosen date and time.
+
+    study_time None leaves StudyTime out of the file; "" writes it empty (the two differ on Orthanc)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    source = {"CT": "CT_small.dcm", "RTPLAN": "rtplan.dcm"}[modality]
+    ds = _stamp(_load(source), patient_id, generate_uid(), generate_uid(), 1)
+    ds.StudyDate = study_date
+    if study_time is None:
+        del ds.StudyTime
+    else:
+        ds.StudyTime = study_time
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    path = directory / f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return SyntheticInstance(
+        path,
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.SOPInstanceUID),
+        str(ds.SOPClassUID),
+        str(ds.Modality),
+    )
