@@ -27,6 +27,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from dicom_backup_dagster.dicom.errors import DicomError, UnreadableResponse
 from dicom_backup_dagster.dicom.find import FindSession, SeriesRecord, StudyRecord, study_date_range
 from dicom_backup_dagster.dicom.retrieve import chunks
 
@@ -105,7 +106,19 @@ def studies_with_series_dated(
 ) -> tuple[list[StudyRecord], int]:
     """Studies (not in `exclude`) with a series whose SeriesDate is in first_day..last_day, by one
     relational SERIES-level C-FIND, then their study rows (STUDY level, by UID list). Queries sent too."""
-    series = source.series_of_studies(series_date=study_date_range(first_day, last_day))
+    try:
+        series = source.series_of_studies(series_date=study_date_range(first_day, last_day))
+    except DicomError as error:
+        if error.status is None or isinstance(error, UnreadableResponse):
+            raise
+        raise DicomError(
+            error.peer,
+            "C-FIND",
+            "relational SERIES-level query (SeriesDate, no StudyInstanceUID)",
+            status=error.status,
+            advice="the source refuses relational queries: set relational = false for this source "
+            "(the late scan and the sweep still find late series, study by study)",
+        ) from error
     uids = sorted({s.study_instance_uid for s in series} - exclude)
     studies: list[StudyRecord] = []
     for chunk in chunks(uids):

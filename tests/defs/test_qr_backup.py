@@ -608,7 +608,7 @@ def test_day_with_more_studies_than_the_source_cap_is_archived_whole(sandbox, mo
         tmp_path / "capped-mim", mim.aet, free_port(), tmp_path / "capped-data", max_results=cap
     ).start()
     try:
-        source = replace(mim, port=capped.port, max_find_results=cap)
+        source = replace(mim, port=capped.port, max_find_results=cap, relational=False)  # hierarchical
         env = replace(env, sources={**env.sources, "MIM": source})
         with dg.instance_for_test() as instance:
             result = _run(_defs(env, tmp_path / "storage"), "MIM", day.isoformat(), instance)
