@@ -4,18 +4,19 @@ Which runs wait: every run of a source's assets except those its nightly schedul
 tag ``dagster/schedule_name``) launched, which back up one day and are meant to run at night whatever the
 window says. So backfills (tag ``dagster/backfill``), runs launched from the Launchpad or the asset page,
 sweeps and any other sensor or schedule wait. ``dicom_backup/ignore_bulk_hours=true`` on the run
-(Launchpad or backfill dialog: "Add tags") makes it run at once.
+(Launchpad or the backfill dialog: "Add tags") makes it run at once.
 
 How a paused run looks: the step stays "running", a warning in its log says why, until when and how to run
 now (repeated every LOG_EVERY seconds), and the run tag ``dicom_backup/bulk_hours`` reads ``paused until
 2026-12-02 19:00 EST`` in the run list, then ``resumed ...``. Runs pause at step starts and between
 transfer requests, where the backup loses nothing (a later request or run plans only what the archive
-lacks), and release their association to the source while they wait. A paused step keeps its slot in the
-source's pool. Terminating a paused run stops it within POLL_SECONDS.
+lacks), and release their association to the source while they wait. A paused run keeps its slot in the
+source's pool and one of max_concurrent_runs (dagster.yaml: pools count runs). Terminating a paused run
+stops it at once (the run worker is interrupted) or at the latest at the next status poll (POLL_SECONDS).
 
 Why sleep in the step rather than `RetryRequested(seconds_to_wait=...)`: a retry is reported as a failed
-step ("failed and has requested a retry"), counts against the retry policy's attempts meant for network
-faults, and says nothing about the window.
+step ('Execution of step ... failed and has requested a retry'), counts against the retry policy's attempts
+meant for network faults, says nothing about the window, and frees no slot either (the run holds it).
 """
 
 import datetime as dt
@@ -75,6 +76,15 @@ def _in(seconds: float) -> str:
     return " ".join(parts)
 
 
+def _run_now(kind: str) -> str:
+    again = (
+        "cancel the backfill (Overview -> Backfills) and launch it again with"
+        if kind == "backfill runs"
+        else "terminate this run and launch it again (Launchpad: Add tags) with"
+    )
+    return f"To back up now instead, {again} the tag {IGNORE_BULK_HOURS_TAG}=true."
+
+
 def _at(when: dt.datetime) -> str:
     return f"{when:%Y-%m-%d %H:%M} {when.tzname()}"
 
@@ -105,10 +115,9 @@ def wait_for_window(
         left = (opening - current).total_seconds()
         if last_log is None or (current - last_log).total_seconds() >= LOG_EVERY:
             context.log.warning(
-                f"{'Paused' if last_log is None else 'Still paused'}: {source_alias} takes {kind} only "
-                f"{window.describe()} (its bulk_hours); resumes at {_at(opening)} (in {_in(left)}). "
-                f"To run now, terminate this run and launch it again with the tag "
-                f"{IGNORE_BULK_HOURS_TAG}=true."
+                f"{'Paused' if last_log is None else 'Still paused'}: {kind} may load {source_alias} only "
+                f"{window.describe()} (sources.{source_alias}.bulk_hours); this run carries on where it "
+                f"stopped when the window opens at {_at(opening)} (in {_in(left)}). {_run_now(kind)}"
             )
             if last_log is None:
                 context.instance.add_run_tags(

@@ -85,13 +85,16 @@ def test_manual_run_outside_the_window_pauses_logs_and_resumes_at_the_opening(cl
         assert max(clock.slept) <= hours.POLL_SECONDS  # short sleeps: termination is noticed promptly
         warnings = _logs(instance, result.run_id, logging.WARNING)
         assert warnings[0] == (
-            "Paused: ARIA takes manual runs only weekdays 19:00-07:00 next day and all weekend, "
-            "America/New_York (its bulk_hours); resumes at 2026-12-02 19:00 EST (in 5 h 12 min). To run "
-            "now, terminate this run and launch it again with the tag dicom_backup/ignore_bulk_hours=true."
+            "Paused: manual runs may load ARIA only weekdays 19:00-07:00 next day and all weekend, "
+            "America/New_York (sources.ARIA.bulk_hours); this run carries on where it stopped when the "
+            "window opens at 2026-12-02 19:00 EST (in 5 h 12 min). To back up now instead, terminate this "
+            "run and launch it again (Launchpad: Add tags) with the tag dicom_backup/ignore_bulk_hours=true."
         )
         # Repeated every 30 minutes while paused: 5 h 12 min -> the first line and 10 more.
-        assert len(warnings) == 11 and all(w.startswith("Still paused: ARIA") for w in warnings[1:])
-        assert "resumes at 2026-12-02 19:00 EST (in 12 min)" in warnings[-1]
+        assert len(warnings) == 11 and all(
+            w.startswith("Still paused: manual runs may load ARIA") for w in warnings[1:]
+        )
+        assert "opens at 2026-12-02 19:00 EST (in 12 min)" in warnings[-1]
         assert any(
             "Resumed: ARIA's bulk_hours window is open (2026-12-02 19:00 EST" in m
             for m in _logs(instance, result.run_id, logging.INFO)
@@ -105,7 +108,9 @@ def test_backfill_run_names_itself_in_the_pause(clock: FakeClock) -> None:
     with dg.instance_for_test() as instance:
         result = _job({}).execute_in_process(instance=instance, tags={BACKFILL_ID_TAG: "bf1"})
         assert result.success and clock.slept
-        assert "Paused: ARIA takes backfill runs only" in _logs(instance, result.run_id, logging.WARNING)[0]
+        warning = _logs(instance, result.run_id, logging.WARNING)[0]
+        assert warning.startswith("Paused: backfill runs may load ARIA only weekdays")
+        assert "cancel the backfill (Overview -> Backfills) and launch it again with the tag" in warning
 
 
 @pytest.mark.parametrize(
@@ -213,7 +218,7 @@ def test_aria_backfill_outside_bulk_hours_pauses_then_archives_everything(
         )
         assert result.success
         paused = [w for w in _logs(instance, result.run_id, logging.WARNING) if w.startswith("Paused")]
-        assert len(paused) == 1 and "resumes at 2026-12-02 19:00 EST" in paused[0]  # the first step only
+        assert len(paused) == 1 and "opens at 2026-12-02 19:00 EST" in paused[0]  # the first step only
         meta = _metadata(result, "ARIA")
         assert meta["moved"] == len(uids) and meta["failed"] == 0 and meta["instances_found"] == len(uids)
         assert all(sandbox.main.has_instance(uid) for uid in uids)
