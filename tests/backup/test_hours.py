@@ -94,13 +94,12 @@ def test_day_syntax_lists_ranges_groups_and_every_day() -> None:
 
 
 def test_fall_back_night_is_an_hour_longer() -> None:
-    # 2026-11-01 01:00-02:00 happens twice in New York; the night window still ends at 07:00 wall time.
+    # 2026-11-01 01:00-02:00 happens twice in New York; the night still ends at 07:00 wall time, 13 h on.
     window = parse_work_window("Sat 19:00-07:00", NY)
-    opened = at(2026, 10, 31, 19, 0)
-    assert window.allows(at(2026, 11, 1, 1, 30, fold=1))
-    assert not window.allows(at(2026, 11, 1, 7, 0))
-    closes = at(2026, 11, 1, 7, 0).astimezone(dt.UTC) - opened.astimezone(dt.UTC)
-    assert closes == dt.timedelta(hours=13)
+    opened = at(2026, 10, 31, 19, 0).astimezone(dt.UTC)
+    assert window.allows(at(2026, 11, 1, 1, 30, fold=1))  # the second 01:30
+    assert window.allows(opened + dt.timedelta(hours=12, minutes=59))  # 06:59 EST
+    assert not window.allows(opened + dt.timedelta(hours=13))  # 07:00 EST
 
 
 def test_spring_forward_start_in_the_gap_opens_when_clocks_jump() -> None:
@@ -144,3 +143,15 @@ def test_bad_types_and_timezone() -> None:
         parse_work_window([19], NY)  # type: ignore[list-item]
     with pytest.raises(WorkWindowError, match="unknown time zone 'Mars/Base'"):
         parse_work_window(CLINIC, "Mars/Base")
+
+
+def test_sunday_night_crosses_into_monday_and_spacing_is_forgiven() -> None:
+    utc = dt.UTC
+    window = parse_work_window(["Sun 22:00-02:00", "Mon - Fri 12:00-13:00", "Fri 19:00-Sat 07:00"], "UTC")
+    assert window.allows(dt.datetime(2026, 12, 7, 1, 0, tzinfo=utc))  # Monday 01:00, from Sunday
+    assert not window.allows(dt.datetime(2026, 12, 7, 2, 0, tzinfo=utc))
+    assert window.allows(dt.datetime(2026, 12, 4, 12, 30, tzinfo=utc))  # Friday noon
+    assert window.allows(dt.datetime(2026, 12, 5, 6, 0, tzinfo=utc))  # Saturday 06:00, from the span
+    assert window.describe() == (
+        "Sun 22:00-02:00 next day, weekdays 12:00-13:00 and Fri 19:00 to Sat 07:00, UTC"
+    )
