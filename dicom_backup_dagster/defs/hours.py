@@ -1,9 +1,10 @@
 """Clinic hours in Dagster: a backfill, sweep or manual run waits for its source's bulk_hours window.
 
-Which runs wait: every run of a source's assets except those its nightly schedule (`<source>_backup_schedule`,
-tag ``dagster/schedule_name``) launched, which back up one day and are meant to run at night whatever the
-window says. So backfills (tag ``dagster/backfill``), runs launched from the Launchpad or the asset page,
-sweeps and any other sensor or schedule wait. ``dicom_backup/ignore_bulk_hours=true`` on the run
+Which runs wait: every run that calls wait_for_window for a source except those the source's nightly
+backup schedule (`<source>_backup_schedule`, tag ``dagster/schedule_name``) launched, which back up one
+day and are meant to run at night whatever the window says. So backfills (tag ``dagster/backfill``), runs
+launched from the Launchpad or the asset page, and the ticks of any other schedule or sensor (the
+reconciliation sweep's) wait. ``dicom_backup/ignore_bulk_hours=true`` on the run
 (Launchpad or the backfill dialog: "Add tags") makes it run at once.
 
 How a paused run looks: the step stays "running", a warning in its log says why, until when and how to run
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dagster import AssetExecutionContext, DagsterRunStatus, Failure
 
 from dicom_backup_dagster.backup.hours import WorkWindow
+from dicom_backup_dagster.defs.common import SourceNames
 from dicom_backup_dagster.defs.schedules import nightly_schedule_name
 
 IGNORE_BULK_HOURS_TAG = "dicom_backup/ignore_bulk_hours"
@@ -49,20 +51,21 @@ now: Callable[[], dt.datetime] = _utc_now
 sleep: Callable[[float], None] = time.sleep
 
 
-def paused_kind(tags: Mapping[str, str], job_name: str) -> str | None:
+def paused_kind(tags: Mapping[str, str], source_alias: str, job_name: str) -> str | None:
     """What kind of run this is in the pause message ('backfill runs', 'manual runs', ...), or None when it
-    never waits for the window (a tick of the source's nightly schedule, or forced by the tag)."""
+    never waits for the window: a tick of the source's nightly backup schedule, or forced by the tag. Any
+    other schedule's ticks (the reconciliation sweep's, say) wait."""
     if tags.get(IGNORE_BULK_HOURS_TAG, "").strip().lower() in _TRUE:
         return None
     if BACKFILL_TAG in tags:
         return "backfill runs"
     schedule = tags.get(SCHEDULE_NAME_TAG)
-    if schedule == nightly_schedule_name(job_name):
+    if schedule == nightly_schedule_name(SourceNames(source_alias, "").job):
         return None
     if schedule:
-        return f"runs of the schedule {schedule}"
+        return f"scheduled {job_name} runs"
     if SENSOR_NAME_TAG in tags:
-        return f"runs of the sensor {tags[SENSOR_NAME_TAG]}"
+        return f"{job_name} runs of the sensor {tags[SENSOR_NAME_TAG]}"
     return "manual runs"
 
 
@@ -101,7 +104,7 @@ def wait_for_window(
     Failure if the run is terminated while it waits."""
     if window.always:
         return
-    kind = paused_kind(context.run.tags, context.run.job_name)
+    kind = paused_kind(context.run.tags, source_alias, context.run.job_name)
     if kind is None:
         return
     current = now()
@@ -149,7 +152,7 @@ def between_requests(
 ) -> Callable[[Callable[[], None]], None] | None:
     """A transfer's between_requests hook pausing when the window closes mid-run (None when it never
     would: no cost per request)."""
-    if window.always or paused_kind(context.run.tags, context.run.job_name) is None:
+    if window.always or paused_kind(context.run.tags, source_alias, context.run.job_name) is None:
         return None
 
     def hook(release: Callable[[], None]) -> None:

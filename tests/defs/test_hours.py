@@ -133,15 +133,17 @@ def test_forced_and_nightly_runs_do_not_pause(clock: FakeClock, tags: dict[str, 
 
 
 def test_other_schedules_and_sensors_pause() -> None:
-    assert hours.paused_kind({hours.SCHEDULE_NAME_TAG: "ARIA_sweep"}, "ARIA_backup") == (
-        "runs of the schedule ARIA_sweep"
-    )
-    assert hours.paused_kind({hours.SENSOR_NAME_TAG: "sweep"}, "ARIA_backup") == "runs of the sensor sweep"
-    assert hours.paused_kind({hours.IGNORE_BULK_HOURS_TAG: "false"}, "ARIA_backup") == "manual runs"
+    kind = hours.paused_kind
+    # The sweep's own schedule follows the same <job>_schedule pattern but is not the nightly backup.
+    sweep = {hours.SCHEDULE_NAME_TAG: "ARIA_reconciliation_sweep_schedule"}
+    assert kind(sweep, "ARIA", "ARIA_reconciliation_sweep") == "scheduled ARIA_reconciliation_sweep runs"
+    assert kind({hours.SCHEDULE_NAME_TAG: "MIM_backup_schedule"}, "ARIA", "ARIA_backup") is not None
+    assert kind({hours.SCHEDULE_NAME_TAG: "ARIA_backup_schedule"}, "ARIA", "ARIA_backup") is None
+    assert kind({hours.SENSOR_NAME_TAG: "s"}, "ARIA", "ARIA_backup") == "ARIA_backup runs of the sensor s"
+    assert kind({hours.IGNORE_BULK_HOURS_TAG: "false"}, "ARIA", "ARIA_backup") == "manual runs"
     # A backfill launched from a schedule is still a backfill.
-    assert hours.paused_kind(
-        {hours.SCHEDULE_NAME_TAG: "ARIA_backup_schedule", BACKFILL_ID_TAG: "x"}, "ARIA_backup"
-    ) == ("backfill runs")
+    both = {hours.SCHEDULE_NAME_TAG: "ARIA_backup_schedule", BACKFILL_ID_TAG: "x"}
+    assert kind(both, "ARIA", "ARIA_backup") == "backfill runs"
 
 
 def test_inside_the_window_nothing_waits(clock: FakeClock) -> None:
