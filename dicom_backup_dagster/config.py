@@ -16,6 +16,7 @@ CLI: ``python -m dicom_backup_dagster.config check [--config PATH] [--environmen
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import difflib
 import ipaddress
 import os
@@ -33,6 +34,8 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib  # type: ignore[no-redef]
 
+from dicom_backup_dagster.backup.hours import EXAMPLE as BULK_HOURS_EXAMPLE
+from dicom_backup_dagster.backup.hours import WorkWindow, WorkWindowError, parse_work_window
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 from dicom_backup_dagster.notify.settings import (
@@ -203,10 +206,16 @@ class QRSource:
     #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
     #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
     max_find_results: int | None = None
+    #: When backfills, sweeps and manual runs may load this source (backup/hours.py); () = any time.
+    bulk_hours: tuple[str, ...] = ()
 
     @property
     def peer(self) -> Peer:
         return Peer(self.aet, self.ip, self.port)
+
+    def bulk_window(self, timezone: str) -> WorkWindow:
+        """bulk_hours in the site timezone (settings.timezone); validated when the file was loaded."""
+        return parse_work_window(self.bulk_hours, timezone)
 
 
 @dataclass(frozen=True)
@@ -730,6 +739,7 @@ _QR_KEYS = (
     "inventory",
     "relational",
     "max_find_results",
+    "bulk_hours",
 )
 _MOSAIQ_KEYS = (
     "type",
@@ -886,11 +896,52 @@ def _parse_qr_source(v: _Validator, env: str, alias: str, path: str, raw: dict, 
     )
     if max_find is None and "max_find_results" in raw:
         return None
-    if None in (aet, ip, port, level, transfer, max_assoc, inventory):
+    bulk_hours = _parse_bulk_hours(v, env, path, raw)
+    if None in (aet, ip, port, level, transfer, max_assoc, inventory, bulk_hours):
         return None
     return QRSource(
-        alias, kind, aet, ip, port, level, keys, transfer, max_assoc, inventory, relational, max_find
-    )  # type: ignore[arg-type]
+        alias,
+        kind,  # type: ignore[arg-type]
+        aet,  # type: ignore[arg-type]
+        ip,  # type: ignore[arg-type]
+        port,  # type: ignore[arg-type]
+        level,  # type: ignore[arg-type]
+        keys,
+        transfer,  # type: ignore[arg-type]
+        max_assoc,  # type: ignore[arg-type]
+        inventory,  # type: ignore[arg-type]
+        relational=relational,
+        max_find_results=max_find,
+        bulk_hours=bulk_hours,  # type: ignore[arg-type]
+    )
+
+
+def _parse_bulk_hours(v: _Validator, env: str, path: str, raw: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """A source's bulk_hours: one window string or an array of them; () when unset (any time)."""
+    if "bulk_hours" not in raw:
+        return ()
+    value = raw["bulk_hours"]
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list):
+        v.add(
+            env,
+            f"{path}.bulk_hours",
+            f"must be an array of strings, got {_type_name(value)}",
+            f"write it as {BULK_HOURS_EXAMPLE} (times in settings.timezone)",
+        )
+        return None
+    try:
+        parse_work_window(entries)
+    except WorkWindowError as error:
+        v.add(
+            env,
+            f"{path}.bulk_hours",
+            str(error),
+            f"write it as e.g. {BULK_HOURS_EXAMPLE} (times in settings.timezone), or remove it to allow "
+            "backfills at any time",
+        )
+        return None
+    return tuple(" ".join(e.split()) for e in entries)
 
 
 def _parse_mosaiq_source(
@@ -1845,6 +1896,11 @@ def _summary(site: SiteConfig) -> list[str]:
                 + (" relational" if src.relational else "")
                 + (f" max_find_results={src.max_find_results}" if src.max_find_results else "")
                 + (f" query_keys={sorted(src.query_keys)}" if src.query_keys else "")
+                + (
+                    f"; backfills, sweeps and manual runs only {src.bulk_window(s.timezone).describe()}"
+                    if src.bulk_hours
+                    else ""
+                )
             )
         else:
             where = (
@@ -1901,6 +1957,7 @@ def _warnings(site: SiteConfig) -> list[str]:
         for key, var in site.environment.notifications.env_vars().items()
         if not os.environ.get(var)
     ]
+    out.extend(_bulk_hours_warnings(site.environment))
     mosaiq = site.environment.mosaiq_sources
     if mosaiq:
         try:
@@ -1915,6 +1972,60 @@ def _warnings(site: SiteConfig) -> list[str]:
                     f"warning: {site.environment.name}.sources.{alias}.odbc_driver: ODBC driver "
                     f"{src.odbc_driver!r} is not installed here (installed: {', '.join(installed) or 'none'})"
                 )
+    return out
+
+
+def _cron_values(part: str, index: int) -> set[int]:
+    """The values one field of a cron expression (already checked by _cron_problem) matches."""
+    _label, low, high = _CRON_FIELDS[index]
+    names = _CRON_NAMES.get(index, {})
+
+    def number(token: str) -> int:
+        return int(token) if token.isdigit() else names[token.lower()]
+
+    out: set[int] = set()
+    for item in part.split(","):
+        base, _, step = item.partition("/")
+        if base == "*":
+            first, last = low, high
+        else:
+            a, dash, b = base.partition("-")
+            first = number(a)
+            last = number(b) if dash else (high if step else first)  # "5/15": from 5 every 15
+        out.update(range(first, last + 1, int(step or 1)))
+    return out
+
+
+def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
+    """Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
+    nightly tick outside bulk_hours may then wait for the window like the backfill does."""
+    minutes, hours, _dom, _month, weekdays = env.settings.schedule.split()
+    cron_days = {d % 7 for d in _cron_values(weekdays, 4)}  # cron: 0 and 7 are Sunday
+    out = []
+    for alias, src in env.qr_sources.items():
+        if not src.bulk_hours:
+            continue
+        window = src.bulk_window(env.settings.timezone)
+        monday = dt.datetime(2026, 1, 5, tzinfo=window.tzinfo)  # a week without DST changes (north)
+        outside = next(
+            (
+                tick
+                for day in range(7)
+                if (day + 1) % 7 in cron_days
+                for hour in sorted(_cron_values(hours, 1))
+                for minute in sorted(_cron_values(minutes, 0))
+                if not window.allows(tick := monday + dt.timedelta(days=day, hours=hour, minutes=minute))
+            ),
+            None,
+        )
+        if outside is not None:
+            out.append(
+                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule "
+                f"{env.settings.schedule!r} ({env.settings.timezone}) fires outside {alias}'s bulk hours "
+                f"(e.g. {outside:%a %H:%M}); nightly runs are never paused, but backfill or manual runs "
+                f"paused then hold {alias}'s pool slots and can delay the nightly run until the window "
+                "opens: move settings.schedule into the window or widen bulk_hours"
+            )
     return out
 
 

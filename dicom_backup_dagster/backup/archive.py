@@ -55,11 +55,13 @@ def archive_missing(
     level: str,
     uid_limit: int,
     spool_dir: Path,
+    between_requests: Callable[[Callable[[], None]], None] | None = None,
 ) -> ArchiveResult:
     """Write `plan.jsonl` and `archived.jsonl` in `folder` for the inventory at `inventory_path`.
 
     Raises ArchivePhaseError when the archive cannot be asked (before or after the transfer); DICOM errors
-    of the transfer itself are in `outcome.errors`, and the instances they concern are FAILED."""
+    of the transfer itself are in `outcome.errors`, and the instances they concern are FAILED.
+    `between_requests`: the transfer's hook before every request but the first (the clinic-hours pause)."""
     plan_path, out_path = folder / "plan.jsonl", folder / "archived.jsonl"
     started = time.monotonic()
     try:
@@ -82,6 +84,7 @@ def archive_missing(
         timeouts=timeouts,
         mode=mode,
         spool_dir=spool_dir,
+        between_requests=between_requests,
     )
     transferred = time.monotonic()
     try:

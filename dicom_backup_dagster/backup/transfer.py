@@ -301,9 +301,14 @@ def transfer(
     store_batch: int = 200,
     max_consecutive_errors: int = 3,
     on_progress: Callable[[TransferOutcome], None] | None = None,
+    between_requests: Callable[[Callable[[], None]], None] | None = None,
 ) -> TransferOutcome:
     """Send every PENDING instance of `plan` to `archive`. Never raises for DICOM errors: they are in
-    `outcome.errors` (the last one is `outcome.fatal` when it stopped the transfer)."""
+    `outcome.errors` (the last one is `outcome.fatal` when it stopped the transfer).
+
+    `between_requests(release)` is called before every request but the first and may block (clinic hours);
+    before a long wait it calls `release()`, which stores the spooled batch and closes the association to
+    the source (the next request opens a new one)."""
     outcome = TransferOutcome(bytes=0 if mode == "c-get" else None)
     if mode == "c-get":
         if spool_dir is None:
@@ -355,10 +360,19 @@ def transfer(
             outcome.reported_failed_uids.update(o.sop_instance_uid for o in result.failed)
         return True
 
+    def release() -> None:
+        if mode == "c-get":
+            submit()
+        session.close()
+
     def request_all() -> None:
         consecutive = 0
         for study, entries in by_study(plan):
             for series, uids, expected in _requests(entries):
+                if between_requests is not None and outcome.requests:
+                    between_requests(release)
+                    if outcome.stopped_early:  # the archive went away while the batch was stored
+                        return
                 outcome.requests += 1
                 outcome.requested_instances += expected
                 started = time.monotonic()

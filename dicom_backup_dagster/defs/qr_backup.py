@@ -82,6 +82,7 @@ from dicom_backup_dagster.defs.common import (
     is_backfill_run,
     uids_metadata,
 )
+from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
@@ -121,6 +122,7 @@ def build_source_backup(
     archive = env.main_target.peer
     move_destination = env.main_target.aet
     what = f"{source.type.upper()} {source.peer}"
+    window = source.bulk_window(settings.timezone)
 
     @asset(
         key=names.inventory,
@@ -143,6 +145,7 @@ def build_source_backup(
     def inventory(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> MaterializeResult:
+        wait_for_window(context, source.alias, window)  # backfills and manual runs: only in bulk_hours
         days = RunDays(tuple(context.partition_keys))
         backfill = is_backfill_run(context)
         first, last = days.study_dates(0 if backfill else settings.lookback_days)
@@ -256,6 +259,7 @@ def build_source_backup(
     def archived(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> MaterializeResult:
+        wait_for_window(context, source.alias, window)
         days = RunDays(tuple(context.partition_keys))
         partition = days.label
         folder = backup_storage.partition_dir(context.instance, source.alias, partition)
@@ -286,6 +290,7 @@ def build_source_backup(
                 spool_dir=backup_storage.spool_dir(
                     context.instance, source.alias, context.run.run_id, "transfer"
                 ),
+                between_requests=between_requests(context, source.alias, window),
             )
         except ArchivePhaseError as failed:
             raise backup_failure(source.alias, failed.phase, partition, failed.error) from failed

@@ -23,6 +23,12 @@ if TYPE_CHECKING:  # not exported by dagster's top-level package in 1.13
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 
+def nightly_schedule_name(job_name: str) -> str:
+    """The name of the schedule backup_job_and_schedule makes for `job_name` (defs/hours.py tells nightly
+    runs by it)."""
+    return f"{job_name}_schedule"
+
+
 def backup_job_and_schedule(
     job_name: str,
     source_alias: str,
@@ -45,7 +51,7 @@ def backup_job_and_schedule(
     # A plain cron schedule rather than build_schedule_from_partitioned_job, which only takes hour/minute
     # fields for time-partitioned jobs: settings.schedule is a full cron expression.
     @schedule(
-        name=f"{job_name}_schedule",
+        name=nightly_schedule_name(job_name),
         job=job,
         cron_schedule=settings.schedule,
         execution_timezone=settings.timezone,

@@ -58,6 +58,7 @@ from dicom_backup_dagster.defs.common import (
     find_session,
     uids_metadata,
 )
+from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
@@ -118,6 +119,7 @@ def build_source_sweep(
     archive = env.main_target.peer
     key = sweep_key(source.alias)
     study_keys = split_query_keys(source.query_keys)[0]
+    window = source.bulk_window(settings.timezone)
 
     @asset(
         key=key,
@@ -159,6 +161,7 @@ def build_source_sweep(
         dicom: DicomNetwork,
         backup_storage: BackupStorage,
     ) -> MaterializeResult:
+        wait_for_window(context, source.alias, window)  # a sweep loads the source only in its bulk_hours
         started = time.monotonic()
         now = dt.datetime.now(dt.UTC)
         tonight = _as_of(config, now, env)
@@ -208,6 +211,7 @@ def build_source_sweep(
         failed_uids: list[str] = []
         errors: list[str] = []
         for number, batch in enumerate(batches(chosen, BATCH_STUDIES)):
+            wait_for_window(context, source.alias, window)
             folder = backup_storage.partition_dir(
                 context.instance, source.alias, f"{label}/{context.run.run_id}/{number:04d}"
             )
@@ -235,6 +239,7 @@ def build_source_sweep(
                     spool_dir=backup_storage.spool_dir(
                         context.instance, source.alias, context.run.run_id, f"sweep-{number:04d}"
                     ),
+                    between_requests=between_requests(context, source.alias, window),
                 )
             except DicomError as error:
                 raise failure("inventory (C-FIND)", error) from error

@@ -656,3 +656,45 @@ def test_bad_late_data_and_sweep_settings_name_the_key(write_config: Writer) -> 
     assert "SITE_A.sources.MIM.relational" in text and "true or false" in text
     assert "SITE_A.settings.sweep_nights" in text
     assert "SITE_A.settings.sweep_schedule" in text
+
+
+# ---------------------------------------------------------------------------------------------- bulk_hours
+
+
+def test_bulk_hours_defaults_to_any_time_and_accepts_a_string_or_an_array(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["settings"] = {"timezone": "America/New_York"}
+    data["SITE_A"]["sources"]["ARIA"]["bulk_hours"] = ["Mon-Fri  19:00-07:00", "Sat-Sun 00:00-24:00"]
+    data["SITE_A"]["sources"]["MIM"]["bulk_hours"] = "Fri 19:00 - Mon 07:00"
+    env = load_config(write_config(data)).environment
+    aria, mim = env.sources["ARIA"], env.sources["MIM"]
+    assert isinstance(aria, QRSource) and isinstance(mim, QRSource)
+    assert aria.bulk_hours == ("Mon-Fri 19:00-07:00", "Sat-Sun 00:00-24:00")
+    assert mim.bulk_hours == ("Fri 19:00 - Mon 07:00",)
+    window = aria.bulk_window(env.settings.timezone)
+    assert window.describe() == "weekdays 19:00-07:00 next day and all weekend, America/New_York"
+    unset = load_config(write_config(valid_config())).environment.sources["ARIA"]
+    assert isinstance(unset, QRSource) and unset.bulk_hours == () and unset.bulk_window("UTC").always
+
+
+@pytest.mark.parametrize(
+    ("value", "fragments"),
+    [
+        (["Mon-Fri 7pm-7am"], ("'Mon-Fri 7pm-7am' is not a window", 'bulk_hours = ["Mon-Thu 19:00-07:00"')),
+        (["Mon-Fri 19:00-07:00", "Sun 25:00-26:00"], ("'25:00' is not a time of day", "settings.timezone")),
+        ({"start": "19:00"}, ("must be an array of strings, got a table",)),
+        ([19], ("is not a string; write each window in quotes",)),
+    ],
+)
+def test_bad_bulk_hours_name_the_key_and_an_example(
+    write_config: Writer, value: Any, fragments: tuple[str, ...]
+) -> None:
+    data = valid_config()
+    data["SITE_A"]["sources"]["ARIA"]["bulk_hours"] = value
+    issue(load_error(write_config, data), "SITE_A.sources.ARIA.bulk_hours", *fragments)
+
+
+def test_bulk_hours_is_not_a_mosaiq_key(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["sources"]["MOSAIQ"]["bulk_hours"] = ["Mon-Fri 19:00-07:00"]
+    issue(load_error(write_config, data), "SITE_A.sources.MOSAIQ.bulk_hours", "unknown key 'bulk_hours'")
