@@ -119,7 +119,7 @@ def build_source_sweep(
     archive = env.main_target.peer
     key = sweep_key(source.alias)
     study_keys = split_query_keys(source.query_keys)[0]
-    window = source.bulk_window(settings.timezone)
+    bulk_window = source.bulk_window(settings.timezone)
 
     @asset(
         key=key,
@@ -161,7 +161,7 @@ def build_source_sweep(
         dicom: DicomNetwork,
         backup_storage: BackupStorage,
     ) -> MaterializeResult:
-        wait_for_window(context, source.alias, window)  # a sweep loads the source only in its bulk_hours
+        wait_for_window(context, source.alias, bulk_window)  # a sweep loads the source only in its bulk_hours
         started = time.monotonic()
         now = dt.datetime.now(dt.UTC)
         tonight = _as_of(config, now, env)
@@ -211,7 +211,7 @@ def build_source_sweep(
         failed_uids: list[str] = []
         errors: list[str] = []
         for number, batch in enumerate(batches(chosen, BATCH_STUDIES)):
-            wait_for_window(context, source.alias, window)
+            wait_for_window(context, source.alias, bulk_window)
             folder = backup_storage.partition_dir(
                 context.instance, source.alias, f"{label}/{context.run.run_id}/{number:04d}"
             )
@@ -239,7 +239,7 @@ def build_source_sweep(
                     spool_dir=backup_storage.spool_dir(
                         context.instance, source.alias, context.run.run_id, f"sweep-{number:04d}"
                     ),
-                    between_requests=between_requests(context, source.alias, window),
+                    between_requests=between_requests(context, source.alias, bulk_window),
                 )
             except DicomError as error:
                 raise failure("inventory (C-FIND)", error) from error
