@@ -212,6 +212,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Couch_Lng", DEC),
         ("Couch_Ang", DEC),
         ("Couch_Ang_Dir_Enum", TINY),
+        ("Couch_Top", DEC),
+        ("Couch_Top_Dir_Enum", TINY),
         ("Meterset_Rate", DEC),
     ],
     "Dose_Hst": [
@@ -579,6 +581,8 @@ def fill(
                     Field_X=_d((cp.jaw_x[1] - cp.jaw_x[0]) / 10),
                     Field_Y=_d((cp.jaw_y[1] - cp.jaw_y[0]) / 10),
                     Couch_Ang_Dir_Enum=0,
+                    Couch_Top=_d(0.0),
+                    Couch_Top_Dir_Enum=0,
                 )
         deliveries = list(p.deliveries)
         extra: list[tuple[Any, bool]] = [(d, False) for d in deliveries]
