@@ -85,10 +85,16 @@ class ProbeReport:
             self.missing_tables or self.missing_required or self.override_problems or self.query_problems
         )
 
+    def _missing_columns(self) -> list[Column]:
+        """Missing required columns of tables that exist (a missing table is one line, not one per column)."""
+        return [c for c in self.missing_required if c.table not in self.missing_tables]
+
     def problems(self) -> list[str]:
         """One line per reason a night would not run."""
         out = [f"table {t} is missing" for t in self.missing_tables]
-        out += [f"column {c.table}.{c.name} is missing (needed for {c.feeds})" for c in self.missing_required]
+        out += [
+            f"column {c.table}.{c.name} is missing (needed for {c.feeds})" for c in self._missing_columns()
+        ]
         out += [f"override {n!r} does not parse: {why}" for n, why in self.override_problems.items()]
         out += [f"query {n!r} does not run: {why}" for n, why in self.query_problems.items()]
         return out
@@ -99,7 +105,7 @@ class ProbeReport:
         present_required = self.checked_required - len(self.missing_required)
         out.append(f"Required columns: {present_required} of {self.checked_required} present")
         out += [f"  MISSING table {t}" for t in self.missing_tables]
-        out += [f"  MISSING {c.table}.{c.name} (needed for {c.feeds})" for c in self.missing_required]
+        out += [f"  MISSING {c.table}.{c.name} (needed for {c.feeds})" for c in self._missing_columns()]
         present_optional = self.checked_optional - len(self.left_out)
         out.append(f"Optional columns: {present_optional} of {self.checked_optional} present")
         out += [f"  left out: {c.table}.{c.name} -> {c.feeds} is not written" for c in self.left_out]
@@ -119,6 +125,8 @@ class ProbeReport:
                 out.append(f"Query {name!r}: DOES NOT RUN: {self.query_problems[name]}")
             elif name in self.queries:
                 out.append(f"Query {name!r}: runs (tried on an empty window)")
+            elif name in self.override_problems:
+                out.append(f"Query {name!r}: not tried (its override does not parse)")
             else:
                 out.append(f"Query {name!r}: not tried (fix the missing columns first)")
         if self.ok:
@@ -227,6 +235,8 @@ def probe(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -
         if all(n in valid for n in names):
             continue  # every query of the group is the site's own
         for col in (c for c in COLUMNS if c.queries == group):
+            if col.table == "TxFieldPoint_Hst" and not col.required:
+                continue  # an as-treated value the site lacks comes from the plan: `from_planned` below
             if col.required:
                 report.checked_required += 1
             else:
@@ -243,7 +253,7 @@ def probe(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -
             if col.required:
                 report.missing_required.append(col)
                 blocked.add(group)
-            elif col.table != "TxFieldPoint_Hst":  # those fall back to the plan, listed below
+            else:
                 report.left_out.append(col)
     if cat.table("TxFieldPoint_Hst") is not None:
         report.from_planned = [

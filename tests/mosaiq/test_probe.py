@@ -159,7 +159,7 @@ def test_an_unparsable_override_is_reported_and_blocks(connect_db: Any) -> None:
     assert any(
         line.startswith("Override 'nightly_extra': DOES NOT PARSE: unknown query name") for line in lines
     )
-    assert "Query 'deliveries': not tried (fix the missing columns first)" in lines
+    assert "Query 'deliveries': not tried (its override does not parse)" in lines
 
 
 def test_an_override_that_parses_but_does_not_run_is_reported(connect_db: Any) -> None:
