@@ -12,7 +12,7 @@ Every Dose_Hst row in the window ends up in exactly one of three lists, so nothi
 - ``skipped``: imaging-only fields (kV Setup, CT, MV CT: `enums.field_type(...).makes_record` False),
   which by design make no treatment record;
 - ``quarantined``: the row cannot make a valid record. The reason names database keys (DHS_ID, FLD_ID,
-  Pat_ID1, SIT_ID, RTP_ID), column names and enumeration codes only, never PHI. Causes found here: no
+  Pat_ID1, SIT_ID), column names and enumeration codes only, never PHI. Causes found here: no
   Patient or Site row, neither a TxField nor a Fld_Hst row, no control points, a value of the wrong type
   (`RecordValueError`), joins that matched several rows that disagree, and a missing plan (below).
   Causes found when rendering (unknown Modality_Enum, NULL angle at control point 0, ...) come from
@@ -21,30 +21,30 @@ Every Dose_Hst row in the window ends up in exactly one of three lists, so nothi
 QA-mode deliveries (``TrackTreatment.WasQAMode = 1``) are excluded by the query: they are not patient
 treatments and are not backed up.
 
-Decision, a plan UID that Mosaiq references but the DCM tables lack (``TxField.RTP_ID`` -> ``RtPlan``
-with a ``Plan_UID`` that has no DCMInstance -> DCMSeries -> DCMStudy chain, or an RTP_ID without an RtPlan
-row): **quarantine** by default (``on_missing_plan="quarantine"``). Reason: the record's study and series
-UIDs come from the plan (`dicom.rt_record.record_uids`); a record made without the plan would get
-patient-derived study/series UIDs, and once Mosaiq's DCM rows appear a re-run (lookback) would send the
-same SOP Instance UID in another study, which Orthanc stores as a second instance. Quarantined rows are
-retried by every run whose window covers them, and the count is reported, so the gap is visible and
-closes by itself when the source is fixed. ``on_missing_plan="omit_reference"`` instead makes the
-record with an empty ReferencedRTPlanSequence (Type 2, zero items is valid) and lists the DHS_ID in
-``plan_missing``, for sites that prefer a record now over referential consistency. A field that
-references no plan at all (``RTP_ID`` NULL, or an RtPlan row with a NULL ``Plan_UID``: a field made in
-Mosaiq itself) is not an error: its record has an empty ReferencedRTPlanSequence either way.
+Decision, a plan that Mosaiq references but the DCM tables lack (``TxField.OriginalPlanUID`` with no
+``DCMInstance.SOPInstanceUID`` row, or one without its DCMSeries -> DCMStudy chain): **quarantine** by
+default (``on_missing_plan="quarantine"``). Reason: the record's study comes from the plan
+(`dicom.rt_record.record_uids`); a record made without the plan would get a patient-derived study UID,
+and once Mosaiq's DCM rows appear a re-run (lookback) would send the same SOP Instance UID in another
+study, which Orthanc stores as a second instance. Quarantined rows are retried by every run whose window
+covers them, and the count is reported, so the gap is visible and closes by itself when the source is
+fixed. ``on_missing_plan="omit_reference"`` instead makes the record with an empty
+ReferencedRTPlanSequence (Type 2, zero items is valid) and lists the DHS_ID in ``plan_missing``. A field
+with a blank ``OriginalPlanUID`` (made in Mosaiq itself, not imported from a planning system) is not an
+error: its record has an empty ReferencedRTPlanSequence either way.
 
 Column mapping (by result-column name, case-insensitive, so an override may reorder columns; every column
 except DHS_ID and Tx_DtTm, and DHS_ID and Point for control points, may be absent and then reads as
-NULL). Optional header columns an override may add: ``MLC_Leaves`` (leaf pairs; without it the leaf
-count is taken from the leaf-set length), ``Prefix``, ``Suffix``, ``Machine_Manufacturer``,
-``Machine_Model``, ``Machine_Serial_Number``, ``Machine_Institution``, ``Plan_Study_ID``,
-``Plan_Accession_Number``, ``Plan_Referring_Physician``. Control-point columns are those of
-`records.ControlPoint` (``Couch_Top``, ``Couch_Pitch``, ``Couch_Roll`` and their ``*_Dir_Enum`` too).
-Field choices (unverified on a live Mosaiq): label, name, meterset and type come from the as-treated
-Fld_Hst when present, else TxField; ``Dyn_Wedge`` non-blank -> one DYNAMIC wedge, else ``Wdg_Appl``
-non-blank -> one STANDARD wedge, else none; ``Block``/``Bolus`` bits 0 -> 0, 1 -> unknown count
-(empty Type 2); ``Comp_Fda`` blank -> 0, otherwise unknown; ``Patient.Gender`` -> PatientSex.
+NULL: that is how an optional column the site's Mosaiq lacks leaves its attribute out). The default
+columns and their public evidence are `queries.COLUMNS` (docs/decisions/mosaiq-columns.md). Header
+columns only an override can add: ``MLC_Leaves`` (leaf pairs; without it the count is taken from the
+leaf-set length), ``Prefix``, ``Machine_Manufacturer``, ``Machine_Model``, ``Machine_Serial_Number``,
+``Machine_Institution``, ``Plan_Accession_Number``, ``Plan_Referring_Physician``, and an as-treated field
+snapshot ``Hst_Field_Label``/``Hst_Field_Name``/``Hst_Field_Meterset``/``Hst_Type_Enum`` (preferred over
+TxField when present). Control-point columns are those of `records.ControlPoint`. Field choices
+(unverified on a live Mosaiq): ``Dyn_Wedge`` non-blank -> one DYNAMIC wedge, else ``Wdg_Appl`` non-blank
+-> one STANDARD wedge, else none; ``Block``/``Bolus``: 0 -> 0, else unknown count (empty Type 2);
+``Comp_Fda`` blank -> 0, otherwise unknown; ``Patient.Sex`` (MALE/FEMALE/M/F/O) -> PatientSex.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ from dicom_backup_dagster.dicom.rt_record import (
 )
 from dicom_backup_dagster.mosaiq import enums
 from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from dicom_backup_dagster.mosaiq.queries import resolve_queries, treatment_window
+from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe_or_raise
+from dicom_backup_dagster.mosaiq.queries import MosaiqQueryError, treatment_window
 from dicom_backup_dagster.mosaiq.records import (
     ControlPoint,
     Delivery,
@@ -82,6 +83,7 @@ from dicom_backup_dagster.mosaiq.records import (
 __all__ = [
     "DeliveryBatch",
     "MosaiqQueryError",
+    "MosaiqSchemaError",
     "Quarantined",
     "RenderBatch",
     "Skipped",
@@ -93,11 +95,6 @@ __all__ = [
 
 MissingPlan = Literal["quarantine", "omit_reference"]
 FETCH_SIZE = 2000
-
-
-class MosaiqQueryError(Exception):
-    """A query failed or returned an unusable shape. Names the query and SQLSTATE plus the driver's text
-    (which is about the statement, not the rows; the connection string never reaches it)."""
 
 
 @dataclass(frozen=True)
@@ -222,10 +219,16 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def _count_from_bit(value: Any, column: str) -> int | None:
-    """A presence bit as a count: 0 -> 0; 1 -> None (present, number unknown); NULL -> None."""
-    flag = to_int(value, column)
-    return 0 if flag == 0 else None
+def _count_from_flag(value: Any) -> int | None:
+    """An accessory column as a count. Mosaiq's TxField.Block/Bolus are VARCHAR (a code or name, per a
+    real Mosaiq's column list), older schemas hold a bit: blank or 0 -> 0 (none); NULL -> None (unknown);
+    anything else -> None (present, number unknown: written as an empty Type 2 value)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, int)):
+        return 0 if int(value) == 0 else None
+    text = to_text(value)
+    return 0 if text is None or text == "0" else None
 
 
 #: Result columns of the ``deliveries`` query read by name (see the module docstring).
@@ -233,12 +236,12 @@ _HEADER_COLUMNS = (
     "DHS_ID", "Pat_ID1", "SIT_ID", "FLD_ID", "Tx_DtTm", "Fractions_Tx", "Meterset", "MetersetUnit_Enum",
     "Modality_Enum", "Energy", "Energy_Unit_Enum", "Termination_Status_Enum",
     "Termination_Verify_Status_Enum", "Machine_ID_Staff_ID", "Patient_Pat_ID1", "Last_Name",
-    "First_Name", "Middle_Name", "Prefix", "Suffix", "Birth_DtTm", "Gender", "IDA", "Machine_Name",
+    "First_Name", "Middle_Name", "Prefix", "Suffix", "Birth_DtTm", "Sex", "IDA", "Machine_Name",
     "Machine_Manufacturer", "Machine_Model", "Machine_Serial_Number", "Machine_Institution",
     "Site_SIT_ID", "SIT_SET_ID", "Fractions", "Patient_Orient", "TxField_FLD_ID", "Field_Label",
     "Field_Name", "Type_Enum", "Field_Modality_Enum", "Field_Meterset", "Sad", "Beam_Number",
-    "MLC_Leaves", "Dyn_Wedge", "Wdg_Appl", "Block", "Comp_Fda", "Bolus", "RTP_ID", "FHS_ID",
-    "Hst_Field_Label", "Hst_Field_Name", "Hst_Field_Meterset", "Hst_Type_Enum", "RtPlan_RTP_ID",
+    "MLC_Leaves", "Dyn_Wedge", "Wdg_Appl", "Block", "Comp_Fda", "Bolus", "FHS_ID",
+    "Hst_Field_Label", "Hst_Field_Name", "Hst_Field_Meterset", "Hst_Type_Enum",
     "Plan_UID", "Plan_SOP_Instance_UID", "Plan_Series_UID", "Plan_Study_UID", "Plan_Study_DtTm",
     "Plan_Study_Description", "Plan_Study_ID", "Plan_Accession_Number", "Plan_Referring_Physician",
 )  # fmt: skip
@@ -297,22 +300,22 @@ class _HeaderParser:
 
         plan: PlanReference | None = None
         plan_missing = False
-        rtp_id = to_int(g["RTP_ID"], "TxField.RTP_ID")
-        if rtp_id is not None:
-            if g["RtPlan_RTP_ID"] is None:
-                plan_missing = True
-                why = f"TxField FLD_ID {fld_key} references RTP_ID {rtp_id}, which has no RtPlan row"
-            elif _blank(g["Plan_UID"]):
-                why = ""  # a plan without a DICOM UID (made in Mosaiq): nothing to reference
-            elif g["Plan_SOP_Instance_UID"] is None or _blank(g["Plan_Study_UID"]):
+        plan_uid = to_text(g["Plan_UID"])  # TxField.OriginalPlanUID is CHAR: space padded
+        if plan_uid is not None:
+            if g["Plan_SOP_Instance_UID"] is None or _blank(g["Plan_Study_UID"]):
                 plan_missing = True
                 why = (
-                    f"RtPlan RTP_ID {rtp_id} references an RT Plan that DCMInstance/DCMSeries/DCMStudy "
-                    "do not hold"
+                    f"TxField FLD_ID {fld_key} references an RT Plan (TxField.OriginalPlanUID) that "
+                    "DCMInstance/DCMSeries/DCMStudy do not hold"
                 )
+                if self.on_missing_plan == "quarantine":
+                    return quarantine(
+                        why + " (record not made: its study/series would change once the plan appears; "
+                        "fix the DCM tables or set on_missing_plan='omit_reference')"
+                    )
             else:
                 plan = PlanReference(
-                    sop_instance_uid=g["Plan_SOP_Instance_UID"],
+                    sop_instance_uid=plan_uid,
                     study_instance_uid=g["Plan_Study_UID"],
                     series_instance_uid=g["Plan_Series_UID"],
                     study_datetime=g["Plan_Study_DtTm"],
@@ -323,13 +326,8 @@ class _HeaderParser:
                 )
                 if not (is_valid_uid(plan.sop_instance_uid) and is_valid_uid(plan.study_instance_uid)):
                     return quarantine(
-                        f"RtPlan RTP_ID {rtp_id}: the plan or study UID is not a valid DICOM UID"
+                        f"TxField FLD_ID {fld_key}: the plan or study UID is not a valid DICOM UID"
                     )
-            if plan_missing and self.on_missing_plan == "quarantine":
-                return quarantine(
-                    why + " (record not made: its study/series would change once the plan appears; "
-                    "fix the DCM tables or set on_missing_plan='omit_reference')"
-                )
 
         dyn_wedge, wedge = g["Dyn_Wedge"], g["Wdg_Appl"]
         if not _blank(dyn_wedge):
@@ -351,8 +349,8 @@ class _HeaderParser:
             beam_number=g["Beam_Number"],
             number_of_wedges=wedges,
             wedge_type=wedge_type,
-            number_of_blocks=_count_from_bit(g["Block"], "TxField.Block"),
-            number_of_boli=_count_from_bit(g["Bolus"], "TxField.Bolus"),
+            number_of_blocks=_count_from_flag(g["Block"]),
+            number_of_boli=_count_from_flag(g["Bolus"]),
             number_of_compensators=None if comp is None else (0 if _blank(comp) else None),
         )
         patient = Patient(
@@ -364,7 +362,7 @@ class _HeaderParser:
             prefix=g["Prefix"],
             suffix=g["Suffix"],
             birth_date=g["Birth_DtTm"],
-            sex=to_text(g["Gender"]),
+            sex=to_text(g["Sex"]),
         )
         machine = Machine(
             staff_id=g["Machine_ID_Staff_ID"],
@@ -439,14 +437,16 @@ def iter_deliveries(
     """Yield a `Delivery`, `Quarantined` or `Skipped` for every non-QA Dose_Hst row with
     ``start <= Tx_DtTm < end``. ``queries``: the site's overrides (``Settings.mosaiq_queries``), validated
     by `queries.resolve_queries`. ``stats`` (optional) receives row counts and ``plan_missing``.
-    Raises `MosaiqQueryError` if a query fails or returns an unusable shape (then discard what was
-    already yielded for this window), `queries.QueryOverrideError` for a bad override."""
+    Runs `probe.probe` first and raises `probe.MosaiqSchemaError` (a `MosaiqQueryError`) listing every
+    missing table/column and every override that does not parse or run. Raises `MosaiqQueryError` if a
+    query fails later or returns an unusable shape (then discard what was already yielded)."""
     if on_missing_plan not in ("quarantine", "omit_reference"):
         raise ValueError("on_missing_plan must be 'quarantine' or 'omit_reference'")
-    sql = resolve_queries(queries)
     params = (start, end)
     stats = stats if stats is not None else DeliveryBatch()
     _prepare_connection(conn)
+    # The probe first: a missing column or an override that does not run fails here with the whole list.
+    sql = probe_or_raise(conn, queries)
 
     cursor = _execute(conn, "deliveries", sql["deliveries"], params)
     parser = _HeaderParser(_Columns(cursor.description, "deliveries", ("DHS_ID", "Tx_DtTm")), on_missing_plan)
@@ -468,7 +468,7 @@ def iter_deliveries(
                 outcome=Quarantined(
                     header.dhs_id,
                     f"DHS_ID {header.dhs_id}: the joins matched several rows that differ (duplicate Ident, "
-                    "Fld_Hst, RtPlan or DCM rows)",
+                    "Fld_Hst or DCM rows)",
                 ),
             )
     cursor.close()

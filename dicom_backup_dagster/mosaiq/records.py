@@ -3,7 +3,8 @@
 One `Delivery` = one ``Dose_Hst`` row (DHS_ID) with everything needed to write one DICOM RT Beams
 Treatment Record (PS3.3 A.29): the patient, the treatment machine (a ``Staff`` row), the site
 (prescription), the field (``TxField``), the as-treated control points (``TxFieldPoint_Hst`` via
-``Fld_Hst``, or ``TxFieldPoint``), and the referenced RT Plan (``DCMStudy``/``DCMSeries``/``RtPlan``).
+``Fld_Hst``, or ``TxFieldPoint``), and the referenced RT Plan (``TxField.OriginalPlanUID``,
+``DCMInstance``/``DCMSeries``/``DCMStudy``).
 
 Values are normalised on construction so every ODBC driver looks the same: the SQLite3 ODBC driver
 returns DECIMAL as ``str`` and FreeTDS/psqlODBC as ``Decimal`` (research dicom.md 8.3), so numbers
@@ -276,9 +277,9 @@ class Field:
         "type_enum": ("int", "TxField.Type_Enum"),
         "modality_enum": ("int", "TxField.Modality_Enum"),
         "meterset": ("decimal", "TxField.Meterset"),
-        "sad_cm": ("decimal", "TxField.SAD"),
+        "sad_cm": ("decimal", "TxField.Sad"),
         "mlc_leaves": ("int", "TxFieldPoint.MLC_Leaves"),
-        "beam_number": ("int", "RT plan BeamNumber"),
+        "beam_number": ("int", "TxField.OriginalBeamNumber"),
         "number_of_wedges": ("int", "TxField.Wdg_Appl"),
         "wedge_type": ("text", "wedge type"),
         "number_of_blocks": ("int", "TxField.Block"),
@@ -361,7 +362,8 @@ class ControlPoint:
 
 @dataclass(frozen=True, kw_only=True)
 class PlanReference:
-    """The RT Plan the field belongs to (``DCMStudy``/``DCMSeries``/``DCMInstance``/``RtPlan``).
+    """The RT Plan the field belongs to (``TxField.OriginalPlanUID`` ->
+    ``DCMInstance``/``DCMSeries``/``DCMStudy``).
 
     The record joins the plan's study (General Study module) but gets its own RTRECORD series.
     Study ID/description can carry free text, so repr shows UIDs only.
@@ -377,12 +379,12 @@ class PlanReference:
     referring_physician: str | None = field(default=None, repr=False)
 
     _COLUMNS: ClassVar[dict[str, tuple[str, str]]] = {
-        "sop_instance_uid": ("text", "RtPlan SOPInstanceUID"),
-        "study_instance_uid": ("text", "DCMStudy.Study_UID"),
-        "series_instance_uid": ("text", "DCMSeries.Series_UID"),
-        "study_id": ("text", "StudyID"),
-        "study_description": ("text", "StudyDescription"),
-        "study_datetime": ("datetime", "Study_DtTm"),
+        "sop_instance_uid": ("text", "TxField.OriginalPlanUID"),
+        "study_instance_uid": ("text", "DCMStudy.StudyInstanceUID"),
+        "series_instance_uid": ("text", "DCMSeries.SeriesInstanceUID"),
+        "study_id": ("text", "DCMStudy.StudyID"),
+        "study_description": ("text", "DCMStudy.StudyDescription"),
+        "study_datetime": ("datetime", "DCMStudy.Study_DtTm"),
         "accession_number": ("text", "AccessionNumber"),
         "referring_physician": ("text", "ReferringPhysician"),
     }

@@ -1,25 +1,33 @@
 """A Mosaiq-shaped database holding the synthetic patients' delivery history, written through pyodbc.
 
-Table and column names follow the public Mosaiq code studied in research/dicom.md section 8 (pymedphys and
-institutional reporting SQL): Patient, Ident, Staff (users *and* machines), Site, SiteSetup, TxField,
-TxFieldPoint, Dose_Hst, Fld_Hst, TxFieldPoint_Hst, TrackTreatment. DCMStudy/DCMSeries/DCMInstance exist in
-Mosaiq, but no public code shows their columns, so the columns here are our guess (marked UNVERIFIED in
-SCHEMA), as is RtPlan, the table that links a prescription site to the DICOM RT Plan it was imported from.
-The database is created and filled THROUGH pyodbc (the SQLite3 ODBC driver by default), so the production
-pyodbc code path is what reads it.
+The schema is rebuilt from public evidence, not from our queries (docs/decisions/mosaiq-columns.md):
+every table and column here appears in SQL written against a live Mosaiq (taznux/RadOncBackupSystem
+src/data_sources/mosaiq.py), in pymedphys' Mosaiq queries (lib/pymedphys/_mosaiq/delivery.py,
+lib/pymedphys/_experimental/chartchecks/helpers.py), or in the column list pymedphys exported from a
+real Mosaiq (lib/pymedphys/_mosaiq/mock/data/types_map.toml); only the first column of TxFieldPoint_Hst
+(TFPH_ID, a row key nothing reads) is ours. Where the sources disagree the sandbox follows the exported
+column list: its Patient table has no ``Sex`` column (the original's SQL reads ``Patient.Sex``), so a
+sandbox night runs with PatientSex left empty, the optional-column fallback a site may meet. Fld_Hst and
+TxFieldPoint_Hst hold only the columns public code reads from them; the as-treated control points'
+other values come from TxFieldPoint. The database is created and filled THROUGH pyodbc (the SQLite3 ODBC
+driver by default), so the production pyodbc code path is what reads it.
 
 Conventions (tested against the synthetic RTPLANs in tests/sandbox/test_mosaiq_db.py):
 - Pat_ID1 = 10000 + patient number; Ident.IDA = the DICOM PatientID ("SBX0001").
 - One Site (SIT_ID = SIT_SET_ID = patient number * 10) and one SiteSetup (SIS_ID = same) per patient.
 - TxField: one row per RTPLAN beam, FLD_ID = patient number * 100 + BeamNumber, Version 0;
   Field_Label = str(BeamNumber), Field_Name = BeamName, Meterset = BeamMeterset (MU),
-  Type_Enum 2 (StepNShoot) for STATIC beams and 13 (VMAT) for DYNAMIC ones, RTP_ID -> RtPlan.
+  Type_Enum 2 (StepNShoot) for STATIC beams and 13 (VMAT) for DYNAMIC ones, OriginalPlanUID = the
+  RTPLAN's SOP Instance UID, OriginalBeamNumber/OriginalBeamName = BeamNumber/BeamName.
+- DCMStudy/DCMSeries/DCMInstance hold the RTPLAN (DCMInstance.SOPInstanceUID = the plan UID); RtPlan
+  links to its DCMInstance row.
 - TxFieldPoint: one row per control point; Point = ControlPointIndex, [Index] = CumulativeMetersetWeight;
   Gantry_Ang/Coll_Ang/Couch_Ang in degrees; Coll_X1/X2/Y1/Y2 (jaws) in cm; A_Leaf_Set/B_Leaf_Set = the
   DICOM MLCX bank A / bank B positions in 1/100 cm (= mm * 10) as little-endian int16, one per leaf pair.
 - Dose_Hst: one row per delivered beam per fraction (Fractions_Tx = fraction number) at the synthetic
-  treatment times; Fld_Hst (FHS_ID = DHS_ID) and TxFieldPoint_Hst are the as-treated snapshots of the
-  field and its control points; TrackTreatment has one row per beam-delivery attempt (DHS_ID links).
+  treatment times; Fld_Hst (FHS_ID = DHS_ID) and TxFieldPoint_Hst (jaws and couch) are the as-treated
+  snapshots of the field and its control points; TrackTreatment has one row per beam-delivery attempt
+  (DHS_ID links).
 - Enum values as in research/dicom.md 8.1: Termination_Status_Enum 1 Normal / 2 Operator,
   Termination_Verify_Status_Enum 1 Verified, Energy_Unit_Enum 2 MV, MetersetUnit_Enum 1 MU,
   Modality_Enum 1 X-rays, SiteSetup.Patient_Orient 1 HFS.
@@ -101,8 +109,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Last_Name", TEXT),
         ("First_Name", TEXT),
         ("MIddle_Name", TEXT),
+        ("Suffix", TEXT),
         ("Birth_DtTm", DTM),
-        ("Gender", TEXT),
         ("Clin_Status", SMALL),
         ("Create_DtTm", DTM),
         ("Edit_DtTm", DTM),
@@ -148,28 +156,17 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Patient_Orient", TINY),
         ("Status_Enum", TINY),
     ],
-    # UNVERIFIED: RtPlan is our linking table (site -> DICOM RT Plan); Mosaiq's own is not public.
-    "RtPlan": [
-        ("RTP_ID", INT),
-        ("Pat_ID1", INT),
-        ("SIT_Set_ID", INT),
-        ("Plan_UID", TEXT),
-        ("Study_UID", TEXT),
-        ("Series_UID", TEXT),
-        ("Plan_Label", TEXT),
-        ("Plan_Name", TEXT),
-        ("Approved_DtTm", DTM),
-        ("Version", SMALL),
-    ],
+    # The original system's SQL joins RtPlan.DCMInstance_ID to DCMInstance and reads Label, Pat_ID1.
+    "RtPlan": [("DCMInstance_ID", INT), ("Pat_ID1", INT), ("Label", TEXT)],
     "TxField": [
         ("FLD_ID", INT),
         ("FLD_SET_ID", INT),
         ("Version", SMALL),
         ("Pat_ID1", INT),
         ("SIT_Set_ID", INT),
-        ("SIS_ID", INT),
-        ("RTP_ID", INT),
-        ("Beam_Number", INT),
+        ("OriginalPlanUID", TEXT),
+        ("OriginalBeamNumber", INT),
+        ("OriginalBeamName", TEXT),
         ("Field_Label", TEXT),
         ("Field_Name", TEXT),
         ("Machine_ID_Staff_ID", INT),
@@ -182,9 +179,9 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Ssd", DEC),
         ("Dyn_Wedge", TEXT),
         ("Wdg_Appl", TEXT),
-        ("Block", BIT),
+        ("Block", TEXT),
         ("Comp_Fda", TEXT),
-        ("Bolus", BIT),
+        ("Bolus", TEXT),
         ("Tol_Tbl_ID", INT),
         ("BackupTimer", DEC),
         ("IsHidden", BIT),
@@ -215,6 +212,8 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Couch_Lng", DEC),
         ("Couch_Ang", DEC),
         ("Couch_Ang_Dir_Enum", TINY),
+        ("Couch_Top", DEC),
+        ("Couch_Top_Dir_Enum", TINY),
         ("Meterset_Rate", DEC),
     ],
     "Dose_Hst": [
@@ -252,40 +251,21 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("Edit_DtTm", DTM),
         ("Edit_ID", INT),
     ],
-    "Fld_Hst": [
-        ("FHS_ID", INT),
-        ("DHS_ID", INT),
-        ("Pat_ID1", INT),
-        ("FLD_ID", INT),
-        ("Tx_DtTm", DTM),
-        ("Field_Label", TEXT),
-        ("Field_Name", TEXT),
-        ("Meterset", DEC),
-        ("Type_Enum", TINY),
-        ("Machine_ID_Staff_ID", INT),
-        ("ControlPoints", SMALL),
-    ],
+    "Fld_Hst": [("FHS_ID", INT), ("DHS_ID", INT), ("Pat_ID1", INT), ("Tx_DtTm", DTM)],
     "TxFieldPoint_Hst": [
         ("TFPH_ID", INT),
         ("FHS_ID", INT),
         ("Point", SMALL),
-        ("Index", DEC),
-        ("Energy", SMALL),
-        ("Energy_Unit_Enum", TINY),
-        ("Gantry_Ang", DEC),
-        ("Gantry_Dir_Enum", TINY),
-        ("Coll_Ang", DEC),
         ("Coll_X1", DEC),
         ("Coll_X2", DEC),
         ("Coll_Y1", DEC),
         ("Coll_Y2", DEC),
-        ("A_Leaf_Set", BIN),
-        ("B_Leaf_Set", BIN),
+        ("Field_X", DEC),
+        ("Field_Y", DEC),
         ("Couch_Vrt", DEC),
         ("Couch_Lat", DEC),
         ("Couch_Lng", DEC),
         ("Couch_Ang", DEC),
-        ("Meterset_Rate", DEC),
     ],
     "TrackTreatment": [
         ("TTX_ID", INT),
@@ -302,30 +282,24 @@ SCHEMA: dict[str, list[tuple[str, str]]] = {
         ("WasRecorded", BIT),
         ("DHS_ID", INT),
     ],
-    # UNVERIFIED columns (no public code reads these tables).
+    # Columns as the original system's SQL reads them.
     "DCMStudy": [
         ("DCMStudy_ID", INT),
-        ("Pat_ID1", INT),
-        ("Study_UID", TEXT),
+        ("StudyInstanceUID", TEXT),
+        ("StudyID", TEXT),
+        ("StudyDescription", TEXT),
         ("Study_DtTm", DTM),
-        ("Description", TEXT),
     ],
     "DCMSeries": [
         ("DCMSeries_ID", INT),
         ("DCMStudy_ID", INT),
-        ("Series_UID", TEXT),
-        ("Modality", TEXT),
-        ("Description", TEXT),
+        ("SeriesInstanceUID", TEXT),
+        ("SeriesNumber", INT),
+        ("SeriesDescription", TEXT),
+        ("Series_DtTm", DTM),
     ],
-    "DCMInstance": [
-        ("DCMInstance_ID", INT),
-        ("DCMSeries_ID", INT),
-        ("SOP_Instance_UID", TEXT),
-        ("SOP_Class_UID", TEXT),
-        ("Create_DtTm", DTM),
-    ],
+    "DCMInstance": [("DCMInstance_ID", INT), ("DCMSeries_ID", INT), ("SOPInstanceUID", TEXT)],
 }
-
 INDEXES = [
     ("Dose_Hst", ("Tx_DtTm",)),
     ("Dose_Hst", ("Pat_ID1",)),
@@ -335,11 +309,11 @@ INDEXES = [
     ("Fld_Hst", ("DHS_ID",)),
     ("TrackTreatment", ("DHS_ID",)),
     ("TxField", ("Pat_ID1",)),
+    ("DCMInstance", ("SOPInstanceUID",)),
 ]
 RESERVED = {"Index"}
 MACHINE_STAFF_IDS = {"SBX_LINAC1": 2001, "SBX_LINAC2": 2002}
 THERAPIST_ID = 3001
-RT_PLAN_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.5"
 
 
 @dataclass(frozen=True)
@@ -446,6 +420,9 @@ def _point_values(beam: Beam, cp: ControlPoint) -> dict[str, Any]:
     }
 
 
+_TREATED_POINT_COLUMNS = frozenset(c for c, _ in SCHEMA["TxFieldPoint_Hst"])
+
+
 def fill(
     connection: pyodbc.Connection,
     patients: Iterable[SyntheticPatient],
@@ -497,8 +474,8 @@ def fill(
             Last_Name="O'SANDBOX-MÜLLER" if odd_name else "SANDBOX",
             First_Name="ZOË" if odd_name else f"PATIENT{n:04d}",
             MIddle_Name=None if nulls else "",
+            Suffix=None if nulls else "",
             Birth_DtTm=dt.datetime.combine(p.birth_date, dt.time()),
-            Gender="Other",
             Clin_Status=1,
             Create_DtTm=created,
             Edit_DtTm=created,
@@ -538,44 +515,26 @@ def fill(
             Patient_Orient=1,
             Status_Enum=5,
         )
-        w.add(
-            "RtPlan",
-            RTP_ID=n,
-            Pat_ID1=pat,
-            SIT_Set_ID=sit,
-            Plan_UID=p.plan_uid,
-            Study_UID=p.planning_study_uid,
-            Series_UID=p.uid("series", "rtplan"),
-            Plan_Label=f"{p.site_name[:8]}_{p.technique}"[:16],
-            Plan_Name=f"{p.site_name} {p.technique}",
-            Approved_DtTm=dt.datetime.combine(p.planning_date, dt.time(13, 0)),
-            Version=0,
-        )
         dcm_series_id += 1  # noqa: SIM113 - one DCMSeries per patient today, more kinds later
         w.add(
             "DCMStudy",
             DCMStudy_ID=n,
-            Pat_ID1=pat,
-            Study_UID=p.planning_study_uid,
+            StudyInstanceUID=p.planning_study_uid,
+            StudyID=f"PLAN{n:04d}",
+            StudyDescription="RT planning",
             Study_DtTm=dt.datetime.combine(p.planning_date, dt.time(10, 0)),
-            Description="RT planning",
         )
         w.add(
             "DCMSeries",
             DCMSeries_ID=dcm_series_id,
             DCMStudy_ID=n,
-            Series_UID=p.uid("series", "rtplan"),
-            Modality="RTPLAN",
-            Description=f"Plan {p.technique}",
+            SeriesInstanceUID=p.uid("series", "rtplan"),
+            SeriesNumber=1,
+            SeriesDescription=f"Plan {p.technique}",
+            Series_DtTm=dt.datetime.combine(p.planning_date, dt.time(13, 0)),
         )
-        w.add(
-            "DCMInstance",
-            DCMInstance_ID=n,
-            DCMSeries_ID=dcm_series_id,
-            SOP_Instance_UID=p.plan_uid,
-            SOP_Class_UID=RT_PLAN_SOP_CLASS,
-            Create_DtTm=created,
-        )
+        w.add("DCMInstance", DCMInstance_ID=n, DCMSeries_ID=dcm_series_id, SOPInstanceUID=p.plan_uid)
+        w.add("RtPlan", DCMInstance_ID=n, Pat_ID1=pat, Label=f"{p.site_name[:8]}_{p.technique}"[:16])
         beams = {b.number: b for b in p.beams}
         total_mu = sum(b.meterset for b in p.beams)
         machine_id = MACHINE_STAFF_IDS[p.machine]
@@ -588,9 +547,9 @@ def fill(
                 Version=0,
                 Pat_ID1=pat,
                 SIT_Set_ID=sit,
-                SIS_ID=sit,
-                RTP_ID=n,
-                Beam_Number=b.number,
+                OriginalPlanUID=p.plan_uid,
+                OriginalBeamNumber=b.number,
+                OriginalBeamName=b.name,
                 Field_Label=str(b.number),
                 Field_Name=b.name,
                 Machine_ID_Staff_ID=machine_id,
@@ -603,9 +562,9 @@ def fill(
                 Ssd=None,
                 Dyn_Wedge="",
                 Wdg_Appl="",
-                Block=0,
+                Block="",
                 Comp_Fda="",
-                Bolus=0,
+                Bolus="",
                 Tol_Tbl_ID=1,
                 BackupTimer=_d(b.meterset / b.dose_rate + 0.5),
                 IsHidden=0,
@@ -622,6 +581,8 @@ def fill(
                     Field_X=_d((cp.jaw_x[1] - cp.jaw_x[0]) / 10),
                     Field_Y=_d((cp.jaw_y[1] - cp.jaw_y[0]) / 10),
                     Couch_Ang_Dir_Enum=0,
+                    Couch_Top=_d(0.0),
+                    Couch_Top_Dir_Enum=0,
                 )
         deliveries = list(p.deliveries)
         extra: list[tuple[Any, bool]] = [(d, False) for d in deliveries]
@@ -678,23 +639,13 @@ def fill(
                 Edit_DtTm=edit,
                 Edit_ID=None if nulls else THERAPIST_ID,
             )
-            w.add(
-                "Fld_Hst",
-                FHS_ID=dhs_id,
-                DHS_ID=dhs_id,
-                Pat_ID1=pat,
-                FLD_ID=fld,
-                Tx_DtTm=d.start,
-                Field_Label=str(b.number),
-                Field_Name=b.name,
-                Meterset=_d(b.meterset),
-                Type_Enum=2 if b.beam_type == "STATIC" else 13,
-                Machine_ID_Staff_ID=machine_id,
-                ControlPoints=len(b.control_points),
-            )
+            w.add("Fld_Hst", FHS_ID=dhs_id, DHS_ID=dhs_id, Pat_ID1=pat, Tx_DtTm=d.start)
             for cp in b.control_points:
                 tfph_id += 1
-                vals = _point_values(b, cp)
+                vals = {k: v for k, v in _point_values(b, cp).items() if k in _TREATED_POINT_COLUMNS}
+                vals.update(
+                    Field_X=_d((cp.jaw_x[1] - cp.jaw_x[0]) / 10), Field_Y=_d((cp.jaw_y[1] - cp.jaw_y[0]) / 10)
+                )
                 if nulls:
                     vals.update(Couch_Vrt=None, Couch_Lat=None, Couch_Lng=None)
                 w.add("TxFieldPoint_Hst", TFPH_ID=tfph_id, FHS_ID=dhs_id, **vals)

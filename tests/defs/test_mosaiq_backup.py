@@ -231,6 +231,26 @@ def test_a_quarantined_row_does_not_stop_the_others(sandbox, monkeypatch, tmp_pa
     _assert_no_phi(_logs(result), *reasons.values())
 
 
+def test_a_mosaiq_without_a_required_column_fails_with_the_probe_list_not_an_sql_error(
+    sandbox, monkeypatch, tmp_path
+):
+    env = _env(sandbox, monkeypatch)
+    db = tmp_path / "mosaiq.sqlite"
+    shutil.copyfile(sandbox.mosaiq_path, db)
+    with sqlite3.connect(db) as cn:
+        cn.execute('ALTER TABLE "TxField" DROP COLUMN "OriginalPlanUID"')
+        cn.execute('ALTER TABLE "Ident" DROP COLUMN "IDA"')
+    source = env.mosaiq_sources[ALIAS]
+    env = replace(env, sources={**env.sources, ALIAS: replace(source, db_database=str(db))})
+    with dg.instance_for_test() as instance:
+        text = _deliveries_failure(_run(_defs(env, tmp_path / "storage"), DAY, instance))
+    assert f"MOSAIQ backup, reading deliveries of partition {DAY.isoformat()}" in text
+    assert "the Mosaiq database is not ready for the backup queries" in text
+    assert "column Ident.IDA is missing (needed for PatientID (the MRN))" in text
+    assert "column TxField.OriginalPlanUID is missing" in text
+    assert "python -m dicom_backup_dagster.mosaiq probe" in text and "no such column" not in text
+
+
 def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, monkeypatch, tmp_path):
     env = _env(sandbox, monkeypatch)
     day = P1.treatment_dates[-1]  # with the operator-terminated beam

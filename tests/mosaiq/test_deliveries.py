@@ -35,7 +35,7 @@ from dicom_backup_dagster.mosaiq.deliveries import (
     read_deliveries_for_date,
     render_deliveries,
 )
-from dicom_backup_dagster.mosaiq.queries import DEFAULT_QUERIES, QueryOverrideError
+from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe
 from dicom_backup_dagster.sandbox.mosaiq_db import (
     MosaiqOptions,
     create_mosaiq_db,
@@ -149,6 +149,17 @@ def beam(ds: object) -> object:
     return ds.TreatmentSessionBeamSequence[0]  # type: ignore[attr-defined]
 
 
+def site_queries(conn: pyodbc.Connection) -> dict[str, str]:
+    """The queries a night runs on this database (built from its catalogue by the probe)."""
+    report = probe(conn)
+    assert report.ok, report.lines()
+    return report.queries
+
+
+def fld_of(conn: pyodbc.Connection, dhs_id: int) -> int:
+    return conn.execute('SELECT "FLD_ID" FROM "Dose_Hst" WHERE "DHS_ID" = ?', dhs_id).fetchone()[0]
+
+
 def dhs_ids(conn: pyodbc.Connection, pat_id1: int) -> list[int]:
     rows = conn.execute('SELECT "DHS_ID" FROM "Dose_Hst" WHERE "Pat_ID1" = ? ORDER BY "DHS_ID"', pat_id1)
     return [r[0] for r in rows.fetchall()]
@@ -158,7 +169,7 @@ def dhs_ids(conn: pyodbc.Connection, pat_id1: int) -> list[int]:
 
 
 def test_every_query_executes_and_returns_its_columns(conn: pyodbc.Connection) -> None:
-    for name, sql in DEFAULT_QUERIES.items():
+    for name, sql in site_queries(conn).items():
         cur = conn.execute(sql, *ALL)
         columns = [d[0] for d in cur.description]
         assert columns[0] == "DHS_ID" and len(columns) == len({c.lower() for c in columns}), name
@@ -229,7 +240,7 @@ def test_sql_injection_looking_text_is_just_data(conn: pyodbc.Connection) -> Non
     evil_name = 'Robert\'); DROP TABLE "Dose_Hst"; --'
     evil_field = "x' OR '1'='1'; DELETE FROM \"Patient\" WHERE 'a' = 'a"
     q(conn, 'UPDATE "Patient" SET "Last_Name" = ? WHERE "Pat_ID1" = ?', evil_name, 10001)
-    q(conn, 'UPDATE "Fld_Hst" SET "Field_Name" = ? WHERE "Pat_ID1" = ?', evil_field, 10001)
+    q(conn, 'UPDATE "TxField" SET "Field_Name" = ? WHERE "Pat_ID1" = ?', evil_field, 10001)
     batch = read_deliveries_for_date(conn, P1.treatment_dates[0])
     assert len(batch.deliveries) == len(P1.beams)
     for d in batch.deliveries:
@@ -244,7 +255,7 @@ def test_nulls_in_optional_columns_give_empty_or_omitted_attributes(conn: pyodbc
     pat = 10002  # P2 already has NULL verify status, secondary meterset, couch positions, middle name
     q(
         conn,
-        'UPDATE "Patient" SET "Birth_DtTm" = NULL, "Gender" = NULL, "First_Name" = NULL WHERE "Pat_ID1" = ?',
+        'UPDATE "Patient" SET "Birth_DtTm" = NULL, "Suffix" = NULL, "First_Name" = NULL WHERE "Pat_ID1" = ?',
         pat,
     )
     q(conn, 'DELETE FROM "Ident" WHERE "Pat_Id1" = ?', pat)  # no MRN row at all
@@ -252,7 +263,7 @@ def test_nulls_in_optional_columns_give_empty_or_omitted_attributes(conn: pyodbc
     q(conn, 'UPDATE "Site" SET "Fractions" = NULL WHERE "SIT_ID" = ?', 20)
     q(
         conn,
-        'UPDATE "TxField" SET "Sad" = NULL, "Beam_Number" = NULL, "Block" = NULL WHERE "Pat_ID1" = ?',
+        'UPDATE "TxField" SET "Sad" = NULL, "OriginalBeamNumber" = NULL, "Block" = NULL WHERE "Pat_ID1" = ?',
         pat,
     )
     q(
@@ -260,7 +271,7 @@ def test_nulls_in_optional_columns_give_empty_or_omitted_attributes(conn: pyodbc
         'UPDATE "Dose_Hst" SET "Machine_ID_Staff_ID" = 9999, "Fractions_Tx" = NULL WHERE "Pat_ID1" = ?',
         pat,
     )
-    q(conn, 'UPDATE "DCMStudy" SET "Study_DtTm" = NULL, "Description" = NULL WHERE "Pat_ID1" = ?', pat)
+    q(conn, 'UPDATE "DCMStudy" SET "Study_DtTm" = NULL, "StudyDescription" = NULL WHERE "DCMStudy_ID" = 2')
     batch = read_deliveries_for_date(conn, P2.treatment_dates[1])
     assert len(batch.deliveries) == len(P2.beams) and batch.quarantined == []
     d = batch.deliveries[0]
@@ -286,7 +297,7 @@ def test_unknown_enum_values_map_to_documented_values(conn: pyodbc.Connection) -
     q(conn, 'UPDATE "Dose_Hst" SET "Termination_Status_Enum" = 42, "Termination_Verify_Status_Enum" = 42 '
       'WHERE "DHS_ID" = ?', ids[0])  # fmt: skip
     q(conn, 'UPDATE "SiteSetup" SET "Patient_Orient" = 42 WHERE "SIS_ID" = ?', 30)
-    q(conn, 'UPDATE "Fld_Hst" SET "Type_Enum" = 77 WHERE "DHS_ID" = ?', ids[1])
+    q(conn, 'UPDATE "TxField" SET "Type_Enum" = 77 WHERE "FLD_ID" = ?', fld_of(conn, ids[1]))
     batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
     records = rendered(batch)
     b0, b1 = beam(records[ids[0]]), beam(records[ids[1]])
@@ -311,7 +322,7 @@ def test_unknown_modality_or_meterset_unit_is_quarantined_at_render_without_phi(
 
 def test_imaging_only_fields_are_skipped_when_read(conn: pyodbc.Connection) -> None:
     ids = dhs_ids(conn, 10003)[: len(P3.beams)]
-    q(conn, 'UPDATE "Fld_Hst" SET "Type_Enum" = 4 WHERE "DHS_ID" = ?', ids[0])  # kV Setup
+    q(conn, 'UPDATE "TxField" SET "Type_Enum" = 4 WHERE "FLD_ID" = ?', fld_of(conn, ids[0]))  # kV Setup
     batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
     assert [s.dhs_id for s in batch.skipped] == [ids[0]] and "kV Setup" in batch.skipped[0].reason
     assert len(batch.deliveries) == len(P3.beams) - 1
@@ -321,13 +332,16 @@ def test_imaging_only_fields_are_skipped_when_read(conn: pyodbc.Connection) -> N
 
 
 def test_plan_missing_from_dcm_tables_is_quarantined_and_others_proceed(conn: pyodbc.Connection) -> None:
-    q(conn, 'DELETE FROM "DCMInstance" WHERE "SOP_Instance_UID" = ?', P1.plan_uid)
+    q(conn, 'DELETE FROM "DCMInstance" WHERE "SOPInstanceUID" = ?', P1.plan_uid)
     batch = read_deliveries(conn, *ALL)
     p1 = set(dhs_ids(conn, 10001)) - {1}  # DHS_ID 1 is the QA delivery
     assert {x.dhs_id for x in batch.quarantined} == p1
     assert len(batch.deliveries) == OPTS.fractions * (len(P2.beams) + len(P3.beams))
     reason = batch.quarantined[0].reason
-    assert "RtPlan RTP_ID 1 references an RT Plan that DCMInstance/DCMSeries/DCMStudy do not hold" in reason
+    assert (
+        "references an RT Plan (TxField.OriginalPlanUID) that DCMInstance/DCMSeries/DCMStudy do not hold"
+        in reason
+    )
     assert P1.plan_uid not in reason
     assert_no_phi(*(x.reason for x in batch.quarantined))
     rendered(batch)
@@ -336,7 +350,7 @@ def test_plan_missing_from_dcm_tables_is_quarantined_and_others_proceed(conn: py
 def test_plan_missing_with_omit_reference_makes_records_without_the_reference(
     conn: pyodbc.Connection,
 ) -> None:
-    q(conn, 'DELETE FROM "DCMStudy" WHERE "Pat_ID1" = ?', 10001)
+    q(conn, 'DELETE FROM "DCMStudy" WHERE "DCMStudy_ID" = 1')
     batch = read_deliveries_for_date(conn, P1.treatment_dates[1], on_missing_plan="omit_reference")
     assert batch.quarantined == [] and len(batch.deliveries) == len(P1.beams)
     assert batch.plan_missing == [d.dhs_id for d in batch.deliveries]
@@ -347,7 +361,9 @@ def test_plan_missing_with_omit_reference_makes_records_without_the_reference(
 
 
 def test_field_without_a_plan_gets_an_empty_plan_reference(conn: pyodbc.Connection) -> None:
-    q(conn, 'UPDATE "TxField" SET "RTP_ID" = NULL WHERE "Pat_ID1" = ?', 10003)
+    # NULL, or blank as a CHAR column holds it: a field made in Mosaiq itself
+    q(conn, 'UPDATE "TxField" SET "OriginalPlanUID" = NULL WHERE "Pat_ID1" = ? AND "FLD_ID" = 301', 10003)
+    q(conn, 'UPDATE "TxField" SET "OriginalPlanUID" = \'  \' WHERE "Pat_ID1" = ? AND "FLD_ID" <> 301', 10003)
     batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
     assert batch.quarantined == [] and batch.plan_missing == []
     assert all(d.plan is None for d in batch.deliveries)
@@ -371,14 +387,31 @@ def test_missing_site_or_patient_rows_quarantine_those_deliveries_only(conn: pyo
 
 def test_as_treated_points_win_and_planned_points_are_the_fallback(conn: pyodbc.Connection) -> None:
     first = dhs_ids(conn, 10003)[0]
-    q(conn, 'UPDATE "TxFieldPoint_Hst" SET "Gantry_Ang" = 10 WHERE "FHS_ID" = ?', first + 1)
+    q(conn, 'UPDATE "TxFieldPoint_Hst" SET "Couch_Ang" = 10 WHERE "FHS_ID" = ?', first + 1)
     q(conn, 'DELETE FROM "TxFieldPoint_Hst" WHERE "FHS_ID" = ?', first)
     batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
     assert batch.rows["planned_control_points"] == OPTS.control_points and batch.quarantined == []
     by_id = {d.dhs_id: d for d in batch.deliveries}
     assert len(by_id[first].control_points) == OPTS.control_points
-    assert {cp.gantry_angle for cp in by_id[first + 1].control_points} == {10}
+    assert {cp.couch_angle for cp in by_id[first + 1].control_points} == {10}
     rendered(batch)
+
+
+def test_as_treated_columns_a_site_has_are_read_from_the_snapshot(conn: pyodbc.Connection) -> None:
+    """The sandbox's TxFieldPoint_Hst has only the evidence-backed columns, so gantry angles come from the
+    planned point; a site whose snapshot also holds Gantry_Ang gets the as-treated value."""
+    first = dhs_ids(conn, 10003)[0]
+    assert "TxFieldPoint_Hst.Gantry_Ang" not in {f"{c.table}.{c.name}" for c in probe(conn).left_out}
+    assert "Gantry_Ang" in probe(conn).from_planned
+    q(conn, 'ALTER TABLE "TxFieldPoint_Hst" ADD "Gantry_Ang" DECIMAL(12,4)')
+    q(conn, 'UPDATE "TxFieldPoint_Hst" SET "Gantry_Ang" = 17 WHERE "FHS_ID" = ?', first)
+    report = probe(conn)
+    assert report.ok and "Gantry_Ang" not in report.from_planned
+    assert 'ph."Gantry_Ang"' in report.queries["treated_control_points"]
+    batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
+    by_id = {d.dhs_id: d for d in batch.deliveries}
+    assert {cp.gantry_angle for cp in by_id[first].control_points} == {17}
+    assert {cp.gantry_angle for cp in by_id[first + 1].control_points} == {None}  # NULL in the snapshot
 
 
 def test_no_control_points_at_all_is_quarantined(conn: pyodbc.Connection) -> None:
@@ -397,14 +430,10 @@ def test_joins_that_match_disagreeing_rows_are_quarantined(conn: pyodbc.Connecti
     first = dhs_ids(conn, 10003)[0]
     q(
         conn,
-        'INSERT INTO "Fld_Hst" ("FHS_ID", "DHS_ID", "Pat_ID1", "FLD_ID", "Field_Name", "Type_Enum") '
-        "VALUES (?, ?, ?, ?, ?, ?)",
+        'INSERT INTO "Fld_Hst" ("FHS_ID", "DHS_ID", "Pat_ID1", "Tx_DtTm") VALUES (?, ?, ?, NULL)',
         999999,
         first,
         10003,
-        301,
-        "OTHER",
-        2,
     )
     batch = read_deliveries_for_date(conn, P3.treatment_dates[0])
     assert [x.dhs_id for x in batch.quarantined] == [first]
@@ -427,7 +456,7 @@ def _wrong_type_case(conn: pyodbc.Connection) -> None:
     q(conn, 'UPDATE "Dose_Hst" SET "Meterset" = ? WHERE "DHS_ID" = ?', "O'Brien 12", ids[0])
     q(
         conn,
-        'UPDATE "TxFieldPoint_Hst" SET "Gantry_Ang" = ? WHERE "FHS_ID" = ? AND "Point" = 1',
+        'UPDATE "TxFieldPoint_Hst" SET "Coll_X1" = ? WHERE "FHS_ID" = ? AND "Point" = 1',
         "n/a",
         ids[1],
     )
@@ -435,7 +464,7 @@ def _wrong_type_case(conn: pyodbc.Connection) -> None:
     reasons = {x.dhs_id: x.reason for x in batch.quarantined}
     assert set(reasons) == {ids[0], ids[1]} and len(batch.deliveries) == len(P3.beams) - 2
     assert "Dose_Hst.Meterset: not a number" in reasons[ids[0]]
-    assert "control point: Gantry_Ang: not a number" in reasons[ids[1]]
+    assert "control point: Coll_X1: not a number" in reasons[ids[1]]
     assert all("O'Brien" not in r and "n/a" not in r for r in reasons.values())
 
 
@@ -462,7 +491,7 @@ def test_window_is_half_open_at_local_midnight(conn: pyodbc.Connection) -> None:
 
 
 def test_site_override_with_the_same_parameters_is_used(conn: pyodbc.Connection) -> None:
-    only_p1 = DEFAULT_QUERIES["deliveries"].replace("ORDER BY", 'AND d."Pat_ID1" = 10001\nORDER BY')
+    only_p1 = site_queries(conn)["deliveries"].replace("ORDER BY", 'AND d."Pat_ID1" = 10001\nORDER BY')
     batch = read_deliveries(conn, *ALL, queries={"deliveries": only_p1})
     assert {d.patient.pat_id1 for d in batch.deliveries} == {10001}
     assert len(batch.deliveries) == OPTS.fractions * len(P1.beams)
@@ -477,33 +506,37 @@ def test_site_override_with_the_same_parameters_is_used(conn: pyodbc.Connection)
 
 
 def test_bad_overrides_fail_before_any_query_runs(conn: pyodbc.Connection) -> None:
-    extra = DEFAULT_QUERIES["deliveries"].replace("ORDER BY", 'AND d."Pat_ID1" <> ?\nORDER BY')
-    with pytest.raises(QueryOverrideError, match="has 3 '\\?' placeholder"):
+    base = site_queries(conn)
+    extra = base["deliveries"].replace("ORDER BY", 'AND d."Pat_ID1" <> ?\nORDER BY')
+    with pytest.raises(
+        MosaiqSchemaError, match=r"override 'deliveries' does not parse: .*has 3 '\?' placeholder"
+    ):
         read_deliveries(conn, *ALL, queries={"deliveries": extra})
-    with pytest.raises(QueryOverrideError, match="must start with SELECT or WITH"):
+    with pytest.raises(MosaiqSchemaError, match="must start with SELECT or WITH"):
         read_deliveries(conn, *ALL, queries={"treated_control_points": 'DELETE FROM "Dose_Hst" WHERE ? < ?'})
     missing_key = (
         'SELECT d."Tx_DtTm" AS "Tx_DtTm" FROM "Dose_Hst" d WHERE d."Tx_DtTm" >= ? AND d."Tx_DtTm" < ?'
     )
-    with pytest.raises(MosaiqQueryError, match="'deliveries' lacks the required column\\(s\\) DHS_ID"):
+    with pytest.raises(
+        MosaiqSchemaError, match="query 'deliveries' does not run: returns no column named DHS_ID"
+    ):
         read_deliveries(conn, *ALL, queries={"deliveries": missing_key})
     broken = 'SELECT d."DHS_ID" AS "DHS_ID" FROM "No_Such_Table" d WHERE ? < ?'
-    with pytest.raises(MosaiqQueryError, match="Mosaiq query 'deliveries' failed"):
+    with pytest.raises(MosaiqQueryError, match=r"query 'deliveries' does not run: \[.*No_Such_Table"):
         read_deliveries(conn, *ALL, queries={"deliveries": broken})
 
 
 def test_control_points_out_of_dhs_id_order_are_an_error_not_a_partial_record(
     conn: pyodbc.Connection,
 ) -> None:
-    by_point = DEFAULT_QUERIES["treated_control_points"].replace(
-        'ORDER BY d."DHS_ID", p."Point"', 'ORDER BY p."Point", d."DHS_ID"'
-    )
-    assert by_point != DEFAULT_QUERIES["treated_control_points"]
+    treated = site_queries(conn)["treated_control_points"]
+    by_point = treated.replace('ORDER BY d."DHS_ID", ph."Point"', 'ORDER BY ph."Point", d."DHS_ID"')
+    assert by_point != treated
     with pytest.raises(MosaiqQueryError, match="must ORDER BY DHS_ID"):
         read_deliveries(conn, *ALL, queries={"treated_control_points": by_point})
     # contiguous groups in another order are fine
-    descending = DEFAULT_QUERIES["treated_control_points"].replace(
-        'ORDER BY d."DHS_ID", p."Point"', 'ORDER BY d."DHS_ID" DESC, p."Point" DESC'
+    descending = treated.replace(
+        'ORDER BY d."DHS_ID", ph."Point"', 'ORDER BY d."DHS_ID" DESC, ph."Point" DESC'
     )
     batch = read_deliveries(conn, *ALL, queries={"treated_control_points": descending})
     assert len(batch.deliveries) == OPTS.fractions * sum(len(p.beams) for p in PATIENTS)

@@ -117,3 +117,23 @@ def test_treatment_window_is_local_midnight_to_midnight() -> None:
     assert end - start == dt.timedelta(hours=23) and start.tzinfo is None
     start, end = treatment_window(dt.date(2026, 11, 1), "America/New_York", "UTC")
     assert end - start == dt.timedelta(hours=25)
+
+
+def test_queries_built_for_a_catalogue_skip_absent_optional_columns_and_use_its_spelling() -> None:
+    from dicom_backup_dagster.mosaiq.queries import COLUMNS, Catalogue, build_queries
+
+    tables: dict[str, list[str]] = {}
+    for col in COLUMNS:
+        if (col.table, col.name) != ("Patient", "Sex"):
+            # a case-sensitive database that spells one table and one column its own way
+            name = "dose_hst" if col.table == "Dose_Hst" else col.table
+            tables.setdefault(name, []).append("tx_dttm" if col.name == "Tx_DtTm" else col.name)
+    built = build_queries(Catalogue(tables))
+    assert 'pt."Sex"' not in built["deliveries"] and 'pt."Sex"' in DEFAULT_QUERIES["deliveries"]
+    for sql in built.values():
+        assert '"Dose_Hst"' not in sql and ('FROM "dose_hst" d' in sql or 'JOIN "dose_hst" d' in sql)
+        assert 'd."tx_dttm" >= ? AND d."tx_dttm" < ?' in sql and '"Tx_DtTm" >=' not in sql
+        assert count_placeholders(sql) == 2
+    # required columns stay in even when the catalogue lacks them: the probe reports them instead
+    lacking = build_queries(Catalogue({t: c for t, c in tables.items() if t != "TxField"}))
+    assert 'tf."OriginalPlanUID"' in lacking["deliveries"] and 'tf."Sad"' not in lacking["deliveries"]

@@ -61,12 +61,20 @@ def test_delivery_count_is_fractions_times_beams(db: pyodbc.Connection, data: Ma
 def test_fields_and_control_points_match_rtplan(db: pyodbc.Connection, data: Manifest) -> None:
     for plan in _plans(data).values():
         uid = plan.SOPInstanceUID  # type: ignore[attr-defined]
-        link = db.execute("SELECT RTP_ID FROM RtPlan WHERE Plan_UID = ?", uid).fetchone()
-        assert link is not None
+        # the original system's plan chain: DCMInstance.SOPInstanceUID = TxField.OriginalPlanUID
+        link = db.execute(
+            "SELECT DCMStudy.StudyInstanceUID FROM DCMInstance "
+            "JOIN RtPlan ON RtPlan.DCMInstance_ID = DCMInstance.DCMInstance_ID "
+            "JOIN DCMSeries ON DCMSeries.DCMSeries_ID = DCMInstance.DCMSeries_ID "
+            "JOIN DCMStudy ON DCMStudy.DCMStudy_ID = DCMSeries.DCMStudy_ID "
+            "WHERE DCMInstance.SOPInstanceUID = ?",
+            uid,
+        ).fetchone()
+        assert link is not None and link[0] == plan.StudyInstanceUID  # type: ignore[attr-defined]
         fields = db.execute(
-            "SELECT FLD_ID, Beam_Number, Field_Name, Meterset, ControlPoints FROM TxField "
-            "WHERE RTP_ID = ? ORDER BY Beam_Number",
-            link[0],
+            "SELECT FLD_ID, OriginalBeamNumber, Field_Name, Meterset, ControlPoints FROM TxField "
+            "WHERE OriginalPlanUID = ? ORDER BY OriginalBeamNumber",
+            uid,
         ).fetchall()
         mu = {
             r.ReferencedBeamNumber: Decimal(str(r.BeamMeterset))
