@@ -57,6 +57,27 @@ def _series_counts(series: Iterable[SeriesRecord]) -> dict[str, int | None]:
     return {s.series_instance_uid: s.number_of_series_related_instances for s in series}
 
 
+def lacking_by_counts(
+    studies: Iterable[StudyRecord], on_archive: Mapping[str, int | None]
+) -> tuple[list[StudyRecord], list[StudyRecord]]:
+    """Split `studies` (as the source listed them) by the archive's counts (`archive_study_counts`):
+    those the archive visibly lacks data of (absent there, or fewer instances where both report a count),
+    and those the counts cannot decide (a count missing on either side)."""
+    lacking: list[StudyRecord] = []
+    undecided: list[StudyRecord] = []
+    for study in studies:
+        uid = study.study_instance_uid
+        if uid not in on_archive:
+            lacking.append(study)  # not archived at all (a day that was never backed up, or a late study)
+            continue
+        theirs, ours = study.number_of_study_related_instances, on_archive[uid]
+        if theirs is None or ours is None:
+            undecided.append(study)
+        elif theirs > ours:
+            lacking.append(study)
+    return lacking, undecided
+
+
 def changed_studies(
     source: FindSession,
     archive: FindSession,
@@ -69,19 +90,7 @@ def changed_studies(
     queries = 0
     on_archive = archive_study_counts(archive, [s.study_instance_uid for s in studies])
     queries += len(chunks([s.study_instance_uid for s in studies]))
-    changed: list[StudyRecord] = []
-    by_series: list[StudyRecord] = []
-    for study in studies:
-        uid = study.study_instance_uid
-        if uid not in on_archive:
-            changed.append(study)  # not archived at all (a day that was never backed up, or a late study)
-            continue
-        theirs, ours = study.number_of_study_related_instances, on_archive[uid]
-        if theirs is not None and ours is not None:
-            if theirs > ours:
-                changed.append(study)
-        else:
-            by_series.append(study)
+    changed, by_series = lacking_by_counts(studies, on_archive)
     if by_series:
         archived_series = _series_counts(archive.series_of_studies([s.study_instance_uid for s in by_series]))
         queries += len(chunks([s.study_instance_uid for s in by_series]))

@@ -84,6 +84,16 @@ def nightly_quota(window_studies: int, nights: int, max_studies: int) -> int:
     return min(max_studies, math.ceil(window_studies / nights)) if window_studies else 0
 
 
+def by_last_reconciled(studies: Iterable[StudyRecord], state: SweepState) -> list[StudyRecord]:
+    """Never reconciled first, then least recently reconciled; oldest StudyDate first among equals."""
+
+    def key(study: StudyRecord) -> tuple[bool, dt.datetime, tuple[str, str, str]]:
+        last = state.last(study.study_instance_uid)
+        return (last is not None, last or state.started, study_order(study))
+
+    return sorted(studies, key=key)
+
+
 def choose_slice(
     window: Sequence[StudyRecord],
     state: SweepState,
@@ -97,14 +107,7 @@ def choose_slice(
     changed = set(visibly_changed)
     first = [s for s in window if s.study_instance_uid in changed][:max_studies]
     taken = {s.study_instance_uid for s in first}
-    rest = sorted(
-        (s for s in window if s.study_instance_uid not in taken),
-        key=lambda s: (
-            state.last(s.study_instance_uid) is not None,
-            state.last(s.study_instance_uid) or state.started,
-            study_order(s),
-        ),
-    )
+    rest = by_last_reconciled((s for s in window if s.study_instance_uid not in taken), state)
     return first + rest[: max(0, quota - len(first))]
 
 
@@ -148,17 +151,23 @@ def coverage(
     )
 
 
-def reconciled_studies(entries: Iterable[InstanceEntry]) -> tuple[list[str], dict[str, int]]:
-    """Of an archived manifest: the studies whose every instance is on the archive, and per study the
-    instances the archive had lacked (moved by this run, failed or deferred) where there were any."""
+def reconciled_studies(
+    entries: Iterable[InstanceEntry], studies: Iterable[str] = ()
+) -> tuple[list[str], dict[str, int]]:
+    """Of an archived manifest of `studies`: the studies whose every instance is on the archive (a study
+    the source listed without instances has nothing to reconcile), and per study the instances the
+    archive had lacked (moved by this run, failed or deferred) where there were any."""
     done: list[str] = []
     lacking: dict[str, int] = {}
+    seen: set[str] = set()
     for study_uid, group in by_study(entries):
+        seen.add(study_uid)
         lacked = sum(1 for e in group if e.state != ALREADY_ARCHIVED)
         if lacked:
             lacking[study_uid] = lacked
         if all(e.state in (ALREADY_ARCHIVED, MOVED) for e in group):
             done.append(study_uid)
+    done += [uid for uid in studies if uid not in seen]
     return done, lacking
 
 

@@ -47,7 +47,8 @@ from dagster import (
 )
 
 from dicom_backup_dagster.backup import baseline
-from dicom_backup_dagster.backup.archive import ArchivePhaseError, archive_missing
+from dicom_backup_dagster.backup.archive import ArchivePhaseError, ArchiveResult, archive_missing
+from dicom_backup_dagster.backup.hours import WorkWindow
 from dicom_backup_dagster.backup.inventory import split_query_keys, take_inventory
 from dicom_backup_dagster.backup.late import LateScan, find_late_studies
 from dicom_backup_dagster.backup.manifest import (
@@ -87,6 +88,7 @@ from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
+from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
 # The first day a backfill can target. Sites that started archiving later simply never backfill earlier
@@ -276,21 +278,17 @@ def build_source_backup(
             )
         inventory = ManifestHandle.load(handle_path)
         try:
-            result = archive_missing(
-                inventory.path,
+            result = archive_from_source(
+                context,
+                source,
+                archive,
+                dicom,
+                backup_storage,
+                Path(inventory.path),
                 folder,
-                archive_session=lambda: find_session(archive, dicom),
-                source=source.peer,
-                archive=archive,
-                calling_aet=dicom.calling_aet,
-                timeouts=dicom.timeouts,
-                mode=source.transfer,
-                level=source.query_level,
                 uid_limit=days.uid_limit(settings.max_uids_per_run),
-                spool_dir=backup_storage.spool_dir(
-                    context.instance, source.alias, context.run.run_id, "transfer"
-                ),
-                between_requests=between_requests(context, source.alias, window),
+                spool_purpose="transfer",
+                window=window,
             )
         except ArchivePhaseError as failed:
             raise backup_failure(source.alias, failed.phase, partition, failed.error) from failed
@@ -517,6 +515,37 @@ def build_source_backup(
         ],
         jobs=[job],
         schedules=[nightly],
+    )
+
+
+def archive_from_source(
+    context: AssetExecutionContext,
+    source: QRSource,
+    archive: Peer,
+    dicom: DicomNetwork,
+    backup_storage: BackupStorage,
+    inventory_path: Path,
+    folder: Path,
+    *,
+    uid_limit: int,
+    spool_purpose: str,
+    window: WorkWindow,
+) -> ArchiveResult:
+    """backup.archive.archive_missing for a Q/R source's inventory, with the source's transfer settings and
+    its bulk_hours pause between requests (the nightly `archived` step and the sweep)."""
+    return archive_missing(
+        inventory_path,
+        folder,
+        archive_session=lambda: find_session(archive, dicom),
+        source=source.peer,
+        archive=archive,
+        calling_aet=dicom.calling_aet,
+        timeouts=dicom.timeouts,
+        mode=source.transfer,
+        level=source.query_level,
+        uid_limit=uid_limit,
+        spool_dir=backup_storage.spool_dir(context.instance, source.alias, context.run.run_id, spool_purpose),
+        between_requests=between_requests(context, source.alias, window),
     )
 
 

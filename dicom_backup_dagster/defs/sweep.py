@@ -34,15 +34,16 @@ from dagster import (
 )
 from pydantic import Field
 
-from dicom_backup_dagster.backup.archive import ArchivePhaseError, archive_missing
+from dicom_backup_dagster.backup.archive import ArchivePhaseError
 from dicom_backup_dagster.backup.inventory import inventory_studies, split_query_keys
-from dicom_backup_dagster.backup.late import archive_study_counts
+from dicom_backup_dagster.backup.late import archive_study_counts, lacking_by_counts
 from dicom_backup_dagster.backup.manifest import DEFERRED, FAILED, MOVED, read_manifest
 from dicom_backup_dagster.backup.partitions import iso_date
 from dicom_backup_dagster.backup.sweep import (
     Coverage,
     SweepState,
     batches,
+    by_last_reconciled,
     choose_slice,
     coverage,
     list_window,
@@ -58,7 +59,8 @@ from dicom_backup_dagster.defs.common import (
     find_session,
     uids_metadata,
 )
-from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
+from dicom_backup_dagster.defs.hours import wait_for_window
+from dicom_backup_dagster.defs.qr_backup import archive_from_source
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
@@ -183,15 +185,7 @@ def build_source_sweep(
                 counts = archive_study_counts(main, [s.study_instance_uid for s in window])
         except DicomError as error:
             raise failure("listing the window's studies (C-FIND)", error) from error
-        visibly_changed = {
-            s.study_instance_uid
-            for s in window
-            if s.study_instance_uid not in counts
-            or (
-                s.number_of_study_related_instances is not None
-                and (counts[s.study_instance_uid] or 0) < s.number_of_study_related_instances
-            )
-        }
+        visibly_changed = {s.study_instance_uid for s in lacking_by_counts(window, counts)[0]}
         quota = nightly_quota(len(window), settings.sweep_nights, settings.sweep_max_studies)
         chosen = choose_slice(
             window,
@@ -225,31 +219,26 @@ def build_source_sweep(
                         by_study=source.inventory == "by-study",
                         cap=source.max_find_results,
                     )
-                result = archive_missing(
+                result = archive_from_source(
+                    context,
+                    source,
+                    archive,
+                    dicom,
+                    backup_storage,
                     folder / "inventory.jsonl",
                     folder,
-                    archive_session=lambda: find_session(archive, dicom),
-                    source=source.peer,
-                    archive=archive,
-                    calling_aet=dicom.calling_aet,
-                    timeouts=dicom.timeouts,
-                    mode=source.transfer,
-                    level=source.query_level,
                     uid_limit=budget,
-                    spool_dir=backup_storage.spool_dir(
-                        context.instance, source.alias, context.run.run_id, f"sweep-{number:04d}"
-                    ),
-                    between_requests=between_requests(context, source.alias, bulk_window),
+                    spool_purpose=f"sweep-{number:04d}",
+                    window=bulk_window,
                 )
             except DicomError as error:
                 raise failure("inventory (C-FIND)", error) from error
             except ArchivePhaseError as failed:
                 raise failure(failed.phase, failed.error) from failed
             budget = max(0, budget - result.plan.pending)
-            done, lacking = reconciled_studies(read_manifest(folder / "archived.jsonl"))
-            with_instances = {e.study_instance_uid for e in read_manifest(folder / "archived.jsonl")}
-            # A study the source lists without instances has nothing to reconcile.
-            done += [s.study_instance_uid for s in batch if s.study_instance_uid not in with_instances]
+            done, lacking = reconciled_studies(
+                read_manifest(folder / "archived.jsonl"), [s.study_instance_uid for s in batch]
+            )
             for uid in done:
                 state.reconciled[uid] = now
             state.save(state_path)
@@ -268,13 +257,7 @@ def build_source_sweep(
                     result.outcome.fatal,
                 )
         cov = coverage(window, state, now, settings.sweep_nights, quota)
-        least_recent = sorted(
-            window,
-            key=lambda s: (
-                state.last(s.study_instance_uid) is not None,
-                state.last(s.study_instance_uid) or now,
-            ),
-        )[:10]
+        least_recent = by_last_reconciled(window, state)[:10]
         metadata: dict[str, Any] = {
             "window": f"{first}..{last}",
             "studies_listed": len(listed),
