@@ -70,7 +70,9 @@ class DagsterGraphQL:
                 return entry["loadStatus"], error.get("message")
         return "MISSING", None
 
-    def launch_job(self, job_name: str, tags: dict[str, str] | None = None) -> str:
+    def launch_job(
+        self, job_name: str, tags: dict[str, str] | None = None, run_config: dict[str, Any] | None = None
+    ) -> str:
         data = self.query(
             """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) { __typename
                  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
@@ -82,7 +84,7 @@ class DagsterGraphQL:
                         "repositoryName": REPOSITORY,
                         "jobName": job_name,
                     },
-                    "runConfigData": {},
+                    "runConfigData": run_config or {},
                     "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
                 }
             },
@@ -159,7 +161,8 @@ class DagsterGraphQL:
         data = self.query(
             """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { __typename
                  ... on AssetNode { assetMaterializations(limit: 10000) { partition runId
-                   metadataEntries { label __typename ... on IntMetadataEntry { intValue } } } } } }""",
+                   metadataEntries { label __typename ... on IntMetadataEntry { intValue }
+                     ... on FloatMetadataEntry { floatValue } } } } } }""",
             {"key": {"path": path}},
         )
         return data["assetNodeOrError"].get("assetMaterializations", [])
@@ -271,8 +274,47 @@ def _backup_backfill_step(night: Night) -> None:
         night.lines.append(f"    FAILED {e['checkName']} ({e['severity']}) partition {partition}")
 
 
+SWEEP_COUNTS = (
+    "studies_in_window",
+    "studies_checked_tonight",
+    "instances_compared",
+    "instances_missed",
+    "coverage_percent",
+    "nights_to_cover",
+)
+
+
+def _sweep_step(night: Night) -> None:
+    """The reconciliation sweep of every Q/R source, as if tonight were the day after the sandbox data."""
+    if not night.dates:
+        return
+    client = night.client
+    as_of = (max(night.dates) + dt.timedelta(days=1)).isoformat()
+    for alias, assets in night.backup_assets.items():
+        if "inventory" not in assets:
+            continue  # Mosaiq has no sweep
+        job = f"{alias}_reconciliation_sweep"
+        run_id = client.launch_job(
+            job,
+            tags={"dicom_backup/launched_by": "sandbox-night"},
+            run_config={"ops": {f"{alias}__reconciled": {"config": {"as_of": as_of}}}},
+        )
+        run = client.wait_for_run(run_id, timeout_s=600)
+        night.runs.append(run)
+        night.lines.append(f"{job} (as of {as_of}): {run['status']}  ({night.ui_url}/runs/{run_id})")
+        events = [e for e in client.materializations([alias, "reconciled"]) if e["runId"] == run_id]
+        for event in events:
+            values = {e["label"]: e.get("intValue", e.get("floatValue")) for e in event["metadataEntries"]}
+            night.lines.append(
+                "  " + "  ".join(f"{label}={values[label]}" for label in SWEEP_COUNTS if label in values)
+            )
+        for evaluation in client.check_evaluations(run_id):
+            mark = "passed" if evaluation["success"] else f"FAILED ({evaluation['severity']})"
+            night.lines.append(f"  check {evaluation['checkName']}: {mark}")
+
+
 # What one night runs, in order. Each later feature adds its step here.
-NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _backup_backfill_step]
+NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _backup_backfill_step, _sweep_step]
 
 
 class DagsterDev:
