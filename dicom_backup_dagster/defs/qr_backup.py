@@ -153,7 +153,7 @@ def build_source_backup(
         first, last = days.study_dates(0 if backfill else settings.lookback_days)
         folder = backup_storage.partition_dir(context.instance, source.alias, days.label)
         path = folder / "inventory.jsonl"
-        late = LateScan(0, (), "none", 0)
+        late = LateScan(0, (), "not run (backfill run)", 0)
         try:
             with find_session(source.peer, dicom) as session:
                 if not backfill:

@@ -258,7 +258,16 @@ def build_source_sweep(
                 )
         cov = coverage(window, state, now, settings.sweep_nights, quota)
         least_recent = by_last_reconciled(window, state)[:10]
+        # What an operator reads first: how much of the window is reconciled, and what was missing.
         metadata: dict[str, Any] = {
+            "coverage": _coverage_text(cov, first, last, settings.sweep_nights, quota),
+            "coverage_percent": cov.percent,
+            "overdue": len(cov.overdue),
+            "nights_to_cover": cov.nights_to_cover,
+            "instances_missed": totals["lacked"],
+            "moved": totals[MOVED],
+            "failed": totals[FAILED],
+            "deferred": totals[DEFERRED],
             "window": f"{first}..{last}",
             "studies_listed": len(listed),
             "studies_in_window": len(window),
@@ -267,23 +276,16 @@ def build_source_sweep(
             "studies_checked_tonight": len(chosen),
             "studies_reconciled_tonight": totals["reconciled"],
             "instances_compared": totals["instances"],
-            "instances_missed": totals["lacked"],
             "studies_with_missed_instances": len(missed_studies),
-            "moved": totals[MOVED],
-            "failed": totals[FAILED],
-            "deferred": totals[DEFERRED],
             "nightly_quota": quota,
-            "coverage_percent": cov.percent,
             "reconciled_within_cycle": cov.reconciled_in_cycle,
             "never_reconciled": cov.never,
-            "overdue": len(cov.overdue),
-            "nights_to_cover": cov.nights_to_cover,
             "oldest_reconciliation": cov.oldest.isoformat(timespec="seconds") if cov.oldest else "never",
             "least_recently_reconciled": MetadataValue.md(
-                "| StudyDate | Study Instance UID | last reconciled |\n|---|---|---|\n"
+                "| StudyDate | last reconciled | Study Instance UID |\n|---|---|---|\n"
                 + "\n".join(
-                    f"| {s.study_date or '?'} | {s.study_instance_uid} | "
-                    f"{(state.last(s.study_instance_uid) or 'never')!s:.19} |"
+                    f"| {s.study_date or '?'} | {(state.last(s.study_instance_uid) or 'never')!s:.16} | "
+                    f"{s.study_instance_uid} |"
                     for s in least_recent
                 )
             ),
