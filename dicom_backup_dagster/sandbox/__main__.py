@@ -66,6 +66,17 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (kill, a service manager, a closed terminal) stop like Ctrl-C: the finally blocks
+    then stop every process the sandbox started, instead of leaving Orthanc, dcmqrscp and Dagster behind."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     sandbox = Sandbox(args.root, options_from_args(args))
     print("starting sandbox ...", flush=True)
@@ -121,6 +132,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_night(args: argparse.Namespace) -> int:
     from dicom_backup_dagster.sandbox.night import run_night, sandbox_environment
 
+    _interrupt_on_termination()
     sandbox = Sandbox(args.root, options_from_args(args))
     print("starting sandbox ...", flush=True)
     sandbox.start()
