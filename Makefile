@@ -12,5 +12,8 @@ sandbox: setup
 test: setup
 	.venv/bin/python -m pytest
 
+# ruff (style, imports, complexity <= 15), formatting, and the type checker (mypy, [tool.mypy]).
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy

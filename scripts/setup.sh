@@ -26,10 +26,20 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($python --version)"
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ "${1:-}" = "--relock" ]; then
+  # Resolve pyproject.toml's ranges afresh and write the exact versions to constraints.txt.
+  .venv/bin/python -m pip install -q --upgrade -e ".[dev]"
+  { echo "# Exact versions of every package .venv holds, used by scripts/setup.sh and CI (pip -c)."
+    echo "# Regenerate after changing dependencies: scripts/setup.sh --relock"
+    .venv/bin/python -m pip freeze --exclude-editable | grep -v '^dicom-backup-dagster'
+  } > constraints.txt
+  echo "setup: wrote constraints.txt ($(grep -vc '^#' constraints.txt) packages)"
+fi
+# Every install takes the versions constraints.txt pins: CI and a new clone get the same environment.
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "setup: installing the Python environment (pyproject.toml)"
+  echo "setup: installing the Python environment (pyproject.toml, constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
   rm -f .venv/.installed-*; touch "$stamp"
 fi
