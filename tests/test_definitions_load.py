@@ -31,7 +31,9 @@ def test_dg_check_and_list_defs_load_the_same_definitions(sandbox_env):
     """`dg check defs` / `dg list defs` ([tool.dg] in pyproject.toml) see the project's jobs and checks."""
     dg = str(Path(sys.executable).with_name("dg"))
     env = {**os.environ, "DAGSTER_HOME": "", **sandbox_env}
-    check = subprocess.run([dg, "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    check = subprocess.run(
+        [dg, "check", "defs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     listed = subprocess.run(
         [dg, "list", "defs", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
