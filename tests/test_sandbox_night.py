@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
 import sys
+import zoneinfo
 from pathlib import Path
 
 import pytest
@@ -40,8 +42,14 @@ def test_one_sandbox_night_runs_every_job_and_cleans_up(tmp_path):
     assert "== Sandbox night summary ==" in output
     assert re.search(r"connectivity_check: SUCCESS\s+\(http://127\.0\.0\.1:\d+/runs/[0-9a-f-]{36}\)", output)
     assert len(re.findall(r"^\s+UP\s+\S+: (C-ECHO|ODBC connect) ", output, re.M)) == 5
-    # Every ARIA, MIM and Mosaiq date was backed up by one asset backfill, with every check green.
-    assert re.search(r"^backfill ARIA, MIM, MOSAIQ \S+\.\.\S+: COMPLETED_SUCCESS, \d+ runs", output, re.M)
+    # Every ARIA, MIM and Mosaiq date was backed up by a backfill of the source's own job, every check green.
+    for job in ("ARIA_backup", "MIM_backup", "MOSAIQ_backup"):
+        assert re.search(rf"^{job} backfill \S+\.\.\S+: COMPLETED_SUCCESS, \d+ runs", output, re.M), job
+    # The data ends last night (site time): the UI's latest partition is last night's.
+    last_day = re.search(r"dates \d{4}-\d{2}-\d{2} \.\. (\d{4}-\d{2}-\d{2})", output).group(1)
+    yesterday = dt.datetime.now(zoneinfo.ZoneInfo("America/New_York")).date() - dt.timedelta(days=1)
+    assert yesterday - dt.timedelta(days=2) <= dt.date.fromisoformat(last_day) <= yesterday
+    assert re.search(r"^sensors on: .*backup_failure_alerts", output, re.M)
     partitions = re.findall(
         r"^\s+(ARIA|MIM)\s+(\d{4}-\d{2}-\d{2})\s+instances_found=(\d+).*failed=(\d+)", output, re.M
     )

@@ -15,11 +15,13 @@ import json
 import signal
 import sys
 import threading
+import zoneinfo
+from dataclasses import replace
 from pathlib import Path
 
-from dicom_backup_dagster.sandbox.processes import pid_alive, port_open
+from dicom_backup_dagster.sandbox.processes import free_port, pid_alive, port_open
 from dicom_backup_dagster.sandbox.sandbox import Sandbox, SandboxOptions, read_state, stop_from_state
-from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions
+from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions, start_date_ending
 
 DEFAULT_ROOT = Path(".sandbox")
 # What one sandbox night backs up: the sources of the sandbox's TOML and their assets, upstream first.
@@ -28,6 +30,11 @@ SANDBOX_BACKUP_ASSETS = {
     "MIM": ["inventory", "archived"],
     "MOSAIQ": ["deliveries", "rt_records", "staged", "archived"],
 }
+
+ALERTS_HINT = (
+    "  alerts: the site's Slack, PagerDuty and e-mail channels are loopback sinks; what they receive is in\n"
+    "          {alerts}/slack.jsonl, pagerduty.jsonl and email.jsonl (try the send_test_alert job)"
+)
 
 
 def add_data_arguments(ap: argparse.ArgumentParser) -> None:
@@ -38,7 +45,12 @@ def add_data_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--fractions", type=int, default=d.fractions)
     g.add_argument("--cbct-slices", type=int, default=d.cbct_slices)
     g.add_argument("--image-size", type=int, default=d.image_size)
-    g.add_argument("--start-date", type=dt.date.fromisoformat, default=d.start_date, help="YYYY-MM-DD")
+    g.add_argument(
+        "--start-date",
+        type=dt.date.fromisoformat,
+        default=None,
+        help="first planning date, YYYY-MM-DD (default: so that the data's last day is yesterday)",
+    )
     g.add_argument("--span-days", type=int, default=d.span_days)
     g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--cache-dir", type=Path, default=None, help="generated data cache (default ROOT/cache)")
@@ -51,11 +63,16 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         fractions=args.fractions,
         cbct_slices=args.cbct_slices,
         image_size=args.image_size,
-        start_date=args.start_date,
         span_days=args.span_days,
         seed=args.seed,
     )
-    return SandboxOptions(data=data, cache_dir=args.cache_dir)
+    options = SandboxOptions(data=data, cache_dir=args.cache_dir, alert_sinks=True)
+    if args.start_date is not None:
+        start = args.start_date
+    else:  # the UI's latest partition is then last night, with data
+        yesterday = dt.datetime.now(zoneinfo.ZoneInfo(options.timezone)).date() - dt.timedelta(days=1)
+        start = start_date_ending(data, yesterday)
+    return replace(options, data=replace(data, start_date=start))
 
 
 def _wait_for_signal() -> None:
@@ -67,13 +84,15 @@ def _wait_for_signal() -> None:
 
 
 def _interrupt_on_termination() -> None:
-    """SIGTERM and SIGHUP (kill, a service manager, a closed terminal) stop like Ctrl-C: the finally blocks
-    then stop every process the sandbox started, instead of leaving Orthanc, dcmqrscp and Dagster behind."""
+    """SIGINT, SIGTERM and SIGHUP (Ctrl-C, kill, a service manager, a closed terminal) all stop like Ctrl-C:
+    the finally blocks then stop every process the sandbox started, instead of leaving Orthanc, dcmqrscp
+    and Dagster behind. SIGINT is set explicitly: a shell starts background jobs with SIGINT ignored, and
+    Python then leaves it ignored."""
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, interrupt)
 
 
@@ -82,6 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print("starting sandbox ...", flush=True)
     sandbox.start()
     print(sandbox.summary(), flush=True)
+    print(ALERTS_HINT.format(alerts=sandbox.alerts_dir), flush=True)
     if args.detach:
         print(f"detached; stop it with: python -m dicom_backup_dagster.sandbox down --root {sandbox.root}")
         return 0
@@ -115,15 +135,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         "ORTHANC_STAGE": ports.get("stage_http"),
         "ARIA": ports.get("aria"),
         "MIM": ports.get("mim"),
+        "ALERT_SINKS": ports.get("sinks_http"),
     }
     all_up = True
     for name, info in state.get("processes", {}).items():
         alive = pid_alive(int(info["pid"]))
-        answering = bool(port_of.get(name)) and port_open(int(port_of[name]))
+        port = info.get("port") or port_of.get(name)
+        answering = bool(port) and port_open(int(port))
         all_up &= alive and answering
         print(
             f"{name:14s} pid {info['pid']:>7}  {'alive' if alive else 'DEAD '}  "
-            f"{'answering' if answering else 'not answering'} on port {port_of.get(name)}"
+            f"{'answering' if answering else 'not answering'} on port {port}"
         )
     print(f"config: {state.get('config_path')}  (recorded running: {json.dumps(state.get('running'))})")
     return 0 if all_up else 1
@@ -133,19 +155,23 @@ def cmd_night(args: argparse.Namespace) -> int:
     from dicom_backup_dagster.sandbox.night import run_night, sandbox_environment
 
     _interrupt_on_termination()
-    sandbox = Sandbox(args.root, options_from_args(args))
+    port = args.port or free_port()
+    options = replace(options_from_args(args), dagster_ui_url=f"http://127.0.0.1:{port}")
+    sandbox = Sandbox(args.root, options)
     print("starting sandbox ...", flush=True)
     sandbox.start()
     try:
         print(sandbox.summary(), flush=True)
+        print(ALERTS_HINT.format(alerts=sandbox.alerts_dir), flush=True)
         env = sandbox_environment(sandbox.config_path, sandbox.env_vars())
         result = run_night(
             env,
             sandbox.root,
             serve=not args.no_serve,
-            port=args.port,
+            port=port,
             dates=sandbox.dates,
             backup_assets=SANDBOX_BACKUP_ASSETS,
+            on_started=lambda process: sandbox.track("DAGSTER", process, port),
         )
     finally:
         sandbox.stop()

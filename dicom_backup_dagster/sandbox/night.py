@@ -94,6 +94,25 @@ class DagsterGraphQL:
             raise SandboxError(f"could not launch {job_name}: {result}")
         return result["run"]["runId"]
 
+    def start_all_sensors(self) -> list[str]:
+        """Turn on every sensor of the code location (as the Automation page's toggles do)."""
+        repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+        data = self.query(
+            """query($r: RepositorySelector!) { sensorsOrError(repositorySelector: $r) {
+                 __typename ... on Sensors { results { name sensorState { status } } } } }""",
+            {"r": repository},
+        )
+        started = []
+        for sensor in data["sensorsOrError"].get("results", []):
+            if sensor["sensorState"]["status"] != "RUNNING":
+                self.query(
+                    """mutation($s: SensorSelector!) { startSensor(sensorSelector: $s) { __typename
+                         ... on PythonError { message } } }""",
+                    {"s": {**repository, "sensorName": sensor["name"]}},
+                )
+            started.append(sensor["name"])
+        return started
+
     def run(self, run_id: str) -> dict[str, Any]:
         data = self.query(
             """query($id: ID!) { runOrError(runId: $id) { __typename
@@ -110,6 +129,35 @@ class DagsterGraphQL:
             {"id": run_id},
         )
         return data["logsForRun"].get("events", [])
+
+    def launch_job_backfill(
+        self, job_name: str, partition_names: list[str], title: str, tags: dict[str, str]
+    ) -> str:
+        """A backfill of `job_name` over the given days, as the job's Partitions tab launches it: its runs
+        are runs of that job (several days per run where the job's backfill policy allows)."""
+        data = self.query(
+            """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+                 __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
+                 ... on PartitionSetNotFoundError { message } ... on UnauthorizedError { message } } }""",
+            {
+                "p": {
+                    "selector": {
+                        "partitionSetName": f"{job_name}_partition_set",
+                        "repositorySelector": {
+                            "repositoryLocationName": LOCATION,
+                            "repositoryName": REPOSITORY,
+                        },
+                    },
+                    "partitionNames": partition_names,
+                    "title": title,
+                    "tags": [{"key": k, "value": v} for k, v in tags.items()],
+                }
+            },
+        )
+        result = data["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise SandboxError(f"could not launch the backfill {title!r}: {result}")
+        return result["backfillId"]
 
     def launch_backfill(
         self, asset_paths: list[list[str]], ranges: list[tuple[str, str]], title: str, tags: dict[str, str]
@@ -216,6 +264,12 @@ def date_ranges(dates: list[dt.date]) -> list[tuple[str, str]]:
     return [(a.isoformat(), b.isoformat()) for a, b in ranges]
 
 
+def _sensors_step(night: Night) -> None:
+    """Sensors on, as in production: a failed run or check of the night raises a real alert."""
+    names = night.client.start_all_sensors()
+    night.lines.append(f"sensors on: {', '.join(sorted(names))}")
+
+
 def _connectivity_step(night: Night) -> None:
     client = night.client
     run_id = client.launch_job("connectivity_check", tags={"dicom_backup/launched_by": "sandbox-night"})
@@ -229,41 +283,60 @@ def _connectivity_step(night: Night) -> None:
 
 
 def _backup_backfill_step(night: Night) -> None:
-    """Back up every sandbox date of every source as one Dagster asset backfill."""
+    """Back up every sandbox day, source by source, as a backfill of the source's own job (`ARIA_backup`
+    ...): the runs appear under that job in the UI, as when an operator backfills from its Partitions tab."""
     if not night.backup_assets or not night.dates:
         return
     client = night.client
     start, end = min(night.dates).isoformat(), max(night.dates).isoformat()
-    paths = [[alias, asset] for alias, assets in night.backup_assets.items() for asset in assets]
-    backfill_id = client.launch_backfill(
-        paths,
-        date_ranges(night.dates),
-        title=f"Sandbox night {start}..{end}",
-        tags={"dicom_backup/launched_by": "sandbox-night"},
-    )
-    backfill = client.wait_for_backfill(backfill_id, timeout_s=1800)
-    runs = backfill.get("runs") or []
-    night.runs.extend(runs)
-    night.lines.append(
-        f"backfill {', '.join(night.backup_assets)} {start}..{end}: {backfill['status']}, {len(runs)} runs  "
-        f"({night.ui_url}/runs/b/{backfill_id})"
-    )
-    for alias in night.backup_assets:
-        for event in sorted(client.materializations([alias, "archived"]), key=lambda e: e["partition"] or ""):
-            counts = {e["label"]: e.get("intValue") for e in event["metadataEntries"]}
-            night.lines.append(
-                f"  {alias:<8} {event['partition']}  "
-                + "  ".join(f"{label}={counts[label]}" for label in SUMMARY_COUNTS if label in counts)
-            )
+    days = [(min(night.dates) + dt.timedelta(days=n)).isoformat() for n in range(_span_days(night.dates))]
+    backfills = {
+        alias: client.launch_job_backfill(
+            f"{alias}_backup",
+            days,
+            title=f"Sandbox night: {alias} {start}..{end}",
+            tags={"dicom_backup/launched_by": "sandbox-night"},
+        )
+        for alias in night.backup_assets
+    }
+    for alias, backfill_id in backfills.items():
+        backfill = client.wait_for_backfill(backfill_id, timeout_s=1800)
+        runs = backfill.get("runs") or []
+        night.runs.extend(runs)
+        night.lines.append(
+            f"{alias}_backup backfill {start}..{end}: {backfill['status']}, {len(runs)} runs  "
+            f"({night.ui_url}/runs/b/{backfill_id})"
+        )
+        _day_lines(night, alias)
+        _check_lines(night, runs)
+
+
+def _span_days(dates: list[dt.date]) -> int:
+    return (max(dates) - min(dates)).days + 1
+
+
+def _day_lines(night: Night, alias: str) -> None:
+    events = night.client.materializations([alias, "archived"])
+    for event in sorted(events, key=lambda e: e["partition"] or ""):
+        counts = {e["label"]: e.get("intValue") for e in event["metadataEntries"]}
+        if not any(counts.get(label) for label in SUMMARY_COUNTS):
+            continue  # an empty day (a weekend): counted, not listed
+        night.lines.append(
+            f"  {alias:<8} {event['partition']}  "
+            + "  ".join(f"{label}={counts[label]}" for label in SUMMARY_COUNTS if label in counts)
+        )
+
+
+def _check_lines(night: Night, runs: list[dict[str, Any]]) -> None:
     failed = []
     passed = 0
     for run in runs:
         tags = {t["key"]: t["value"] for t in run.get("tags", [])}
-        # Asset backfill runs carry a range (one day for Mosaiq, up to backfill_days_per_run for ARIA/MIM).
+        # Ranged runs carry their first and last day (up to backfill_days_per_run for ARIA/MIM).
         first = tags.get("dagster/asset_partition_range_start", "?")
         last = tags.get("dagster/asset_partition_range_end", first)
         partition = tags.get("dagster/partition") or (first if first == last else f"{first}..{last}")
-        for evaluation in client.check_evaluations(run["runId"]):
+        for evaluation in night.client.check_evaluations(run["runId"]):
             if evaluation["success"]:
                 passed += 1
             else:
@@ -314,7 +387,12 @@ def _sweep_step(night: Night) -> None:
 
 
 # What one night runs, in order. Each later feature adds its step here.
-NIGHT_STEPS: list[Callable[[Night], None]] = [_connectivity_step, _backup_backfill_step, _sweep_step]
+NIGHT_STEPS: list[Callable[[Night], None]] = [
+    _sensors_step,
+    _connectivity_step,
+    _backup_backfill_step,
+    _sweep_step,
+]
 
 
 class DagsterDev:
@@ -330,7 +408,9 @@ class DagsterDev:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 180.0) -> DagsterGraphQL:
+    def start(
+        self, on_started: Callable[[ManagedProcess], None] | None = None, timeout_s: float = 180.0
+    ) -> DagsterGraphQL:
         self.home.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", self.home / "dagster.yaml")
         argv = [
@@ -351,6 +431,8 @@ class DagsterDev:
         )
         self.process.start()
         try:
+            if on_started is not None:
+                on_started(self.process)
             return self._wait_until_loaded(timeout_s)
         except BaseException:
             self.stop()
@@ -386,11 +468,15 @@ def run_night(
     port: int | None = None,
     dates: list[dt.date] | None = None,
     backup_assets: dict[str, list[str]] | None = None,
+    on_started: Callable[[ManagedProcess], None] | None = None,
 ) -> Night:
-    """Serve Dagster against an already started sandbox, run one night, print the summary."""
+    """Serve Dagster against an already started sandbox, run one night, print the summary.
+
+    `on_started` receives the `dagster dev` process as soon as it runs (the CLI records its PID for
+    `sandbox down`)."""
     dagster = DagsterDev(root, sandbox_env, port)
     started = time.perf_counter()
-    client = dagster.start()
+    client = dagster.start(on_started)
     night = Night(client, dagster.url, sorted(dates or []), dict(backup_assets or {}))
     print(f"Dagster UI: {dagster.url} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
     try:

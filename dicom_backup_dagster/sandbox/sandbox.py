@@ -25,6 +25,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from dicom_backup_dagster.sandbox.aria import MAX_STUDIES, AriaSimulator
 from dicom_backup_dagster.sandbox.mim import MimSimulator
 from dicom_backup_dagster.sandbox.mosaiq_db import MosaiqOptions, create_mosaiq_db
 from dicom_backup_dagster.sandbox.orthanc import OrthancServer
-from dicom_backup_dagster.sandbox.processes import SandboxError, free_port
+from dicom_backup_dagster.sandbox.processes import ManagedProcess, SandboxError, free_port
 from dicom_backup_dagster.sandbox.synthetic import Manifest, SyntheticOptions, generate, patients
 
 ENVIRONMENT = "SANDBOX"
@@ -46,6 +47,8 @@ MAIN_AET, STAGE_AET, ARIA_AET, MIM_AET = "ORTHANC_MAIN", "ORTHANC_STAGE", "ARIA_
 ORTHANC_PASSWORD_ENV = "SANDBOX_ORTHANC_PASSWORD"
 STAGE_PASSWORD_ENV = "SANDBOX_ORTHANC_STAGE_PASSWORD"
 MOSAIQ_PASSWORD_ENV = "SANDBOX_MOSAIQ_DB_PASSWORD"
+SLACK_WEBHOOK_ENV = "SANDBOX_SLACK_WEBHOOK_URL"
+PAGERDUTY_KEY_ENV = "SANDBOX_PAGERDUTY_ROUTING_KEY"
 STATE_FILE = "state.json"
 DCMQRSCP_MAX_INSTANCES = 5000
 DESCRIPTION = "Local sandbox: Orthanc main + staging, ARIA/MIM simulators, Mosaiq-shaped SQLite"
@@ -65,6 +68,10 @@ class SandboxOptions:
     # files and limited to 500 studies), "pynetdicom" (the MIM simulator with dcmqrscp-like minimal C-FIND
     # responses; for benchmark-sized data) or "auto" (dcmqrscp when the ARIA share fits).
     aria_backend: str = "auto"
+    # Loopback Slack / PagerDuty / SMTP sinks (sandbox/sinks.py) as the site's notification channels, so
+    # that alerts can be seen and tried; the CLI turns them on, tests that bring their own channels don't.
+    alert_sinks: bool = False
+    dagster_ui_url: str | None = None  # run links in the alerts (the night's UI, when its port is known)
 
 
 @dataclass
@@ -76,10 +83,12 @@ class _Ports:
     aria: int
     mim: int
     script: int
+    sinks_http: int
+    sinks_smtp: int
 
     @classmethod
     def allocate(cls) -> _Ports:
-        return cls(*(free_port() for _ in range(7)))
+        return cls(*(free_port() for _ in range(9)))
 
 
 def _toml_str(s: str) -> str:
@@ -109,6 +118,16 @@ class Sandbox:
         self.mosaiq_counts: dict[str, int] = {}
         self.timings: dict[str, float] = {}
         self.start_seconds: float | None = None
+        self.tracked: dict[str, ManagedProcess] = {}  # started beside the peers (the Dagster UI of a night)
+        self.tracked_ports: dict[str, int] = {}
+        self.alerts_dir = self.root / "alerts"  # what the loopback notification sinks received
+
+    def track(self, name: str, process: ManagedProcess, port: int | None = None) -> None:
+        """Record a process in state.json so that `sandbox down` stops it too (by PID, then its group)."""
+        self.tracked[name] = process
+        if port is not None:
+            self.tracked_ports[name] = port
+        self._write_state(running=True)
 
     # --- public view --------------------------------------------------------------------------------
     @property
@@ -138,7 +157,11 @@ class Sandbox:
 
     def env_vars(self) -> dict[str, str]:
         """The secret environment variables the TOML names (values generated per run)."""
-        return dict(self.passwords)
+        out = dict(self.passwords)
+        if self.options.alert_sinks and self.ports is not None:
+            out[SLACK_WEBHOOK_ENV] = f"http://127.0.0.1:{self.ports.sinks_http}/slack"
+            out[PAGERDUTY_KEY_ENV] = "sandbox-routing-key"
+        return out
 
     def _require_ports(self) -> None:
         if self.ports is None:
@@ -244,6 +267,16 @@ class Sandbox:
         def mosaiq() -> None:
             self.mosaiq_counts = self._timed("mosaiq_db", self._build_mosaiq)
 
+        if o.alert_sinks:
+            shutil.rmtree(self.alerts_dir, ignore_errors=True)
+            sinks = ManagedProcess(
+                "ALERT_SINKS",
+                [sys.executable, "-m", "dicom_backup_dagster.sandbox.sinks", str(self.alerts_dir),
+                 str(p.sinks_http), str(p.sinks_smtp)],
+                self.run_dir / "alert_sinks.log",
+            )  # fmt: skip
+            self.tracked["ALERT_SINKS"] = sinks.start()
+
         jobs = {
             "orthanc_main": lambda: self._timed("orthanc_main", self.main.start),  # type: ignore[union-attr]
             "orthanc_stage": lambda: self._timed("orthanc_stage", self.stage.start),  # type: ignore[union-attr]
@@ -294,7 +327,8 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop every peer by PID (in parallel: Orthanc needs 1-3 s to shut down); mark the state stopped."""
-        servers = [s for s in (self.main, self.stage, self.aria, self.mim) if s is not None]
+        servers: list[Any] = [s for s in (self.main, self.stage, self.aria, self.mim) if s is not None]
+        servers += self.tracked.values()
         errors: list[str] = []
         lock = threading.Lock()
 
@@ -416,7 +450,40 @@ class Sandbox:
             "connect = 10",
             "",
         ]
+        if o.alert_sinks:
+            lines += self._notification_lines()
         return "\n".join(lines)
+
+    def _notification_lines(self) -> list[str]:
+        """The loopback sinks as Slack, PagerDuty and e-mail (every severity reaches each of them)."""
+        e, p = ENVIRONMENT, self.ports
+        assert p is not None
+        ui = (
+            [f"dagster_ui_url = {_toml_str(self.options.dagster_ui_url)}"]
+            if self.options.dagster_ui_url
+            else []
+        )
+        return [
+            f"[{e}.notifications]",
+            *ui,
+            "timeout_s = 5",
+            f"[{e}.notifications.routes]",
+            'critical = ["pagerduty", "slack", "email"]',
+            'high = ["slack", "email"]',
+            'low = ["slack", "email"]',
+            f"[{e}.notifications.slack]",
+            f"webhook_url_env = {_toml_str(SLACK_WEBHOOK_ENV)}",
+            f"[{e}.notifications.pagerduty]",
+            f"routing_key_env = {_toml_str(PAGERDUTY_KEY_ENV)}",
+            f'events_url = "http://127.0.0.1:{p.sinks_http}/pagerduty"',
+            f"[{e}.notifications.email]",
+            'smtp_host = "127.0.0.1"',
+            f"smtp_port = {p.sinks_smtp}",
+            "starttls = false",
+            'from = "dicom-backup@sandbox.invalid"',
+            'to = ["radonc-it@sandbox.invalid"]',
+            "",
+        ]
 
     def _write_toml(self) -> None:
         self.config_path.write_text(self.toml_text(), encoding="utf-8")
@@ -440,6 +507,11 @@ class Sandbox:
         ):
             if s is not None and s.process is not None and s.pid is not None:
                 procs[name] = {"pid": s.pid, "argv": s.process.argv, "log": str(s.process.log_path)}
+        for name, p in self.tracked.items():
+            if p.pid is not None:
+                procs[name] = {"pid": p.pid, "argv": p.argv, "log": str(p.log_path)}
+                if name in self.tracked_ports:
+                    procs[name]["port"] = self.tracked_ports[name]
         return {
             "running": running,
             "controller_pid": os.getpid(),

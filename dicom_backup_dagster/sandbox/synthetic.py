@@ -40,7 +40,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,17 @@ def all_dates(options: SyntheticOptions) -> list[dt.date]:
         days.add(p.planning_date)
         days.update(p.treatment_dates)
     return sorted(days)
+
+
+def start_date_ending(options: SyntheticOptions, last_day: dt.date) -> dt.date:
+    """The start_date whose data ends on `last_day`, or on the closest weekday before it when the data
+    skips weekends (a weekend night then has nothing, as in a clinic)."""
+    span = all_dates(options)[-1] - options.start_date
+    for back in range(14):
+        start = last_day - span - dt.timedelta(days=back)
+        if all_dates(replace(options, start_date=start))[-1] <= last_day:
+            return start
+    raise ValueError(f"no start date ends the data on or before {last_day}")
 
 
 # --------------------------------------------------------------------------------------------------
