@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # prometheus and prometheus-alertmanager provide promtool and amtool for the monitoring tests (deploy/).
 packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql prometheus prometheus-alertmanager)
+# chromium (with fonts) runs the browser test of the Dagster UI (tests/test_sandbox_night.py, Playwright).
+packages+=(chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
