@@ -112,7 +112,7 @@ def _suggest(key: str, allowed: set[str]) -> tuple[str, str]:
 def _keys(tp: type) -> dict[str, str]:
     """TOML key -> field name of a model."""
     infos = getattr(tp, "__pydantic_fields__", {})
-    names = [f.name for f in dataclasses.fields(tp) if f.name not in _NOT_KEYS]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(tp) if f.name not in _NOT_KEYS]
     return {(getattr(infos.get(n), "alias", None) or n): n for n in names}
 
 
@@ -230,6 +230,12 @@ def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
         )
 
 
+def _same_address(a: Any, b: Any) -> bool:
+    if not (isinstance(a, dict) and isinstance(b, dict) and "ip" in a and "port" in a):
+        return False
+    return (a.get("ip"), a.get("port")) == (b.get("ip"), b.get("port"))
+
+
 def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
     targets, main = _tables(raw, "backup_targets"), raw.get("default_backup")
     main_raw = targets.get(main) if isinstance(main, str) else None
@@ -257,19 +263,13 @@ def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
                 "point staging_target_alias at a separate staging SCP: RT records are staged there, moved to "
                 "main, verified, and only then deleted from staging",
             )
-        elif (
-            isinstance(staging_raw, dict)
-            and isinstance(main_raw, dict)
-            and "ip" in staging_raw
-            and "port" in staging_raw
-        ):
-            if (staging_raw.get("ip"), staging_raw.get("port")) == (main_raw.get("ip"), main_raw.get("port")):
-                add(
-                    env,
-                    key,
-                    f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}",
-                    "staging must be a separate SCP; give it its own ip/port",
-                )
+        elif _same_address(staging_raw, main_raw):
+            add(
+                env,
+                key,
+                f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}",
+                "staging must be a separate SCP; give it its own ip/port",
+            )
 
 
 def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:

@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,10 +33,17 @@ from dicom_backup_dagster.notify.settings import (
     check,
     env_var,
     fail,
+    fail_at,
+    host,
+    host_problem,
+    integer,
+    number,
+    shown,
+    string,
+    type_name,
+    url_problem,
 )
-from dicom_backup_dagster.notify.settings import fail_at, host, host_problem, integer, number, shown
 from dicom_backup_dagster.notify.settings import port as tcp_port
-from dicom_backup_dagster.notify.settings import string, type_name, url_problem
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
@@ -246,44 +253,63 @@ def _table(value: Any, key: str, example: str) -> dict[str, Any]:
     return value
 
 
-def _query_keys(value: Any, key: str) -> dict[str, str]:
-    from pydicom.datadict import keyword_dict
-
+def _entries(value: Any, key: str, example: str, entry: Callable[[str, Any], object]) -> dict[str, Any]:
+    """Check every entry of a table with ``entry(name, value)``, each failure reported at its own key."""
     errors = []
-    for keyword, match in _table(value, key, '{ Modality = "CT" }').items():
-        if keyword == "QueryRetrieveLevel":
-            errors.append(
-                ((keyword,), "QueryRetrieveLevel is set by query_level", "remove it and set query_level")
-            )
-        elif keyword not in keyword_dict:
-            problem = f"{keyword!r} is not a DICOM keyword{hint(keyword, keyword_dict, 0.7)}"
-            errors.append(
-                ((keyword,), problem, "use the attribute keyword from PS3.6 (e.g. Modality, StationName)")
-            )
-        elif not isinstance(match, str):
-            problem = f"match value must be a string, got {type_name(match)}"
-            errors.append(((keyword,), problem, f'quote it, e.g. {keyword} = "{match}"'))
+    for name, given in _table(value, key, example).items():
+        try:
+            entry(name, given)
+        except PydanticCustomError as error:
+            errors.append(((name,), (error.context or {})["problem"], (error.context or {})["fix"]))
     if errors:
         fail_at(errors)
     return value
 
 
+def _query_key(keyword: str, match: Any) -> None:
+    from pydicom.datadict import keyword_dict
+
+    if keyword == "QueryRetrieveLevel":
+        fail("QueryRetrieveLevel is set by query_level", "remove it and set query_level")
+    if keyword not in keyword_dict:
+        problem = f"{keyword!r} is not a DICOM keyword{hint(keyword, keyword_dict, 0.7)}"
+        fail(problem, "use the attribute keyword from PS3.6 (e.g. Modality, StationName)")
+    if not isinstance(match, str):
+        fail(f"match value must be a string, got {type_name(match)}", f'quote it, e.g. {keyword} = "{match}"')
+
+
+def _odbc_option(name: str, option: Any) -> None:
+    if name.lower() in _MANAGED_ODBC:
+        fix = f"remove it from odbc_options and set {_MANAGED_ODBC[name.lower()]} instead"
+        fail(f"{name} is derived from the source's own keys", fix)
+    if not name or any(c in name for c in ";={} "):
+        fail(f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
+    if isinstance(option, bool) or not isinstance(option, (str, int)):
+        fix = f'write it as {name} = "..." as the driver documents it'
+        fail(f"must be a string or integer, got {type_name(option)}", fix)
+
+
 def _odbc_options(value: Any, key: str) -> dict[str, str]:
-    errors = []
-    for name, option in _table(value, key, '{ TDS_Version = "7.4" }').items():
-        if name.lower() in _MANAGED_ODBC:
-            fix = f"remove it from odbc_options and set {_MANAGED_ODBC[name.lower()]} instead"
-            errors.append(((name,), f"{name} is derived from the source's own keys", fix))
-        elif not name or any(c in name for c in ";={} "):
-            errors.append(
-                ((name,), f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
-            )
-        elif isinstance(option, bool) or not isinstance(option, (str, int)):
-            problem = f"must be a string or integer, got {type_name(option)}"
-            errors.append(((name,), problem, f'write it as {name} = "..." as the driver documents it'))
-    if errors:
-        fail_at(errors)
-    return {k: str(v) for k, v in value.items()}
+    return {k: str(v) for k, v in _entries(value, key, '{ TDS_Version = "7.4" }', _odbc_option).items()}
+
+
+def _timeout(name: str, given: Any) -> None:
+    number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
+
+
+def _mosaiq_query(name: str, sql: Any) -> None:
+    if not NAME_RE.match(name):
+        fail(
+            "query names are letters, digits and underscores",
+            "rename the query to the name the Mosaiq module documents",
+        )
+    if not isinstance(sql, str) or not sql.strip():
+        fail("must be a non-empty SQL string", 'write it as a TOML string, e.g. name = """SELECT ..."""')
+    try:
+        resolve_queries({name: sql})
+    except QueryOverrideError as error:
+        fix = "start from the default query in dicom_backup_dagster/mosaiq/queries.py and keep its parameters"
+        fail(str(error), fix + " (start, end)")
 
 
 def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
@@ -317,49 +343,8 @@ def _rest_url(value: Any, key: str) -> str:
     return value.rstrip("/")
 
 
-def _timeouts(value: Any, key: str) -> Timeouts:
-    errors, values = [], {}
-    for name, given in _table(value, key, "acse = 30").items():
-        default = getattr(Timeouts, name, None)
-        try:
-            if default is not None:
-                values[name] = number(given, name, 0.0, 86400.0, str(int(default)), True)
-        except PydanticCustomError as error:  # collect them all
-            context = error.context or {}
-            errors.append(((name,), context["problem"], context["fix"]))
-    if errors:
-        fail_at(errors)
-    return Timeouts(**values)
-
-
-def _mosaiq_queries(value: Any, key: str) -> dict[str, str]:
-    errors = []
-    for name, sql in _table(value, key, 'deliveries = "SELECT ..."').items():
-        if not NAME_RE.match(name):
-            errors.append(
-                (
-                    (name,),
-                    "query names are letters, digits and underscores",
-                    "rename the query to the name the Mosaiq module documents",
-                )
-            )
-        elif not isinstance(sql, str) or not sql.strip():
-            errors.append(
-                (
-                    (name,),
-                    "must be a non-empty SQL string",
-                    'write it as a TOML string, e.g. name = """SELECT ..."""',
-                )
-            )
-        else:
-            try:
-                resolve_queries({name: sql})
-            except QueryOverrideError as error:
-                fix = "start from the default query in dicom_backup_dagster/mosaiq/queries.py and keep its parameters (start, end)"
-                errors.append(((name,), str(error), fix))
-    if errors:
-        fail_at(errors)
-    return value
+_QUERY_KEYS = check(_entries, '{ Modality = "CT" }', _query_key)
+_QUERIES = check(_entries, 'deliveries = "SELECT ..."', _mosaiq_query)
 
 
 def _int(low: int, high: int, example: str, what: str = "") -> Any:
@@ -396,7 +381,7 @@ class QRSource:
     query_level: Annotated[
         Literal["STUDY", "SERIES", "IMAGE"], check(_choice, QUERY_LEVELS, "query_level")
     ] = "IMAGE"
-    query_keys: Annotated[dict[str, str], check(_query_keys)] = field(default_factory=dict, hash=False)
+    query_keys: Annotated[dict[str, str], _QUERY_KEYS] = field(default_factory=dict, hash=False)
     transfer: Annotated[Literal["c-move", "c-get"], check(_choice, TRANSFERS, "transfer")] = "c-move"
     max_associations: Annotated[int, _int(1, 64, "2")] = 2
     #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
@@ -419,7 +404,8 @@ class QRSource:
     def _aria_moves_only(self, info: ValidationInfo) -> QRSource:
         if info.context is not None and self.type == "aria" and self.transfer == "c-get":
             problem = "ARIA sources are retrieved with C-MOVE only; 'c-get' is not supported"
-            fix = 'set transfer = "c-move" (or remove the key) and register the backup target as a move destination in ARIA'
+            fix = 'set transfer = "c-move" (or remove the key) and register the backup target as a move '
+            fix += "destination in ARIA"
             fail_at([(("transfer",), problem, fix)])
         return self
 
@@ -549,11 +535,9 @@ class Settings:
     timezone: Annotated[str, check(_timezone)] = "UTC"
     schedule: Annotated[str, check(_cron, "30 1 * * *")] = "30 1 * * *"
     lookback_days: Annotated[int, _int(0, 3650, "3")] = 3
-    timeouts: Annotated[Timeouts, check(_timeouts)] = field(default_factory=Timeouts)
+    timeouts: Annotated[Timeouts, check(_entries, "acse = 30", _timeout)] = field(default_factory=Timeouts)
     verification_fraction: Annotated[float, check(number, 0.0, 1.0, "0.1")] = 0.0
-    mosaiq_queries: Annotated[dict[str, str], check(_mosaiq_queries)] = field(
-        default_factory=dict, hash=False
-    )
+    mosaiq_queries: Annotated[dict[str, str], _QUERIES] = field(default_factory=dict, hash=False)
     connectivity_schedule: Annotated[str, check(_cron, "*/15 * * * *")] = "*/15 * * * *"
     # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
     # runs always cover one day. Per-day figures stay per partition (backup/partitions.py).

@@ -52,17 +52,15 @@ class MosaiqDatabase(ConfigurableResource):
     odbc_options: dict[str, str] = {}
     connect_timeout_s: float = 10.0
 
-    def source(self) -> MosaiqSource:
-        return MosaiqSource(
+    def source(self) -> connection.MosaiqConnection:
+        return connection.MosaiqConnection(
             alias=self.alias,
             db_server=self.server,
             db_port=self.port,
             db_database=self.database,
             db_username=self.username,
-            db_password_env="",
             odbc_driver=self.odbc_driver,
             odbc_options=dict(self.odbc_options),
-            staging_target_alias="",
         )
 
     def connect(self) -> pyodbc.Connection:

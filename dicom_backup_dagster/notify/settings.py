@@ -13,7 +13,7 @@ fix; ``<ENV>`` in a fix stands for the environment's name.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import field
 from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit
@@ -54,7 +54,7 @@ def fail(problem: str, fix: str) -> NoReturn:
     raise config_error(problem, fix)
 
 
-def fail_at(errors: list[tuple[tuple[str, ...], str, str]]) -> NoReturn:
+def fail_at(errors: Iterable[tuple[tuple[Any, ...], str, str]]) -> NoReturn:
     """Several problems at once, each at its own key below the value being validated."""
     details = [InitErrorDetails(type=config_error(p, f), loc=loc, input=None) for loc, p, f in errors]
     raise ValidationError.from_exception_data("config", details)
@@ -240,7 +240,7 @@ def _routes(value: Any, key: str) -> dict[str, tuple[str, ...]]:
                         f"use channels from: {', '.join(CHANNELS)}",
                     )
                 )
-            routes[severity] = tuple(dict.fromkeys(channels))  # type: ignore[assignment]
+            routes[severity] = tuple(dict.fromkeys(channels))
     if errors:
         fail_at(errors)
     return routes  # type: ignore[return-value]
@@ -336,7 +336,8 @@ class NotificationSettings:
         errors = [
             (
                 ("routes", severity),
-                f"routes {severity} alerts to {channel!r} but [<ENV>.notifications.{channel}] is not configured",
+                f"routes {severity} alerts to {channel!r} but [<ENV>.notifications.{channel}] is not "
+                "configured",
                 f"add a [<ENV>.notifications.{channel}] table or remove {channel!r} from this route",
             )
             for severity, channels in self.routes.items()
