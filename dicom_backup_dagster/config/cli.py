@@ -122,21 +122,16 @@ def _warnings(site: SiteConfig) -> list[str]:
 
 def _cron_values(part: str, index: int) -> set[int]:
     """The values one field of a cron expression (already checked by cron_problem) matches."""
-    _label, low, high = CRON_FIELDS[index]
-
-    def number(token: str) -> int:
-        return cron_value(token, index)
-
     out: set[int] = set()
     for item in part.split(","):
         base, _, step = item.partition("/")
+        first, dash, last = base.partition("-")
         if base == "*":
-            first, last = low, high
-        else:
-            a, dash, b = base.partition("-")
-            first = number(a)
-            last = number(b) if dash else (high if step else first)  # "5/15": from 5 every 15
-        out.update(range(first, last + 1, int(step or 1)))
+            low, high = CRON_FIELDS[index][1], CRON_FIELDS[index][2]
+        else:  # "5/15": from 5 every 15
+            low = cron_value(first, index)
+            high = cron_value(last, index) if dash else (CRON_FIELDS[index][2] if step else low)
+        out.update(range(low, high + 1, int(step or 1)))
     return out
 
 
@@ -191,9 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration INVALID:\n{exc}", file=sys.stderr)
         return 2
-    for line in _summary(site):
-        print(line)
-    for line in _warnings(site):
-        print(line)
+    print("\n".join([*_summary(site), *_warnings(site)]))
     print(f"configuration OK: {site.path} environment {site.environment.name}")
     return 0

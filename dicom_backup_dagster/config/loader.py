@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
@@ -191,43 +191,50 @@ def _tables(raw: Mapping[str, Any], section: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _unknown_alias(env: str, key: str, alias: str, known: list[str], what: str, add: Add) -> None:
-    listing = ", ".join(sorted(known)) or "(none defined)"
+_FIXES = {
+    "alias": "use letters, digits and underscores, starting with a letter (aliases become Dagster asset, job "
+    "and pool names)",
+    "both": "give the target a different alias (peers are looked up by alias)",
+    "main": "point default_backup at an orthanc target (verification and restore use Orthanc's REST API)",
+    "staging": "point staging_target_alias at a separate staging SCP: RT records are staged there, moved to "
+    "main, verified, and only then deleted from staging",
+    "address": "staging must be a separate SCP; give it its own ip/port",
+    "aet": "give every peer and the script AE its own AE title (C-MOVE destinations are resolved by AE title "
+    "alone)",
+    "select": f"set {ENVIRONMENT_ENV_VAR} to one of {{choices}}, pass --environment, or add "
+    'default_environment = "..." at the top of the file',
+    "not_found": f"check the path (from {CONFIG_ENV_VAR} or --config); copy config/environments.example.toml "
+    "to start a new one",
+    "path": f"set {CONFIG_ENV_VAR}=/path/to/environments.toml or pass the path (CLI: --config PATH); "
+    "config/environments.example.toml is a template",
+    "top": "the top level holds only default_environment and one [ENVIRONMENT] table per site",
+    "unset": "export {var}=<password> in the environment of the Dagster code server, daemon and run workers "
+    "(e.g. the systemd unit's EnvironmentFile or .env)",
+}
+
+
+def _unknown_alias(env: str, key: str, alias: str, known: Iterable[str], what: str, add: Add) -> None:
     problem = f"{alias!r} is not a {what} alias in this environment{hint(alias, known)}"
-    add(env, key, problem, f"set it to one of: {listing}")
+    add(env, key, problem, f"set it to one of: {', '.join(sorted(known)) or '(none defined)'}")
 
 
 def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
     sources, targets = _tables(raw, "sources"), _tables(raw, "backup_targets")
     for section, table in (("sources", sources), ("backup_targets", targets)):
         for alias in (a for a in table if not NAME_RE.match(a)):
-            add(
-                env,
-                f"{env}.{section}.{alias}",
-                f"alias {alias!r} is not a valid name",
-                "use letters, digits and underscores, starting with a letter (aliases become Dagster asset, "
-                "job and pool names)",
-            )
+            add(env, f"{env}.{section}.{alias}", f"alias {alias!r} is not a valid name", _FIXES["alias"])
     for alias in sorted(set(sources) & set(targets)):
-        add(
-            env,
-            f"{env}.backup_targets.{alias}",
-            f"alias {alias!r} is used both as a source and as a target",
-            "give the target a different alias (peers are looked up by alias)",
-        )
+        problem = f"alias {alias!r} is used both as a source and as a target"
+        add(env, f"{env}.backup_targets.{alias}", problem, _FIXES["both"])
     default_source, main = raw.get("default_source"), raw.get("default_backup")
     if isinstance(default_source, str) and default_source.strip() and default_source not in sources:
-        _unknown_alias(env, f"{env}.default_source", default_source, list(sources), "source", add)
+        _unknown_alias(env, f"{env}.default_source", default_source, sources, "source", add)
     main_raw = targets.get(main) if isinstance(main, str) else None
     if isinstance(main, str) and main.strip() and main not in targets:
-        _unknown_alias(env, f"{env}.default_backup", main, list(targets), "backup target", add)
+        _unknown_alias(env, f"{env}.default_backup", main, targets, "backup target", add)
     elif isinstance(main_raw, dict) and main_raw.get("type") in TARGET_TYPES[1:]:
-        add(
-            env,
-            f"{env}.default_backup",
-            f"the main backup target {main!r} is of type {main_raw['type']!r}",
-            "point default_backup at an orthanc target (verification and restore use Orthanc's REST API)",
-        )
+        problem = f"the main backup target {main!r} is of type {main_raw['type']!r}"
+        add(env, f"{env}.default_backup", problem, _FIXES["main"])
 
 
 def _same_address(a: Any, b: Any) -> bool:
@@ -238,38 +245,25 @@ def _same_address(a: Any, b: Any) -> bool:
 
 def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
     targets, main = _tables(raw, "backup_targets"), raw.get("default_backup")
-    main_raw = targets.get(main) if isinstance(main, str) else None
     for alias, table in _tables(raw, "sources").items():
         if not isinstance(table, dict) or table.get("type") != "mosaiq":
             continue
         key, staging = f"{env}.sources.{alias}.staging_target_alias", table.get("staging_target_alias")
         if staging is None:
-            add(
-                env,
-                key,
-                "missing required key 'staging_target_alias'",
-                'add staging_target_alias = "MOSAIQ_STAGE"',
-            )
+            fix = 'add staging_target_alias = "MOSAIQ_STAGE"'
+            add(env, key, "missing required key 'staging_target_alias'", fix)
         if not isinstance(staging, str) or not staging.strip():
             continue
-        staging_raw = targets.get(staging)
         if staging not in targets:
-            _unknown_alias(env, key, staging, list(targets), "backup target", add)
+            _unknown_alias(env, key, staging, targets, "backup target", add)
         elif staging == main:
-            add(
-                env,
-                key,
-                f"the staging target {staging!r} is the main backup target (default_backup)",
-                "point staging_target_alias at a separate staging SCP: RT records are staged there, moved to "
-                "main, verified, and only then deleted from staging",
+            problem = f"the staging target {staging!r} is the main backup target (default_backup)"
+            add(env, key, problem, _FIXES["staging"])
+        elif _same_address(targets[staging], targets.get(main) if isinstance(main, str) else None):
+            problem = (
+                f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}"
             )
-        elif _same_address(staging_raw, main_raw):
-            add(
-                env,
-                key,
-                f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}",
-                "staging must be a separate SCP; give it its own ip/port",
-            )
+            add(env, key, problem, _FIXES["address"])
 
 
 def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
@@ -280,25 +274,17 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
     title leave at least one of them unreachable or ambiguous. The same AE registered twice (the main
     Orthanc also listed as a source) would back the archive up into itself, so it is rejected too.
     """
-    script = raw.get("script_ae")
-    aets = [(f"{env}.script_ae.aet", script.get("aet") if isinstance(script, dict) else None)]
+    tables = {"script_ae": raw.get("script_ae")}
     for section in ("sources", "backup_targets"):
-        for alias, table in _tables(raw, section).items():
-            if isinstance(table, dict) and table.get("type") != "mosaiq":
-                aets.append((f"{env}.{section}.{alias}.aet", table.get("aet")))
+        tables.update({f"{section}.{a}": t for a, t in _tables(raw, section).items()})
     seen: dict[str, str] = {}
-    for key, aet in aets:
+    for where, table in tables.items():
+        aet = table.get("aet") if isinstance(table, dict) and table.get("type") != "mosaiq" else None
         if not isinstance(aet, str) or ae_title_problem(aet):
             continue
-        folded = aet.strip(" ").upper()
+        folded, key = aet.strip(" ").upper(), f"{env}.{where}.aet"
         if folded in seen:
-            add(
-                env,
-                key,
-                f"AE title {aet.strip(' ')!r} is already used by {seen[folded]}",
-                "give every peer and the script AE its own AE title (C-MOVE destinations are resolved by AE "
-                "title alone)",
-            )
+            add(env, key, f"AE title {aet.strip(' ')!r} is already used by {seen[folded]}", _FIXES["aet"])
         seen.setdefault(folded, key)
 
 
@@ -308,42 +294,22 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
 def _secret(env: str, key: str, var: str, add: Add) -> Secret | None:
     value = os.environ.get(var)
     if value is None:
-        add(
-            env,
-            key,
-            f"environment variable {var} is not set",
-            f"export {var}=<password> in the environment of the Dagster code server, daemon and run workers "
-            "(e.g. the systemd unit's EnvironmentFile or .env)",
-        )
-        return None
-    if not value:
+        add(env, key, f"environment variable {var} is not set", _FIXES["unset"].format(var=var))
+    elif not value:
         add(env, key, f"environment variable {var} is empty", f"set {var} to the password")
-        return None
-    return Secret(var, value)
+    return Secret(var, value) if value else None
 
 
 def _resolve_secrets(cfg: EnvironmentConfig, add: Add) -> EnvironmentConfig:
-    env, replace = cfg.name, dataclasses.replace
-    sources = {
-        a: replace(
-            s, password_secret=_secret(env, f"{env}.sources.{a}.db_password_env", s.db_password_env, add)
-        )
-        if isinstance(s, MosaiqSource)
-        else s
-        for a, s in cfg.sources.items()
-    }
-    targets = {
-        a: replace(
-            t,
-            rest_password_secret=_secret(
-                env, f"{env}.backup_targets.{a}.rest_password_env", t.rest_password_env, add
-            ),
-        )
-        if t.rest_password_env
-        else t
-        for a, t in cfg.backup_targets.items()
-    }
-    return replace(cfg, sources=sources, backup_targets=targets)
+    env, sources, targets = cfg.name, dict(cfg.sources), dict(cfg.backup_targets)
+    for a, s in cfg.mosaiq_sources.items():
+        secret = _secret(env, f"{env}.sources.{a}.db_password_env", s.db_password_env, add)
+        sources[a] = dataclasses.replace(s, password_secret=secret)
+    for a, t in cfg.backup_targets.items():
+        if t.rest_password_env:
+            secret = _secret(env, f"{env}.backup_targets.{a}.rest_password_env", t.rest_password_env, add)
+            targets[a] = dataclasses.replace(t, rest_password_secret=secret)
+    return dataclasses.replace(cfg, sources=sources, backup_targets=targets)
 
 
 def _check_raw_secrets(env: str, raw: Mapping[str, Any], add: Add) -> None:
@@ -379,13 +345,8 @@ def _select_environment(
         return names[0]
     if requested is None:
         if names:
-            add(
-                None,
-                "default_environment",
-                f"no environment selected and the file defines {len(names)}",
-                f"set {ENVIRONMENT_ENV_VAR} to one of {choices}, pass --environment, or add "
-                'default_environment = "..." at the top of the file',
-            )
+            problem = f"no environment selected and the file defines {len(names)}"
+            add(None, "default_environment", problem, _FIXES["select"].format(choices=choices))
         return None
     if requested not in names:
         problem = f"unknown environment {requested!r} ({origin}){hint(requested, names)}"
@@ -400,13 +361,7 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
     try:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        add(
-            environment,
-            "(file)",
-            "file not found",
-            f"check the path (from {CONFIG_ENV_VAR} or --config); copy config/environments.example.toml to "
-            "start a new one",
-        )
+        add(environment, "(file)", "file not found", _FIXES["not_found"])
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         add(
             environment,
@@ -418,23 +373,15 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
         where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line = f"line {where.group(1)}, column {where.group(2)}" if where else "an unknown line"
         message = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc)) or "invalid TOML"
-        add(
-            environment,
-            f"(TOML syntax, {line})",
-            f"TOML syntax error at {line}: {message}",
-            f"fix the TOML at {line} (https://toml.io); strings need double quotes, tables [NAME.section]",
-        )
+        fix = f"fix the TOML at {line} (https://toml.io); strings need double quotes, tables [NAME.section]"
+        add(environment, f"(TOML syntax, {line})", f"TOML syntax error at {line}: {message}", fix)
     return None
 
 
 def _environment(name: str, raw: dict[str, Any], folder: Path, add: Add) -> EnvironmentConfig | None:
     if not NAME_RE.match(name):
-        add(
-            name,
-            name,
-            f"environment name {name!r} is not a valid name",
-            "use letters, digits and underscores, starting with a letter",
-        )
+        fix = "use letters, digits and underscores, starting with a letter"
+        add(name, name, f"environment name {name!r} is not a valid name", fix)
     _unknown_keys(EnvironmentConfig, raw, name, name, add)
     model = None
     try:
@@ -455,13 +402,10 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     """
     path = path if path is not None else (os.environ.get(CONFIG_ENV_VAR) or None)
     if path is None:
-        fix = (
-            f"set {CONFIG_ENV_VAR}=/path/to/environments.toml or pass the path (CLI: --config PATH); "
-            "config/environments.example.toml is a template"
+        issue = ConfigIssue(
+            "(no file)", environment, CONFIG_ENV_VAR, "no configuration file given", _FIXES["path"]
         )
-        raise ConfigError(
-            [ConfigIssue("(no file)", environment, CONFIG_ENV_VAR, "no configuration file given", fix)]
-        )
+        raise ConfigError([issue])
     file = Path(path).expanduser().absolute()
     issues: list[ConfigIssue] = []
 
@@ -474,12 +418,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     names = [k for k, v in data.items() if k != "default_environment" and isinstance(v, dict)]
     for key in (k for k in data if k != "default_environment" and k not in names):
         suffix, _ = _suggest(key, {"default_environment"})
-        add(
-            None,
-            key,
-            f"unknown top-level key {key!r}{suffix}",
-            "the top level holds only default_environment and one [ENVIRONMENT] table per site",
-        )
+        add(None, key, f"unknown top-level key {key!r}{suffix}", _FIXES["top"])
     if not names:
         add(None, "(file)", "no environments defined", "add at least one [ENVIRONMENT] table, e.g. [UCLA]")
     selected = _select_environment(data, names, environment, add)
@@ -490,8 +429,6 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     elif selected in parsed:
         _check_raw_secrets(selected, data[selected], add)
     if issues or result is None:
-        raise ConfigError(
-            issues
-            or [ConfigIssue(str(file), selected, "(file)", "invalid configuration", "see the errors above")]
-        )
+        fallback = ConfigIssue(str(file), selected, "(file)", "invalid configuration", "see the errors above")
+        raise ConfigError(issues or [fallback])
     return SiteConfig(file, result, tuple(names))

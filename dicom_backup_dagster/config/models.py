@@ -26,24 +26,16 @@ from dicom_backup_dagster.backup.hours import WorkWindow, WorkWindowError, parse
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
+from dicom_backup_dagster.notify import settings as checks
 from dicom_backup_dagster.notify.settings import (
     MODEL_CONFIG,
     NotificationSettings,
-    boolean,
     check,
-    env_var,
     fail,
     fail_at,
-    host,
-    host_problem,
-    integer,
-    number,
     shown,
-    string,
     type_name,
-    url_problem,
 )
-from dicom_backup_dagster.notify.settings import port as tcp_port
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
@@ -196,10 +188,10 @@ CRON_NAMES[4] = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", 
 
 def cron_value(token: str, index: int) -> int:
     label, low, high = CRON_FIELDS[index]
-    number = int(token) if token.isdigit() else CRON_NAMES.get(index, {}).get(token.lower())
-    if number is None or not low <= number <= high:
+    value = int(token) if token.isdigit() else CRON_NAMES.get(index, {}).get(token.lower())
+    if value is None or not low <= value <= high:
         raise ValueError(f"{label} value {token!r} is outside {low}-{high}")
-    return number
+    return value
 
 
 def cron_problem(expr: str) -> str | None:
@@ -294,7 +286,7 @@ def _odbc_options(value: Any, key: str) -> dict[str, str]:
 
 
 def _timeout(name: str, given: Any) -> None:
-    number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
+    checks.number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
 
 
 def _mosaiq_query(name: str, sql: Any) -> None:
@@ -331,7 +323,7 @@ def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _rest_url(value: Any, key: str) -> str:
-    problem = url_problem(string(value, key, '"http://10.0.0.30:8042"'))
+    problem = checks.url_problem(checks.string(value, key, '"http://10.0.0.30:8042"'))
     if problem and "password" in problem:
         fail(
             problem,
@@ -348,7 +340,7 @@ _QUERIES = check(_entries, 'deliveries = "SELECT ..."', _mosaiq_query)
 
 
 def _int(low: int, high: int, example: str, what: str = "") -> Any:
-    return check(integer, low, high, example, what)
+    return check(checks.integer, low, high, example, what)
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -360,7 +352,7 @@ class ScriptAE:
     N-EVENT-REPORT for Storage Commitment, PS3.4 J.3)."""
 
     aet: Annotated[str, check(_aet)]
-    port: Annotated[int | None, check(tcp_port, "11113")] = None
+    port: Annotated[int | None, check(checks.port, "11113")] = None
 
 
 _RELATIONAL_FIX = (
@@ -376,8 +368,8 @@ class QRSource:
     alias: str
     type: Annotated[Literal["aria", "mim"], check(_choice, SOURCE_TYPES, "source type")]
     aet: Annotated[str, check(_aet)]
-    ip: Annotated[str, check(host, '"10.0.0.20"', host_problem)]
-    port: Annotated[int, check(tcp_port, "104")]
+    ip: Annotated[str, check(_host, '"10.0.0.20"')]
+    port: Annotated[int, check(checks.port, "104")]
     query_level: Annotated[
         Literal["STUDY", "SERIES", "IMAGE"], check(_choice, QUERY_LEVELS, "query_level")
     ] = "IMAGE"
@@ -391,7 +383,7 @@ class QRSource:
     )
     #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
     #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
-    relational: Annotated[bool, check(boolean, _RELATIONAL_FIX)] = False
+    relational: Annotated[bool, check(checks.boolean, _RELATIONAL_FIX)] = False
     #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
     #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
     max_find_results: Annotated[
@@ -418,6 +410,10 @@ class QRSource:
         return parse_work_window(self.bulk_hours, timezone)
 
 
+def _host(value: Any, key: str, example: str) -> str:
+    return checks.host(value, key, example, checks.host_problem)
+
+
 class _Absent(str):
     """A SQLite source needs no server: db_server's value when the key is absent."""
 
@@ -426,7 +422,7 @@ _NO_SERVER = _Absent()
 
 
 def _driver(value: Any, key: str) -> str:
-    return string(value, key, '"FreeTDS"').strip().strip("{}").strip()
+    return checks.string(value, key, '"FreeTDS"').strip().strip("{}").strip()
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
@@ -435,15 +431,15 @@ class MosaiqSource(MosaiqConnection):
 
     db_server: Annotated[
         str,
-        check(lambda v, k: v if v is _NO_SERVER else host(v, k, '"mosaiq-sql.example.org"', host_problem)),
+        check(lambda v, k: v if v is _NO_SERVER else _host(v, k, '"mosaiq-sql.example.org"')),
     ]
-    db_port: Annotated[int | None, check(tcp_port, "1433")]
-    db_database: Annotated[str, check(string, '"MOSAIQ"')]
-    db_username: Annotated[str, check(string, '"backup_ro"')]
+    db_port: Annotated[int | None, check(checks.port, "1433")]
+    db_database: Annotated[str, check(checks.string, '"MOSAIQ"')]
+    db_username: Annotated[str, check(checks.string, '"backup_ro"')]
     odbc_driver: Annotated[str, check(_driver)]
     odbc_options: Annotated[dict[str, str], check(_odbc_options)] = field(default_factory=dict, hash=False)
-    db_password_env: Annotated[str, check(env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = field(kw_only=True)
-    staging_target_alias: Annotated[str, check(string, '"MOSAIQ_STAGE"')] = ""
+    db_password_env: Annotated[str, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = field(kw_only=True)
+    staging_target_alias: Annotated[str, check(checks.string, '"MOSAIQ_STAGE"')] = ""
     password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
     type: Literal["mosaiq"] = field(default="mosaiq", kw_only=True)
 
@@ -492,11 +488,11 @@ class BackupTarget:
     alias: str
     type: Annotated[Literal["orthanc", "dicom_scp"], check(_choice, TARGET_TYPES, "backup target type")]
     aet: Annotated[str, check(_aet)]
-    ip: Annotated[str, check(host, '"10.0.0.30"', host_problem)]
-    port: Annotated[int, check(tcp_port, "4242")]
+    ip: Annotated[str, check(_host, '"10.0.0.30"')]
+    port: Annotated[int, check(checks.port, "4242")]
     rest_url: Annotated[str | None, check(_rest_url)] = None
-    rest_username: Annotated[str | None, check(string, '"backup"')] = None
-    rest_password_env: Annotated[str | None, check(env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = None
+    rest_username: Annotated[str | None, check(checks.string, '"backup"')] = None
+    rest_password_env: Annotated[str | None, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = None
     rest_password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
 
     @model_validator(mode="after")
@@ -536,7 +532,7 @@ class Settings:
     schedule: Annotated[str, check(_cron, "30 1 * * *")] = "30 1 * * *"
     lookback_days: Annotated[int, _int(0, 3650, "3")] = 3
     timeouts: Annotated[Timeouts, check(_entries, "acse = 30", _timeout)] = field(default_factory=Timeouts)
-    verification_fraction: Annotated[float, check(number, 0.0, 1.0, "0.1")] = 0.0
+    verification_fraction: Annotated[float, check(checks.number, 0.0, 1.0, "0.1")] = 0.0
     mosaiq_queries: Annotated[dict[str, str], _QUERIES] = field(default_factory=dict, hash=False)
     connectivity_schedule: Annotated[str, check(_cron, "*/15 * * * *")] = "*/15 * * * *"
     # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
@@ -573,9 +569,9 @@ def _aliases(value: Any, key: str, what: str) -> Any:
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class EnvironmentConfig:
     name: str
-    description: Annotated[str, check(lambda v, k: v and string(v, k, '"..."'))]
-    default_source: Annotated[str, check(string, '"ARIA_MAIN"')]
-    default_backup: Annotated[str, check(string, '"ORTHANC_MAIN"')]
+    description: Annotated[str, check(lambda v, k: v and checks.string(v, k, '"..."'))]
+    default_source: Annotated[str, check(checks.string, '"ARIA_MAIN"')]
+    default_backup: Annotated[str, check(checks.string, '"ORTHANC_MAIN"')]
     script_ae: ScriptAE
     sources: Annotated[dict[str, _SourceField], check(_aliases, "sources")] = field(hash=False)
     backup_targets: Annotated[dict[str, BackupTarget], check(_aliases, "backup targets")] = field(hash=False)
