@@ -1,6 +1,6 @@
 """Dagster resources: typed, configurable handles on the DICOM network and the Mosaiq databases.
 
-Values come from the site configuration (config.py); secrets are passed as `EnvVar`s so the UI shows the
+Values come from the site configuration (config/); secrets are passed as `EnvVar`s so the UI shows the
 variable's name and the value is read only inside the run process.
 """
 
