@@ -43,48 +43,34 @@ ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
 Add = Callable[[str | None, str, str, str], None]
 
 # Keys of the original (pre-Dagster) environments.toml and their replacements here.
+# fmt: off
 _RENAMED_KEYS = {
-    "dicom_query_level": "query_level",
-    "dicom_query_keys": "query_keys",
+    "dicom_query_level": "query_level", "dicom_query_keys": "query_keys", "ae_title": "aet", "host": "ip",
     "mosaiq_backup_sql_query": "mosaiq_queries",
     "modality_to_query": 'query_keys (e.g. query_keys = { Modality = "CT" } on the source)',
-    "ae_title": "aet",
-    "host": "ip",
 }
+# Examples for the fix of a missing key (by "section.key", then by key) and of a missing table.
+_EXAMPLES = {
+    "sources.type": "one of 'aria', 'mim', 'mosaiq'", "backup_targets.type": "one of 'orthanc', 'dicom_scp'",
+    "aet": '"<ALIAS>"', "ip": '"10.0.0.20"', "port": "104", "db_database": '"MOSAIQ"',
+    "db_username": '"backup_ro"', "db_server": '"mosaiq-sql.example.org"', "odbc_driver": '"FreeTDS"',
+    "db_password_env": '"<ENV>_<ALIAS>_PASSWORD"', "routing_key_env": '"<ENV>_PAGERDUTY_ROUTING_KEY"',
+    "default_source": '"ARIA_MAIN"', "default_backup": '"ORTHANC_MAIN"', "smtp_host": '"smtp.example.org"',
+    "from": '"dicom-backup@example.org"', "to": '["radonc-it@example.org"]',
+}
+_TABLES = {
+    "script_ae": 'aet = "DICOM_BACKUP"', "settings": "max_uids_per_run = 5000", "timeouts": "acse = 30",
+    "sources": '[<ENV>.sources.ARIA_MAIN] type = "aria" ...',
+    "backup_targets": '[<ENV>.backup_targets.ORTHANC_MAIN] type = "orthanc" ...',
+    "notifications": 'dagster_ui_url = "http://dagster.example.org:3000"',
+    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"', "email": 'smtp_host = "smtp.example.org"',
+    "pagerduty": 'routing_key_env = "<ENV>_PAGERDUTY_ROUTING_KEY"',
+}
+# fmt: on
 _SECRET_KEY_FIX = (
     "never put a password in the file: export it as an environment variable and name that variable "
     'with {new} (e.g. {new} = "<SITE>_<ALIAS>_PASSWORD")'
 )
-# Examples for the fix of a missing key (by "section.key", then by key) and of a missing table.
-_EXAMPLES = {
-    "sources.type": "one of 'aria', 'mim', 'mosaiq'",
-    "backup_targets.type": "one of 'orthanc', 'dicom_scp'",
-    "aet": '"<ALIAS>"',
-    "ip": '"10.0.0.20"',
-    "port": "104",
-    "db_database": '"MOSAIQ"',
-    "db_username": '"backup_ro"',
-    "db_server": '"mosaiq-sql.example.org"',
-    "db_password_env": '"<ENV>_<ALIAS>_PASSWORD"',
-    "odbc_driver": '"FreeTDS"',
-    "default_source": '"ARIA_MAIN"',
-    "default_backup": '"ORTHANC_MAIN"',
-    "routing_key_env": '"<ENV>_PAGERDUTY_ROUTING_KEY"',
-    "smtp_host": '"smtp.example.org"',
-    "from": '"dicom-backup@example.org"',
-    "to": '["radonc-it@example.org"]',
-}
-_TABLES = {
-    "script_ae": 'aet = "DICOM_BACKUP"',
-    "sources": '[<ENV>.sources.ARIA_MAIN] type = "aria" ...',
-    "backup_targets": '[<ENV>.backup_targets.ORTHANC_MAIN] type = "orthanc" ...',
-    "settings": "max_uids_per_run = 5000",
-    "notifications": 'dagster_ui_url = "http://dagster.example.org:3000"',
-    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"',
-    "pagerduty": 'routing_key_env = "<ENV>_PAGERDUTY_ROUTING_KEY"',
-    "email": 'smtp_host = "smtp.example.org"',
-    "timeouts": "acse = 30",
-}
 _NOT_KEYS = {"alias", "name", "password_secret", "rest_password_secret"}  # set by the loader, not the file
 _REST_KEYS = {"rest_url", "rest_username", "rest_password_env"}
 _ADAPTER = TypeAdapter(EnvironmentConfig)

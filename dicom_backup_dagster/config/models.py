@@ -46,15 +46,12 @@ QUERY_LEVELS = ("STUDY", "SERIES", "IMAGE")
 TRANSFERS = ("c-move", "c-get")
 INVENTORY_MODES = ("by-study", "walk")
 # Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
+# fmt: off
 _MANAGED_ODBC = {
-    "driver": "odbc_driver",
-    "server": "db_server",
-    "port": "db_port",
-    "database": "db_database",
-    "uid": "db_username",
-    "pwd": "db_password_env",
-    "dsn": "odbc_driver/db_server (DSNs are not used)",
+    "driver": "odbc_driver", "server": "db_server", "port": "db_port", "database": "db_database",
+    "uid": "db_username", "pwd": "db_password_env", "dsn": "odbc_driver/db_server (DSNs are not used)",
 }
+# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
