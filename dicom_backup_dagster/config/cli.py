@@ -96,27 +96,27 @@ def _summary(site: SiteConfig) -> list[str]:
 def _warnings(site: SiteConfig) -> list[str]:
     # Notification secrets are read at send time, so a missing one fails that channel, not the code
     # location: the check reports it here instead of refusing the file.
-    out: list[str] = [
-        f"warning: {site.environment.name}.{key}: environment variable {var} is not set; that channel "
-        "will fail until it is exported"
-        for key, var in site.environment.notifications.env_vars().items()
-        if not os.environ.get(var)
+    env = site.environment
+    unset = "is not set; that channel will fail until it is exported"
+    out = [
+        f"warning: {env.name}.{k}: environment variable {v} {unset}"
+        for k, v in env.notifications.env_vars().items()
+        if not os.environ.get(v)
     ]
-    out.extend(_bulk_hours_warnings(site.environment))
-    mosaiq = site.environment.mosaiq_sources
-    if mosaiq:
-        try:
-            import pyodbc
+    out.extend(_bulk_hours_warnings(env))
+    if not env.mosaiq_sources:
+        return out
+    try:
+        import pyodbc
 
-            installed = pyodbc.drivers()
-        except Exception as exc:  # the check must still report the configuration itself
-            return [f"warning: cannot list ODBC drivers ({type(exc).__name__})"]
-        for alias, src in mosaiq.items():
-            if src.odbc_driver not in installed:
-                out.append(
-                    f"warning: {site.environment.name}.sources.{alias}.odbc_driver: ODBC driver "
-                    f"{src.odbc_driver!r} is not installed here (installed: {', '.join(installed) or 'none'})"
-                )
+        installed = ", ".join(pyodbc.drivers())
+    except Exception as exc:  # the check must still report the configuration itself
+        return [f"warning: cannot list ODBC drivers ({type(exc).__name__})"]
+    for alias, src in env.mosaiq_sources.items():
+        if src.odbc_driver not in pyodbc.drivers():
+            where = f"{env.name}.sources.{alias}.odbc_driver"
+            missing = f"ODBC driver {src.odbc_driver!r} is not installed here"
+            out.append(f"warning: {where}: {missing} (installed: {installed or 'none'})")
     return out
 
 
@@ -173,13 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m dicom_backup_dagster.config",
         description="Validate the DICOM backup site configuration.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate the file and print a summary (never prints secrets)")
-    check.add_argument("--config", help=f"path of the TOML file (default: ${CONFIG_ENV_VAR})")
-    check.add_argument(
-        "--environment",
-        help=f"environment to check (default: ${ENVIRONMENT_ENV_VAR}, then the file's default_environment)",
+    check = parser.add_subparsers(dest="command", required=True).add_parser(
+        "check", help="validate the file and print a summary (never prints secrets)"
     )
+    check.add_argument("--config", help=f"path of the TOML file (default: ${CONFIG_ENV_VAR})")
+    default = f"${ENVIRONMENT_ENV_VAR}, then the file's default_environment"
+    check.add_argument("--environment", help=f"environment to check (default: {default})")
     args = parser.parse_args(argv)
     try:
         site = load_config(args.config, args.environment)
