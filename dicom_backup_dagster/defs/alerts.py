@@ -21,11 +21,12 @@ exception class names.
 No `from __future__ import annotations`: Dagster validates resource annotations of sensors and ops.
 """
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 from dagster import (
     AssetCheckSeverity,
@@ -67,11 +68,13 @@ from dicom_backup_dagster.notify import (
     NotificationSettings,
     Notifier,
     PagerDutyNotifier,
+    PagerDutySettings,
     SlackNotifier,
+    SlackSettings,
     resolve,
     trigger,
 )
-from dicom_backup_dagster.notify.settings import PAGERDUTY_EVENTS_URL, SLACK_API_URL, Channel
+from dicom_backup_dagster.notify.settings import DEFAULT_TIMEOUT_S, Channel
 
 CONNECTIVITY_JOB = "connectivity_check"
 TEST_ALERT_JOB = "send_test_alert"
@@ -101,106 +104,49 @@ _CHECK_KINDS = {
 # NAMES these hold; the notifier reads them at send time.
 
 
-class SlackNotifierResource(ConfigurableResource):
-    """Slack: an incoming webhook (URL in the variable `webhook_url_env`) or chat.postMessage with a bot
-    token (`token_env`, `channel`) at `base_url`."""
+class _NotifierResource(ConfigurableResource):
+    """One channel: its notify/settings.py model as Dagster config (``settings``, empty: not configured)."""
 
-    enabled: bool = False
-    webhook_url_env: str = ""
-    token_env: str = ""
-    channel: str = ""
-    base_url: str = SLACK_API_URL
-    timeout_s: float = 10.0
+    settings: dict[str, Any] = Field(default_factory=dict)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def of(cls, channel: Any, timeout_s: float) -> Self:
+        # Dagster config maps hold no nulls: unset optional keys are left out and take their defaults.
+        fields = {k: v for k, v in dataclasses.asdict(channel).items() if v is not None} if channel else {}
+        return cls(settings=fields, timeout_s=timeout_s)
+
+
+class SlackNotifierResource(_NotifierResource):
+    """Slack: an incoming webhook or chat.postMessage with a bot token (notify.SlackSettings)."""
 
     def notifier(self) -> SlackNotifier | None:
-        if not self.enabled:
-            return None
-        return SlackNotifier(
-            webhook_url_env=self.webhook_url_env or None,
-            token_env=self.token_env or None,
-            channel=self.channel or None,
-            base_url=self.base_url,
-            timeout_s=self.timeout_s,
-        )
+        return SlackNotifier(SlackSettings(**self.settings), self.timeout_s) if self.settings else None
 
 
-class PagerDutyNotifierResource(ConfigurableResource):
-    """PagerDuty Events API v2; the routing key is read from the variable `routing_key_env`."""
-
-    enabled: bool = False
-    routing_key_env: str = ""
-    events_url: str = PAGERDUTY_EVENTS_URL
-    timeout_s: float = 10.0
+class PagerDutyNotifierResource(_NotifierResource):
+    """PagerDuty Events API v2 (notify.PagerDutySettings)."""
 
     def notifier(self) -> PagerDutyNotifier | None:
-        if not self.enabled:
-            return None
-        return PagerDutyNotifier(
-            routing_key_env=self.routing_key_env, events_url=self.events_url, timeout_s=self.timeout_s
+        return (
+            PagerDutyNotifier(PagerDutySettings(**self.settings), self.timeout_s) if self.settings else None
         )
 
 
-class EmailNotifierResource(ConfigurableResource):
-    """SMTP email; STARTTLS when `starttls`, AUTH when `username` (password from `password_env`)."""
-
-    enabled: bool = False
-    smtp_host: str = ""
-    smtp_port: int = 587
-    starttls: bool = True
-    sender: str = ""
-    recipients: list[str] = Field(default_factory=list)
-    username: str = ""
-    password_env: str = ""
-    timeout_s: float = 10.0
+class EmailNotifierResource(_NotifierResource):
+    """SMTP email (notify.EmailSettings)."""
 
     def notifier(self) -> EmailNotifier | None:
-        if not self.enabled:
-            return None
-        settings = EmailSettings(
-            smtp_host=self.smtp_host,
-            sender=self.sender,
-            recipients=tuple(self.recipients),
-            smtp_port=self.smtp_port,
-            starttls=self.starttls,
-            username=self.username or None,
-            password_env=self.password_env or None,
-        )
-        return EmailNotifier(settings, timeout_s=self.timeout_s)
+        return EmailNotifier(EmailSettings(**self.settings), self.timeout_s) if self.settings else None
 
 
 def notifier_resources(settings: NotificationSettings) -> dict[str, ConfigurableResource]:
     """The three notifier resources for `settings` (disabled where a channel is not configured)."""
-    slack, pd, email = settings.slack, settings.pagerduty, settings.email
     t = settings.timeout_s
     return {
-        "slack_notifier": SlackNotifierResource(
-            enabled=True,
-            webhook_url_env=slack.webhook_url_env or "",
-            token_env=slack.token_env or "",
-            channel=slack.channel or "",
-            base_url=slack.base_url,
-            timeout_s=t,
-        )
-        if slack
-        else SlackNotifierResource(),
-        "pagerduty_notifier": PagerDutyNotifierResource(
-            enabled=True, routing_key_env=pd.routing_key_env, events_url=pd.events_url, timeout_s=t
-        )
-        if pd
-        else PagerDutyNotifierResource(),
-        "email_notifier": EmailNotifierResource(
-            enabled=True,
-            smtp_host=email.smtp_host,
-            smtp_port=email.smtp_port,
-            starttls=email.starttls,
-            sender=email.sender,
-            recipients=list(email.recipients),
-            username=email.username or "",
-            password_env=email.password_env or "",
-            timeout_s=t,
-        )
-        if email
-        else EmailNotifierResource(),
+        "slack_notifier": SlackNotifierResource.of(settings.slack, t),
+        "pagerduty_notifier": PagerDutyNotifierResource.of(settings.pagerduty, t),
+        "email_notifier": EmailNotifierResource.of(settings.email, t),
     }
 
 

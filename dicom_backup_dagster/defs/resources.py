@@ -1,6 +1,6 @@
 """Dagster resources: typed, configurable handles on the DICOM network and the Mosaiq databases.
 
-Values come from the site configuration (config.py); secrets are passed as `EnvVar`s so the UI shows the
+Values come from the site configuration (config/); secrets are passed as `EnvVar`s so the UI shows the
 variable's name and the value is read only inside the run process.
 """
 
@@ -52,17 +52,15 @@ class MosaiqDatabase(ConfigurableResource):
     odbc_options: dict[str, str] = {}
     connect_timeout_s: float = 10.0
 
-    def source(self) -> MosaiqSource:
-        return MosaiqSource(
+    def source(self) -> connection.MosaiqConnection:
+        return connection.MosaiqConnection(
             alias=self.alias,
             db_server=self.server,
             db_port=self.port,
             db_database=self.database,
             db_username=self.username,
-            db_password_env="",
             odbc_driver=self.odbc_driver,
             odbc_options=dict(self.odbc_options),
-            staging_target_alias="",
         )
 
     def connect(self) -> pyodbc.Connection:

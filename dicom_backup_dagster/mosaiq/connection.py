@@ -9,14 +9,55 @@ that db_username names should still have SELECT rights only: that is the real gu
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
+from dataclasses import field
 
 import pyodbc
+from pydantic.dataclasses import dataclass
 
-from dicom_backup_dagster.config import MosaiqSource, is_sqlite_driver
+__all__ = [
+    "MosaiqConnection",
+    "MosaiqConnectionError",
+    "connect",
+    "is_sqlite_driver",
+    "odbc_connection_string",
+    "odbc_quote",
+]
 
-__all__ = ["MosaiqConnectionError", "connect", "odbc_connection_string", "odbc_quote"]
+
+def is_sqlite_driver(driver: str) -> bool:
+    return driver.strip().strip("{}").strip().lower().startswith("sqlite")
+
+
+@dataclass(frozen=True)
+class MosaiqConnection:
+    """How to open one Mosaiq database through ODBC. The site configuration's MosaiqSource extends it;
+    a Dagster resource builds it directly and passes the password it resolved itself."""
+
+    alias: str
+    db_server: str
+    db_port: int | None
+    db_database: str
+    db_username: str
+    odbc_driver: str
+    odbc_options: dict[str, str] = field(default_factory=dict, hash=False)
+    #: The variable holding the password; named in login-failure advice, read by `password`.
+    db_password_env: str = ""
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite_driver(self.odbc_driver)
+
+    @property
+    def password(self) -> str:
+        value = os.environ.get(self.db_password_env) if self.db_password_env else None
+        if not value:
+            raise ValueError(
+                f"environment variable {self.db_password_env or '(none named)'} is not set or empty"
+            )
+        return value
 
 
 class MosaiqConnectionError(Exception):
@@ -72,13 +113,13 @@ def _driver_kind(driver: str) -> str:
     return "other"
 
 
-def _server_label(source: MosaiqSource) -> str:
+def _server_label(source: MosaiqConnection) -> str:
     if source.is_sqlite:
         return "local SQLite file"
     return f"{source.db_server}:{source.db_port}" if source.db_port else source.db_server
 
 
-def _attributes(source: MosaiqSource, password: str) -> dict[str, str]:
+def _attributes(source: MosaiqConnection, password: str) -> dict[str, str]:
     driver = source.odbc_driver.strip().strip("{}")
     kind = _driver_kind(driver)
     attrs: dict[str, str] = {"DRIVER": driver}
@@ -107,7 +148,7 @@ def _attributes(source: MosaiqSource, password: str) -> dict[str, str]:
     return attrs
 
 
-def odbc_connection_string(source: MosaiqSource, password: str) -> str:
+def odbc_connection_string(source: MosaiqConnection, password: str) -> str:
     """The ODBC connection string for ``source``. It contains the password: never log it.
 
     SQLite drivers: ``DRIVER;Database;NoCreat=1``; others: ``DRIVER;SERVER;PORT;DATABASE;UID;PWD`` plus the
@@ -127,7 +168,7 @@ def _scrub(text: str, secrets: Mapping[str, str]) -> str:
     return text
 
 
-def _classify(source: MosaiqSource, sqlstate: str, message: str) -> tuple[str, str]:
+def _classify(source: MosaiqConnection, sqlstate: str, message: str) -> tuple[str, str]:
     """(what failed, what to do) from the SQLSTATE and driver text of a failed SQLDriverConnect."""
     low = message.lower()
     env = (
@@ -178,7 +219,9 @@ def _classify(source: MosaiqSource, sqlstate: str, message: str) -> tuple[str, s
     )
 
 
-def connect(source: MosaiqSource, timeout_s: float = 10, *, password: str | None = None) -> pyodbc.Connection:
+def connect(
+    source: MosaiqConnection, timeout_s: float = 10, *, password: str | None = None
+) -> pyodbc.Connection:
     """Open a read-only, autocommit connection to the Mosaiq database of ``source``.
 
     ``password`` defaults to ``source.password`` (the value of ``$db_password_env``); a Dagster resource

@@ -19,8 +19,6 @@ import requests
 from dicom_backup_dagster.notify.alert import Alert
 from dicom_backup_dagster.notify.settings import (
     DEFAULT_TIMEOUT_S,
-    PAGERDUTY_EVENTS_URL,
-    SLACK_API_URL,
     Channel,
     EmailSettings,
     NotificationSettings,
@@ -80,21 +78,14 @@ class SlackNotifier:
 
     name: Channel = "slack"
 
-    def __init__(
-        self,
-        *,
-        webhook_url_env: str | None = None,
-        token_env: str | None = None,
-        channel: str | None = None,
-        base_url: str = SLACK_API_URL,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        if not webhook_url_env and not (token_env and channel):
+    def __init__(self, settings: SlackSettings, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        if not settings.webhook_url_env and not (settings.token_env and settings.channel):
             raise ValueError("SlackNotifier needs webhook_url_env, or token_env and channel")
-        self.webhook_url_env = webhook_url_env
-        self.token_env = token_env
-        self.channel = channel
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.settings = settings
+        self.webhook_url_env = settings.webhook_url_env
+        self.token_env = settings.token_env
+        self.channel = settings.channel
+        self.base_url = settings.base_url if settings.base_url.endswith("/") else settings.base_url + "/"
         self.timeout_s = timeout_s
 
     def send(self, alert: Alert) -> None:
@@ -130,15 +121,10 @@ class PagerDutyNotifier:
 
     name: Channel = "pagerduty"
 
-    def __init__(
-        self,
-        *,
-        routing_key_env: str,
-        events_url: str = PAGERDUTY_EVENTS_URL,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-    ) -> None:
-        self.routing_key_env = routing_key_env
-        self.events_url = events_url
+    def __init__(self, settings: PagerDutySettings, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.settings = settings
+        self.routing_key_env = settings.routing_key_env
+        self.events_url = settings.events_url
         self.timeout_s = timeout_s
 
     def send(self, alert: Alert) -> None:
@@ -195,19 +181,9 @@ def build_notifiers(settings: NotificationSettings) -> dict[Channel, Notifier]:
     """One notifier per configured channel."""
     out: dict[Channel, Notifier] = {}
     if settings.slack is not None:
-        slack: SlackSettings = settings.slack
-        out["slack"] = SlackNotifier(
-            webhook_url_env=slack.webhook_url_env,
-            token_env=slack.token_env,
-            channel=slack.channel,
-            base_url=slack.base_url,
-            timeout_s=settings.timeout_s,
-        )
+        out["slack"] = SlackNotifier(settings.slack, timeout_s=settings.timeout_s)
     if settings.pagerduty is not None:
-        pd: PagerDutySettings = settings.pagerduty
-        out["pagerduty"] = PagerDutyNotifier(
-            routing_key_env=pd.routing_key_env, events_url=pd.events_url, timeout_s=settings.timeout_s
-        )
+        out["pagerduty"] = PagerDutyNotifier(settings.pagerduty, timeout_s=settings.timeout_s)
     if settings.email is not None:
         out["email"] = EmailNotifier(settings.email, timeout_s=settings.timeout_s)
     return out

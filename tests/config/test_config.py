@@ -293,7 +293,15 @@ def test_plaintext_password_key_is_refused_without_echo(write_config: Writer) ->
 
 
 def test_models_built_in_code_read_the_variable_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    src = MosaiqSource("M", "h", None, "db", "u", "LAZY_PW_VAR", "SQLite3")
+    src = MosaiqSource(
+        alias="M",
+        db_server="h",
+        db_port=None,
+        db_database="db",
+        db_username="u",
+        db_password_env="LAZY_PW_VAR",
+        odbc_driver="SQLite3",
+    )
     with pytest.raises(ConfigError, match="LAZY_PW_VAR is not set"):
         _ = src.password
     monkeypatch.setenv("LAZY_PW_VAR", "lazy-secret")

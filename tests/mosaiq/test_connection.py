@@ -23,6 +23,7 @@ import pytest
 from dicom_backup_dagster.config import MosaiqSource, Secret
 from dicom_backup_dagster.mosaiq import connection
 from dicom_backup_dagster.mosaiq.connection import (
+    MosaiqConnection,
     MosaiqConnectionError,
     connect,
     odbc_connection_string,
@@ -329,18 +330,17 @@ def test_unreachable_server() -> None:
 
 
 def test_explicit_password_as_a_dagster_resource_passes_it(pg_cluster: tuple[int, str]) -> None:
-    """defs/resources.py builds MosaiqSource without `type` or a variable and passes the EnvVar's value."""
+    """defs/resources.py builds a MosaiqConnection without a variable and passes the EnvVar's value."""
     port, _ = pg_cluster
-    src = MosaiqSource(
+    src = MosaiqConnection(
         alias="MOSAIQ",
         db_server="127.0.0.1",
         db_port=port,
         db_database="postgres",
         db_username="pg",
-        db_password_env="",
         odbc_driver=PG_DRIVER,
     )
-    assert src.type == "mosaiq"
+    assert src.db_password_env == ""
     cn = connect(src, timeout_s=5, password=PG_PASSWORD)
     assert cn.execute("SELECT 1").fetchone()[0] == 1
     cn.close()

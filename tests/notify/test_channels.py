@@ -19,7 +19,9 @@ from dicom_backup_dagster.notify import (
     MemoryStore,
     NotifierError,
     PagerDutyNotifier,
+    PagerDutySettings,
     SlackNotifier,
+    SlackSettings,
     resolve,
     trigger,
 )
@@ -95,46 +97,48 @@ def test_text_fields_cannot_carry_a_person_name_or_attribute_dump():
 
 def test_slack_webhook_and_bot_token_paths(http, monkeypatch):
     monkeypatch.setenv("TEST_SLACK_WEBHOOK", http.url + SECRET_HOOK_PATH)
-    SlackNotifier(webhook_url_env="TEST_SLACK_WEBHOOK", timeout_s=2).send(_alert())
+    SlackNotifier(SlackSettings(webhook_url_env="TEST_SLACK_WEBHOOK"), timeout_s=2).send(_alert())
     (hook,) = http.on(SECRET_HOOK_PATH)
     assert hook.json["text"] == "[CRITICAL] SITE: ARIA backup failed"
     assert any("0xA801" in b["text"]["text"] for b in hook.json["blocks"])
 
     monkeypatch.setenv("TEST_SLACK_TOKEN", "xoxb-test-token")
     http.answers["/api/chat.postMessage"] = Answer(200, b'{"ok": true}')
-    SlackNotifier(token_env="TEST_SLACK_TOKEN", channel="#backup", base_url=http.url + "/api/").send(_alert())
+    SlackNotifier(
+        SlackSettings(token_env="TEST_SLACK_TOKEN", channel="#backup", base_url=http.url + "/api/")
+    ).send(_alert())
     (post,) = http.on("/api/chat.postMessage")
     assert post.headers["Authorization"] == "Bearer xoxb-test-token"
     assert post.json["channel"] == "#backup"
 
     http.answers["/api/chat.postMessage"] = Answer(200, b'{"ok": false, "error": "channel_not_found"}')
     with pytest.raises(NotifierError, match="channel_not_found"):
-        SlackNotifier(token_env="TEST_SLACK_TOKEN", channel="#gone", base_url=http.url + "/api/").send(
-            _alert()
-        )
+        SlackNotifier(
+            SlackSettings(token_env="TEST_SLACK_TOKEN", channel="#gone", base_url=http.url + "/api/")
+        ).send(_alert())
 
 
 def test_errors_never_show_the_webhook_url_or_a_key(http, monkeypatch):
     monkeypatch.setenv("TEST_SLACK_WEBHOOK", http.url + SECRET_HOOK_PATH)
     http.answers[SECRET_HOOK_PATH] = Answer(500, b"no")
     with pytest.raises(NotifierError) as failed:
-        SlackNotifier(webhook_url_env="TEST_SLACK_WEBHOOK", timeout_s=2).send(_alert())
+        SlackNotifier(SlackSettings(webhook_url_env="TEST_SLACK_WEBHOOK"), timeout_s=2).send(_alert())
     assert "HTTP 500" in str(failed.value) and "s3cr3t" not in str(failed.value)
     closed = CaptureServer()  # never started: connection refused
     monkeypatch.setenv("TEST_SLACK_WEBHOOK", closed.url + SECRET_HOOK_PATH)
     closed.server.server_close()
     with pytest.raises(NotifierError, match="cannot reach") as refused:
-        SlackNotifier(webhook_url_env="TEST_SLACK_WEBHOOK", timeout_s=2).send(_alert())
+        SlackNotifier(SlackSettings(webhook_url_env="TEST_SLACK_WEBHOOK"), timeout_s=2).send(_alert())
     assert "s3cr3t" not in str(refused.value)
     monkeypatch.delenv("TEST_PD_KEY", raising=False)
     with pytest.raises(NotifierError, match="TEST_PD_KEY is not set"):
-        PagerDutyNotifier(routing_key_env="TEST_PD_KEY", events_url=http.url + "/v2/enqueue").send(_alert())
+        PagerDutyNotifier(PagerDutySettings("TEST_PD_KEY", http.url + "/v2/enqueue")).send(_alert())
 
 
 def test_pagerduty_trigger_and_resolve_share_the_dedup_key(http, monkeypatch):
     monkeypatch.setenv("TEST_PD_KEY", "R0UT1NGKEY")
     http.answers["/v2/enqueue"] = Answer(202, b'{"status": "success"}')
-    pd = PagerDutyNotifier(routing_key_env="TEST_PD_KEY", events_url=http.url + "/v2/enqueue", timeout_s=2)
+    pd = PagerDutyNotifier(PagerDutySettings("TEST_PD_KEY", http.url + "/v2/enqueue"), timeout_s=2)
     pd.send(_alert())
     pd.send(_alert(action="resolve"))
     trig, res = (r.json for r in http.on("/v2/enqueue"))
@@ -201,9 +205,9 @@ def test_a_channel_that_times_out_delays_no_other(monkeypatch):
         monkeypatch.setenv("TEST_SLACK_WEBHOOK", slow.url + "/hook")
         monkeypatch.setenv("TEST_PD_KEY", "k")
         notifiers = {
-            "slack": SlackNotifier(webhook_url_env="TEST_SLACK_WEBHOOK", timeout_s=2),
+            "slack": SlackNotifier(SlackSettings(webhook_url_env="TEST_SLACK_WEBHOOK"), timeout_s=2),
             "pagerduty": PagerDutyNotifier(
-                routing_key_env="TEST_PD_KEY", events_url=fast.url + "/v2/enqueue", timeout_s=1
+                PagerDutySettings("TEST_PD_KEY", fast.url + "/v2/enqueue"), timeout_s=1
             ),
             "email": EmailNotifier(
                 EmailSettings("127.0.0.1", "b@example.org", ("it@example.org",), smtp.port, starttls=False),

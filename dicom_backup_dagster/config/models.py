@@ -1,0 +1,611 @@
+"""The typed, frozen model of one environment (site), as pydantic dataclasses.
+
+The checks in the annotations run only when a validation context is given (load_config passes one);
+models built in code are taken as written. A failed check raises a "config" error carrying the problem
+and the fix (notify/settings.py); ``<ENV>`` and ``<ALIAS>`` in a fix are filled in by the loader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import zoneinfo
+from collections.abc import Callable, Iterable
+from dataclasses import field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Tag, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
+
+from dicom_backup_dagster.backup.hours import EXAMPLE as BULK_HOURS_EXAMPLE
+from dicom_backup_dagster.backup.hours import WorkWindow, WorkWindowError, parse_work_window
+from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
+from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
+from dicom_backup_dagster.notify import settings as checks
+from dicom_backup_dagster.notify.settings import (
+    MODEL_CONFIG,
+    NotificationSettings,
+    check,
+    fail,
+    fail_at,
+    shown,
+    type_name,
+)
+
+# Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
+# letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+SOURCE_TYPES = ("aria", "mim", "mosaiq")
+TARGET_TYPES = ("orthanc", "dicom_scp")
+QUERY_LEVELS = ("STUDY", "SERIES", "IMAGE")
+TRANSFERS = ("c-move", "c-get")
+INVENTORY_MODES = ("by-study", "walk")
+# Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
+# fmt: off
+_MANAGED_ODBC = {
+    "driver": "odbc_driver", "server": "db_server", "port": "db_port", "database": "db_database",
+    "uid": "db_username", "pwd": "db_password_env", "dsn": "odbc_driver/db_server (DSNs are not used)",
+}
+# fmt: on
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigIssue:
+    """One validation problem: where (file, environment, dotted key), what, and how to fix it."""
+
+    file: str
+    environment: str | None
+    key: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        env = f"environment {self.environment}, " if self.environment else ""
+        stop = "" if self.problem.endswith(("?", ".", "!")) else "."
+        return f"{self.file}: {env}{self.key}: {self.problem}{stop} Fix: {self.fix}"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used. ``issues`` lists every problem found (not just the first)."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: list[ConfigIssue] = list(issues)
+        if len(self.issues) == 1:
+            message = str(self.issues[0])
+        else:
+            files = ", ".join(sorted({i.file for i in self.issues}))
+            lines = [f"{len(self.issues)} configuration errors in {files}:"]
+            message = "\n".join(lines + [f"  {k}. {i}" for k, i in enumerate(self.issues, 1)])
+        super().__init__(message)
+
+
+class Secret:
+    """A value read from an environment variable. Its repr/str show only the variable's name."""
+
+    __slots__ = ("_value", "env_var")
+
+    def __init__(self, env_var: str, value: str) -> None:
+        self.env_var = env_var
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(${self.env_var})"
+
+    __str__ = __repr__
+
+
+def _read_secret(env_var: str, owner: str) -> str:
+    """For models built in code rather than by load_config: read the variable now."""
+    value = os.environ.get(env_var)
+    if not value:
+        issue = ConfigIssue(
+            "(not loaded from a file)",
+            None,
+            owner,
+            f"environment variable {env_var} is not set or empty",
+            f"export {env_var}=<password> before starting the process",
+        )
+        raise ConfigError([issue])
+    return value
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to ``word`` (case-insensitive), or None."""
+    folded = {c.lower(): c for c in candidates}
+    match = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=cutoff)
+    return folded[match[0]] if match else None
+
+
+def hint(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    best = close_match(word, candidates, cutoff)
+    return f", did you mean {best!r}?" if best else ""
+
+
+def ae_title_problem(aet: str) -> str | None:
+    """Why ``aet`` is not a valid AE title, or None. PS3.5 6.2 (VR AE): at most 16 characters of the
+    default character repertoire, no backslash or control characters, not all spaces; leading and
+    trailing spaces are not significant (so they are stripped before the length check)."""
+    value = aet.strip(" ")
+    if not value:
+        return "an AE title may not be empty or all spaces"
+    bad = sorted({c for c in value if not (0x20 <= ord(c) <= 0x7E) or c == "\\"})
+    if bad:
+        listed = ", ".join(repr(c) for c in bad)
+        return f"AE title {value!r} contains characters not allowed in an AE title ({listed})"
+    if len(value) > 16:
+        return f"AE title {value!r} is {len(value)} characters long; the maximum is 16"
+    return None
+
+
+def _aet(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        fail(f"must be a string, got {type_name(value)}", 'write it as aet = "<ALIAS>"')
+    problem = ae_title_problem(value)
+    if problem:
+        fail(
+            problem,
+            "use 1 to 16 printable ASCII characters without backslash (PS3.5 6.2, VR AE), matching the AE "
+            'title configured on the peer, e.g. aet = "<ALIAS>"',
+        )
+    return value.strip(" ")
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...], what: str) -> Any:
+    if value in choices:
+        return value
+    found = ""
+    if isinstance(value, str):
+        folded = [c for c in choices if c.lower() == value.strip().lower().replace("_", "-")]
+        found = f", did you mean {folded[0]!r}?" if folded else hint(value, choices, 0.5)
+    fail(f"unknown {what} {shown(value)}{found}", f"set {key} to one of {', '.join(map(repr, choices))}")
+
+
+CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+CRON_NAMES = {3: {m: i for i, m in enumerate(_MONTHS, 1)}}
+CRON_NAMES[4] = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+
+
+def cron_value(token: str, index: int) -> int:
+    label, low, high = CRON_FIELDS[index]
+    value = int(token) if token.isdigit() else CRON_NAMES.get(index, {}).get(token.lower())
+    if value is None or not low <= value <= high:
+        raise ValueError(f"{label} value {token!r} is outside {low}-{high}")
+    return value
+
+
+def cron_problem(expr: str) -> str | None:
+    """Basic 5-field cron check (minute hour day-of-month month day-of-week), as Dagster schedules use."""
+    parts = expr.split()
+    if len(parts) != 5:
+        return f"{expr!r} has {len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
+    for index, part in enumerate(parts):
+        label = CRON_FIELDS[index][0]
+        for item in part.split(","):
+            base, _, step = item.partition("/")
+            first, dash, last = base.partition("-")
+            try:
+                if step and (not step.isdigit() or int(step) < 1):
+                    raise ValueError(f"step {step!r} in the {label} field must be a positive integer")
+                if base != "*" and (not first or (dash and not last)):
+                    raise ValueError(f"{label} field item {item!r} is malformed")
+                if base != "*" and dash and cron_value(first, index) > cron_value(last, index):
+                    raise ValueError(f"{label} range {base!r} runs backwards")
+                if base != "*":
+                    cron_value(first, index)
+            except ValueError as exc:
+                return f"{expr!r}: {exc}"
+    return None
+
+
+def _cron(value: Any, key: str, default: str) -> str:
+    problem = cron_problem(value) if isinstance(value, str) else f"must be a string, got {type_name(value)}"
+    if problem:
+        fail(problem, f'write 5 cron fields (minute hour day month weekday), e.g. {key} = "{default}"')
+    return value
+
+
+def _timezone(value: Any, key: str) -> str:
+    try:
+        if isinstance(value, str) and value:
+            zoneinfo.ZoneInfo(value)
+            return value
+    except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+        pass
+    found = difflib.get_close_matches(str(value), sorted(zoneinfo.available_timezones()), n=1)
+    fail(
+        f"unknown time zone {shown(value)}" + (f", did you mean {found[0]!r}?" if found else ""),
+        'use an IANA time zone name, e.g. timezone = "America/Los_Angeles"',
+    )
+
+
+def _table(value: Any, key: str, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        fail(f"must be a table, got {type_name(value)}", f"write it as [<KEY>] {example}")
+    return value
+
+
+def _entries(value: Any, key: str, example: str, entry: Callable[[str, Any], object]) -> dict[str, Any]:
+    """Check every entry of a table with ``entry(name, value)``, each failure reported at its own key."""
+    errors = []
+    for name, given in _table(value, key, example).items():
+        try:
+            entry(name, given)
+        except PydanticCustomError as error:
+            errors.append(((name,), (error.context or {})["problem"], (error.context or {})["fix"]))
+    if errors:
+        fail_at(errors)
+    return value
+
+
+def _query_key(keyword: str, match: Any) -> None:
+    from pydicom.datadict import keyword_dict
+
+    if keyword == "QueryRetrieveLevel":
+        fail("QueryRetrieveLevel is set by query_level", "remove it and set query_level")
+    if keyword not in keyword_dict:
+        problem = f"{keyword!r} is not a DICOM keyword{hint(keyword, keyword_dict, 0.7)}"
+        fail(problem, "use the attribute keyword from PS3.6 (e.g. Modality, StationName)")
+    if not isinstance(match, str):
+        fail(f"match value must be a string, got {type_name(match)}", f'quote it, e.g. {keyword} = "{match}"')
+
+
+def _odbc_option(name: str, option: Any) -> None:
+    if name.lower() in _MANAGED_ODBC:
+        fix = f"remove it from odbc_options and set {_MANAGED_ODBC[name.lower()]} instead"
+        fail(f"{name} is derived from the source's own keys", fix)
+    if not name or any(c in name for c in ";={} "):
+        fail(f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
+    if isinstance(option, bool) or not isinstance(option, (str, int)):
+        fix = f'write it as {name} = "..." as the driver documents it'
+        fail(f"must be a string or integer, got {type_name(option)}", fix)
+
+
+def _odbc_options(value: Any, key: str) -> dict[str, str]:
+    return {k: str(v) for k, v in _entries(value, key, '{ TDS_Version = "7.4" }', _odbc_option).items()}
+
+
+def _timeout(name: str, given: Any) -> None:
+    checks.number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
+
+
+def _mosaiq_query(name: str, sql: Any) -> None:
+    if not NAME_RE.match(name):
+        fail(
+            "query names are letters, digits and underscores",
+            "rename the query to the name the Mosaiq module documents",
+        )
+    if not isinstance(sql, str) or not sql.strip():
+        fail("must be a non-empty SQL string", 'write it as a TOML string, e.g. name = """SELECT ..."""')
+    try:
+        resolve_queries({name: sql})
+    except QueryOverrideError as error:
+        fix = "start from the default query in dicom_backup_dagster/mosaiq/queries.py and keep its parameters"
+        fail(str(error), fix + " (start, end)")
+
+
+def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list):
+        fail(
+            f"must be an array of strings, got {type_name(value)}",
+            f"write it as {BULK_HOURS_EXAMPLE} (times in settings.timezone)",
+        )
+    try:
+        parse_work_window(entries)
+    except WorkWindowError as error:
+        fail(
+            str(error),
+            f"write it as e.g. {BULK_HOURS_EXAMPLE} (times in settings.timezone), or remove it to allow "
+            "backfills at any time",
+        )
+    return tuple(" ".join(e.split()) for e in entries)
+
+
+def _rest_url(value: Any, key: str) -> str:
+    problem = checks.url_problem(checks.string(value, key, '"http://10.0.0.30:8042"'))
+    if problem and "password" in problem:
+        fail(
+            problem,
+            "remove them from the URL; set rest_username and name the password's environment variable in "
+            "rest_password_env",
+        )
+    if problem:
+        fail(problem, 'set it to Orthanc\'s REST base URL, e.g. rest_url = "http://10.0.0.30:8042"')
+    return value.rstrip("/")
+
+
+_QUERY_KEYS = check(_entries, '{ Modality = "CT" }', _query_key)
+_QUERIES = check(_entries, 'deliveries = "SELECT ..."', _mosaiq_query)
+
+
+def _int(low: int, high: int, example: str, what: str = "") -> Any:
+    return check(checks.integer, low, high, example, what)
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class ScriptAE:
+    """Our own AE: the calling AE title, and optionally the port we listen on (C-MOVE destination,
+    N-EVENT-REPORT for Storage Commitment, PS3.4 J.3)."""
+
+    aet: Annotated[str, check(_aet)]
+    port: Annotated[int | None, check(checks.port, "11113")] = None
+
+
+_RELATIONAL_FIX = (
+    "set relational = true only if the source answers SERIES-level C-FINDs without a StudyInstanceUID "
+    "(MIM does; ARIA does not)"
+)
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class QRSource:
+    """A DICOM Query/Retrieve SCP we back up from (PS3.4 Annex C): ARIA or MIM."""
+
+    alias: str
+    type: Annotated[Literal["aria", "mim"], check(_choice, SOURCE_TYPES, "source type")]
+    aet: Annotated[str, check(_aet)]
+    ip: Annotated[str, check(_host, '"10.0.0.20"')]
+    port: Annotated[int, check(checks.port, "104")]
+    query_level: Annotated[
+        Literal["STUDY", "SERIES", "IMAGE"], check(_choice, QUERY_LEVELS, "query_level")
+    ] = "IMAGE"
+    query_keys: Annotated[dict[str, str], _QUERY_KEYS] = field(default_factory=dict, hash=False)
+    transfer: Annotated[Literal["c-move", "c-get"], check(_choice, TRANSFERS, "transfer")] = "c-move"
+    max_associations: Annotated[int, _int(1, 64, "2")] = 2
+    #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
+    #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
+    inventory: Annotated[Literal["by-study", "walk"], check(_choice, INVENTORY_MODES, "inventory")] = (
+        "by-study"
+    )
+    #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
+    #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
+    relational: Annotated[bool, check(checks.boolean, _RELATIONAL_FIX)] = False
+    #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
+    #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
+    max_find_results: Annotated[
+        int | None, _int(1, 10_000_000, "1000", "an integer >= 1 (the source's C-FIND match limit)")
+    ] = None
+    #: When backfills, sweeps and manual runs may load this source (backup/hours.py); () = any time.
+    bulk_hours: Annotated[tuple[str, ...], check(_bulk_hours)] = ()
+
+    @model_validator(mode="after")
+    def _aria_moves_only(self, info: ValidationInfo) -> QRSource:
+        if info.context is not None and self.type == "aria" and self.transfer == "c-get":
+            problem = "ARIA sources are retrieved with C-MOVE only; 'c-get' is not supported"
+            fix = 'set transfer = "c-move" (or remove the key) and register the backup target as a move '
+            fix += "destination in ARIA"
+            fail_at([(("transfer",), problem, fix)])
+        return self
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.aet, self.ip, self.port)
+
+    def bulk_window(self, timezone: str) -> WorkWindow:
+        """bulk_hours in the site timezone (settings.timezone); validated when the file was loaded."""
+        return parse_work_window(self.bulk_hours, timezone)
+
+
+def _host(value: Any, key: str, example: str) -> str:
+    return checks.host(value, key, example, checks.host_problem)
+
+
+class _Absent(str):
+    """A SQLite source needs no server: db_server's value when the key is absent."""
+
+
+_NO_SERVER = _Absent()
+
+
+def _driver(value: Any, key: str) -> str:
+    return checks.string(value, key, '"FreeTDS"').strip().strip("{}").strip()
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class MosaiqSource(MosaiqConnection):
+    """The Mosaiq SQL database, read through ODBC. ``password`` is resolved from ``db_password_env``."""
+
+    db_server: Annotated[
+        str,
+        check(lambda v, k: v if v is _NO_SERVER else _host(v, k, '"mosaiq-sql.example.org"')),
+    ]
+    db_port: Annotated[int | None, check(checks.port, "1433")]
+    db_database: Annotated[str, check(checks.string, '"MOSAIQ"')]
+    db_username: Annotated[str, check(checks.string, '"backup_ro"')]
+    odbc_driver: Annotated[str, check(_driver)]
+    odbc_options: Annotated[dict[str, str], check(_odbc_options)] = field(default_factory=dict, hash=False)
+    db_password_env: Annotated[str, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = field(kw_only=True)
+    staging_target_alias: Annotated[str, check(checks.string, '"MOSAIQ_STAGE"')] = ""
+    password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
+    type: Literal["mosaiq"] = field(default="mosaiq", kw_only=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optional_keys(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context is None or not isinstance(data, dict):
+            return data
+        driver = data.get("odbc_driver")
+        sqlite = isinstance(driver, str) and is_sqlite_driver(driver)
+        return {"db_port": None, **({"db_server": _NO_SERVER} if sqlite else {}), **data}
+
+    @model_validator(mode="after")
+    def _anchor_sqlite_path(self, info: ValidationInfo) -> MosaiqSource:
+        # Dagster starts processes in different working directories; anchor relative paths to the file.
+        if info.context is not None and self.is_sqlite and not Path(self.db_database).is_absolute():
+            return dataclasses.replace(
+                self, db_database=str((info.context["dir"] / self.db_database).resolve())
+            )
+        return self
+
+    @property
+    def password(self) -> str:
+        if self.password_secret is not None:
+            return self.password_secret.reveal()
+        return _read_secret(self.db_password_env, f"sources.{self.alias}.db_password_env")
+
+
+Source = QRSource | MosaiqSource
+
+
+def _source_tag(data: Any) -> str:
+    kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
+    return "<mosaiq>" if kind == "mosaiq" else "<qr>"
+
+
+_SourceField = Annotated[
+    Annotated[QRSource, Tag("<qr>")] | Annotated[MosaiqSource, Tag("<mosaiq>")], Discriminator(_source_tag)
+]
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class BackupTarget:
+    """A DICOM Storage SCP we write to: the main Orthanc archive, or a staging SCP."""
+
+    alias: str
+    type: Annotated[Literal["orthanc", "dicom_scp"], check(_choice, TARGET_TYPES, "backup target type")]
+    aet: Annotated[str, check(_aet)]
+    ip: Annotated[str, check(_host, '"10.0.0.30"')]
+    port: Annotated[int, check(checks.port, "4242")]
+    rest_url: Annotated[str | None, check(_rest_url)] = None
+    rest_username: Annotated[str | None, check(checks.string, '"backup"')] = None
+    rest_password_env: Annotated[str | None, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = None
+    rest_password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
+
+    @model_validator(mode="after")
+    def _rest_keys(self, info: ValidationInfo) -> BackupTarget:
+        if info.context is None or self.type != "orthanc":
+            return self
+        errors = []
+        if self.rest_url is None:
+            errors.append(
+                (("rest_url",), "missing required key 'rest_url'", 'add rest_url = "http://10.0.0.30:8042"')
+            )
+        if (self.rest_username is None) != (self.rest_password_env is None):
+            missing = "rest_password_env" if self.rest_username else "rest_username"
+            fix = f"add {missing} (or remove the other one if Orthanc's REST API has no authentication)"
+            errors.append(((missing,), "rest_username and rest_password_env go together", fix))
+        if errors:
+            fail_at(errors)
+        return self
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.aet, self.ip, self.port)
+
+    @property
+    def rest_password(self) -> str | None:
+        if self.rest_password_env is None:
+            return None
+        if self.rest_password_secret is not None:
+            return self.rest_password_secret.reveal()
+        return _read_secret(self.rest_password_env, f"backup_targets.{self.alias}.rest_password_env")
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class Settings:
+    max_uids_per_run: Annotated[int, _int(1, 10_000_000, "5000", "an integer >= 1")] = 5000
+    timezone: Annotated[str, check(_timezone)] = "UTC"
+    schedule: Annotated[str, check(_cron, "30 1 * * *")] = "30 1 * * *"
+    lookback_days: Annotated[int, _int(0, 3650, "3")] = 3
+    timeouts: Annotated[Timeouts, check(_entries, "acse = 30", _timeout)] = field(default_factory=Timeouts)
+    verification_fraction: Annotated[float, check(checks.number, 0.0, 1.0, "0.1")] = 0.0
+    mosaiq_queries: Annotated[dict[str, str], _QUERIES] = field(default_factory=dict, hash=False)
+    connectivity_schedule: Annotated[str, check(_cron, "*/15 * * * *")] = "*/15 * * * *"
+    # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
+    # runs always cover one day. Per-day figures stay per partition (backup/partitions.py).
+    backfill_days_per_run: Annotated[int, _int(1, 366, "7")] = 7
+    # The staging cleanup job deletes a staged Mosaiq RT record only once it is verified on main AND was
+    # received by staging at least this many days ago (defs/staging_cleanup.py).
+    staging_retention_days: Annotated[int, _int(0, 3650, "7")] = 7
+    # Late data (backup/late.py): the nightly inventory compares the studies dated this many days before
+    # its window with the archive and inventories those that grew (0: off).
+    late_series_days: Annotated[int, _int(0, 3650, "30")] = 30
+    # The reconciliation sweep (backup/sweep.py): every study dated in the last `sweep_days` days is
+    # re-inventoried and compared with the archive at least once every `sweep_nights` nights, at most
+    # `sweep_max_studies` studies a night; the sweep job runs on `sweep_schedule` (0 days: no sweep).
+    sweep_days: Annotated[int, _int(0, 3650, "180")] = 180
+    sweep_nights: Annotated[int, _int(1, 366, "30")] = 30
+    sweep_max_studies: Annotated[int, _int(1, 1_000_000, "2000")] = 2000
+    sweep_schedule: Annotated[str, check(_cron, "30 4 * * *")] = "30 4 * * *"
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def _aliases(value: Any, key: str, what: str) -> Any:
+    """Each entry learns its alias (the table's key); an empty table is refused."""
+    if isinstance(value, dict) and not value:
+        fail(f"no {what} defined", f"add at least one [<ENV>.{key}.<ALIAS>] table")
+    if not isinstance(value, dict):
+        return value
+    return {a: {**t, "alias": a} if isinstance(t, dict) else t for a, t in value.items()}
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class EnvironmentConfig:
+    name: str
+    description: Annotated[str, check(lambda v, k: v and checks.string(v, k, '"..."'))]
+    default_source: Annotated[str, check(checks.string, '"ARIA_MAIN"')]
+    default_backup: Annotated[str, check(checks.string, '"ORTHANC_MAIN"')]
+    script_ae: ScriptAE
+    sources: Annotated[dict[str, _SourceField], check(_aliases, "sources")] = field(hash=False)
+    backup_targets: Annotated[dict[str, BackupTarget], check(_aliases, "backup targets")] = field(hash=False)
+    settings: Settings = field(default_factory=Settings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings, hash=False)
+
+    @property
+    def main_target(self) -> BackupTarget:
+        """The main archive (``default_backup``)."""
+        return self.backup_targets[self.default_backup]
+
+    @property
+    def qr_sources(self) -> dict[str, QRSource]:
+        return {a: s for a, s in self.sources.items() if isinstance(s, QRSource)}
+
+    @property
+    def mosaiq_sources(self) -> dict[str, MosaiqSource]:
+        return {a: s for a, s in self.sources.items() if isinstance(s, MosaiqSource)}
+
+    def staging_target(self, source: str | MosaiqSource) -> BackupTarget:
+        """The staging SCP that a Mosaiq source's RT records are stored to before they move to main."""
+        src = self.sources[source] if isinstance(source, str) else source
+        if not isinstance(src, MosaiqSource):
+            raise ValueError(
+                f"source {src.alias} is of type {src.type}; only mosaiq sources have a staging target"
+            )
+        return self.backup_targets[src.staging_target_alias]
+
+    def peers(self) -> dict[str, Peer]:
+        """alias -> Peer for every DICOM peer: ARIA/MIM sources and all backup targets."""
+        out: dict[str, Peer] = {a: s.peer for a, s in self.qr_sources.items()}
+        out.update({a: t.peer for a, t in self.backup_targets.items()})
+        return out
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
+class SiteConfig:
+    path: Path
+    environment: EnvironmentConfig
+    environment_names: tuple[str, ...] = ()
