@@ -8,6 +8,7 @@ and the fix (notify/settings.py); ``<ENV>`` and ``<ALIAS>`` in a fix are filled 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -234,6 +235,16 @@ def _timezone(value: Any, key: str) -> str:
         f"unknown time zone {shown(value)}" + (f", did you mean {found[0]!r}?" if found else ""),
         'use an IANA time zone name, e.g. timezone = "America/Los_Angeles"',
     )
+
+
+def _day(value: Any, key: str) -> dt.date:
+    """A TOML date (first_day = 2024-07-01) or the same as a string."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        fail(f"{shown(value)} is not a date", f"write it as {key} = 2024-07-01 (YYYY-MM-DD)")
 
 
 def _table(value: Any, key: str, example: str) -> dict[str, Any]:
@@ -548,6 +559,9 @@ class Settings:
     sweep_nights: Annotated[int, _int(1, 366, "30")] = 30
     sweep_max_studies: Annotated[int, _int(1, 1_000_000, "2000")] = 2000
     sweep_schedule: Annotated[str, check(_cron, "30 4 * * *")] = "30 4 * * *"
+    # The first day the site's backups cover: every source's daily partitions start here, so the UI counts
+    # no "missing" days before the backups began. Older days are backed up by moving it back.
+    first_day: Annotated[dt.date, check(_day)] = dt.date(2020, 1, 1)
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

@@ -437,6 +437,7 @@ class Sandbox:
             f"[{e}.settings]",
             "max_uids_per_run = 5000",
             f"timezone = {_toml_str(o.timezone)}",
+            f"first_day = {self.dates[0].isoformat()}",  # the partitions start with the sandbox's data
             'schedule = "30 1 * * *"',
             "lookback_days = 3",
             "verification_fraction = 0.0",

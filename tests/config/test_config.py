@@ -6,6 +6,7 @@ Every bad-input test checks that the message names the file, the environment, th
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,23 @@ def test_defaults_when_optional_keys_are_absent(write_config: Writer) -> None:
         s.mosaiq_queries,
     ) == (5000, "UTC", "30 1 * * *", 3, 0.0, "*/15 * * * *", {})
     assert s.timeouts == Timeouts()
+    assert s.first_day == dt.date(2020, 1, 1)
+
+
+@pytest.mark.parametrize("written", [dt.date(2026, 11, 4), "2026-11-04"])
+def test_first_day_is_a_toml_date_or_an_iso_string(write_config: Writer, written: object) -> None:
+    data = valid_config()
+    data["SITE_A"]["settings"]["first_day"] = written
+    assert load_config(write_config(data)).environment.settings.first_day == dt.date(2026, 11, 4)
+
+
+def test_first_day_that_is_no_date_says_how_to_write_it(write_config: Writer) -> None:
+    data = valid_config()
+    data["SITE_A"]["settings"]["first_day"] = "last monday"
+    with pytest.raises(ConfigError) as err:
+        load_config(write_config(data))
+    assert "SITE_A.settings.first_day: 'last monday' is not a date" in str(err.value)
+    assert "first_day = 2024-07-01" in str(err.value)
 
 
 def test_example_file_loads_for_both_sites(monkeypatch: pytest.MonkeyPatch) -> None:
