@@ -2,7 +2,7 @@
 
 Job `staging_cleanup`, one op per Orthanc staging target that a Mosaiq source stages to (`clean_<alias>`),
 and schedule `staging_cleanup_schedule` (STOPPED by default; daily at CLEANUP_CRON in the site timezone).
-What may be deleted is decided by `mosaiq.staging.clean_staging`: verified by content_verified (the
+What may be deleted is decided by `backup.staging.clean_staging`: verified by content_verified (the
 partition's verified.jsonl), found on main by C-FIND now, unchanged on staging, and received by staging at
 least `settings.staging_retention_days` ago. Deletion goes through Orthanc's REST API
 (DELETE /instances/{id}), never Orthanc Lua auto-routing (research/dicom.md 0.4).
@@ -35,12 +35,12 @@ from dagster import (
 
 from dicom_backup_dagster.backup.inventory import archived_sop_uids
 from dicom_backup_dagster.backup.records import read_verified
+from dicom_backup_dagster.backup.staging import OrthancRest, StagingRestError, clean_staging
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig
 from dicom_backup_dagster.defs.common import STORAGE_RESOURCE_KEY, BackupStorage, find_session, uids_metadata
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.errors import DicomError
-from dicom_backup_dagster.mosaiq.staging import OrthancRest, StagingRestError, clean_staging
 
 JOB_NAME = "staging_cleanup"
 #: Daily, after the nightly backups (settings.schedule defaults to 01:30) have verified the previous day.

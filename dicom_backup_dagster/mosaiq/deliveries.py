@@ -16,7 +16,7 @@ Every Dose_Hst row in the window ends up in exactly one of three lists, so nothi
   Patient or Site row, neither a TxField nor a Fld_Hst row, no control points, a value of the wrong type
   (`RecordValueError`), joins that matched several rows that disagree, and a missing plan (below).
   Causes found when rendering (unknown Modality_Enum, NULL angle at control point 0, ...) come from
-  `render_deliveries`, which wraps `dicom.rt_record.render_rt_record`.
+  `render_deliveries`, which wraps `rtrecord.builder.render_rt_record`.
 
 QA-mode deliveries (``TrackTreatment.WasQAMode = 1``) are excluded by the query: they are not patient
 treatments and are not backed up.
@@ -24,7 +24,7 @@ treatments and are not backed up.
 Decision, a plan that Mosaiq references but the DCM tables lack (``TxField.OriginalPlanUID`` with no
 ``DCMInstance.SOPInstanceUID`` row, or one without its DCMSeries -> DCMStudy chain): **quarantine** by
 default (``on_missing_plan="quarantine"``). Reason: the record's study comes from the plan
-(`dicom.rt_record.record_uids`); a record made without the plan would get a patient-derived study UID,
+(`rtrecord.builder.record_uids`); a record made without the plan would get a patient-derived study UID,
 and once Mosaiq's DCM rows appear a re-run (lookback) would send the same SOP Instance UID in another
 study, which Orthanc stores as a second instance. Quarantined rows are retried by every run whose window
 covers them, and the count is reported, so the gap is visible and closes by itself when the source is
@@ -57,17 +57,17 @@ from typing import Any, Literal
 
 import pyodbc
 
-from dicom_backup_dagster.dicom.rt_record import (
+from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe_or_raise
+from dicom_backup_dagster.mosaiq.queries import MosaiqQueryError, treatment_window
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.builder import (
     RecordOptions,
     RenderedRecord,
     is_valid_uid,
     render_rt_record,
 )
-from dicom_backup_dagster.mosaiq import enums
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe_or_raise
-from dicom_backup_dagster.mosaiq.queries import MosaiqQueryError, treatment_window
-from dicom_backup_dagster.mosaiq.records import (
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined, RecordSkipped
+from dicom_backup_dagster.rtrecord.model import (
     ControlPoint,
     Delivery,
     Field,

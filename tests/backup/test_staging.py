@@ -1,4 +1,4 @@
-"""mosaiq.staging against the sandbox's real staging Orthanc (REST with authentication): what the cleanup
+"""backup.staging against the sandbox's real staging Orthanc (REST with authentication): what the cleanup
 deletes and keeps, with an explicit clock for the retention, and how REST failures read.
 
 The staging Orthanc is shared with other tests: records here get UIDs of their own (a per-test source key),
@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 
-from dicom_backup_dagster.dicom.digest import content_digest
-from dicom_backup_dagster.dicom.rt_record import RecordOptions, RenderedRecord, render_rt_record
-from dicom_backup_dagster.mosaiq.staging import (
+from dicom_backup_dagster.backup.staging import (
     OrthancRest,
     StagingRestError,
     VerifiedRecord,
     clean_staging,
 )
+from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.rtrecord.builder import RecordOptions, RenderedRecord, render_rt_record
 from dicom_backup_dagster.sandbox.processes import free_port
-from tests.mosaiq.test_records import static_delivery, vmat_delivery
+from tests.rtrecord.test_model import static_delivery, vmat_delivery
 
 WEEK = dt.timedelta(days=7)
 

@@ -28,12 +28,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from dicom_backup_dagster.dicom.rt_record import (
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.builder import (
     RT_BEAMS_TREATMENT_RECORD_STORAGE,
     RT_PLAN_STORAGE,
     is_valid_uid,
 )
-from dicom_backup_dagster.mosaiq import enums
 
 
 @dataclass(frozen=True)

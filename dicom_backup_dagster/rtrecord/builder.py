@@ -34,8 +34,8 @@ Decisions:
   wherever the value changes; NULL in a later point means "unchanged".
 - **Geometry**: angles as stored (assumed IEC 61217), normalised to [0, 360); cm -> mm. NULL gantry,
   collimator or couch angle at CP0 -> quarantine; NULL table-top eccentric/pitch/roll -> 0 (axes the
-  couch does not have); NULL table-top positions -> empty (Type 2C). Jaws/MLC: `mosaiq.leaves`.
-- **Directions**: from consecutive angles (`mosaiq.enums.rotation_direction`); a rotation stored as
+  couch does not have); NULL table-top positions -> empty (Type 2C). Jaws/MLC: `rtrecord.leaves`.
+- **Directions**: from consecutive angles (`rtrecord.enums.rotation_direction`); a rotation stored as
   only two control points is quarantined unless a site-confirmed ``direction_map`` covers its code.
 - **Equipment**: General Equipment describes what made the instance (this converter); the machine
   that delivered the beam is in TreatmentMachineSequence (its Manufacturer/model only when known:
@@ -65,10 +65,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_backup_dagster.dicom.digest import DIGEST_TEXT_VRS, LONG_LENGTH_VRS
-from dicom_backup_dagster.mosaiq import enums
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from dicom_backup_dagster.mosaiq.leaves import LeafSetError, leaf_jaw_positions
-from dicom_backup_dagster.mosaiq.records import ControlPoint, Delivery
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined, RecordSkipped
+from dicom_backup_dagster.rtrecord.leaves import LeafSetError, leaf_jaw_positions
+from dicom_backup_dagster.rtrecord.model import ControlPoint, Delivery
 
 RT_BEAMS_TREATMENT_RECORD_STORAGE = "1.2.840.10008.5.1.4.1.1.481.4"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -100,7 +100,7 @@ class RecordOptions:
     source_key: str = "MOSAIQ"
     uid_root: str | None = None
     institution_name: str | None = None
-    #: Mosaiq ``*_Dir_Enum`` code -> CW/CC/NONE, only if confirmed for the site (see mosaiq.enums).
+    #: Mosaiq ``*_Dir_Enum`` code -> CW/CC/NONE, only if confirmed for the site (see rtrecord.enums).
     direction_map: Mapping[int, str] = field(default_factory=lambda: enums.DIRECTION_ENUM)
 
     def __post_init__(self) -> None:
