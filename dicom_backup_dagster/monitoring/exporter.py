@@ -47,7 +47,8 @@ from prometheus_client.registry import Collector
 
 from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.monitoring import metrics as m
-from dicom_backup_dagster.monitoring.orthanc import OrthancStatistics, OrthancTarget, statistics
+from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, statistics
+from dicom_backup_dagster.orthanc import OrthancStatistics
 
 log = logging.getLogger(__name__)
 
