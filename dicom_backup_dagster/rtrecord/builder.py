@@ -624,6 +624,57 @@ def _file_meta(sop_instance_uid: str) -> _Item:
 def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUids, _Item]:
     """Every module of the record as (keyword, value) pairs; raises RecordQuarantined / RecordSkipped."""
     fld = delivery.treatment_field
+    ft = _record_field_type(delivery)
+    modality = delivery.modality_enum if delivery.modality_enum is not None else fld.modality_enum
+    radiation = enums.radiation_type(modality, dhs_id=delivery.dhs_id)
+    unit = enums.primary_dosimeter_unit(delivery.meterset_unit_enum, dhs_id=delivery.dhs_id)
+    points = _checked_points(delivery)
+    points, specified, delivered, specified_total, delivered_total = _metersets(delivery, points, unit.factor)
+    devices = _devices(delivery, points)
+    uids = record_uids(delivery, options)
+    position = enums.patient_position(delivery.site.patient_orientation)
+
+    ds = _general_items(delivery, uids, options)
+    # RT Patient Setup (C.8.8.12, U): only when the orientation is known
+    if position is not None:
+        ds.append(("PatientSetupSequence", [[("PatientSetupNumber", "1"), ("PatientPosition", position)]]))
+    ds.append(("TreatmentMachineSequence", [_machine_item(delivery, options)]))
+    # RT Beams Session Record (C.8.8.21)
+    fractions = delivery.site.fractions_planned
+    ds.append(("NumberOfFractionsPlanned", None if fractions is None else str(fractions)))
+    ds.append(("PrimaryDosimeterUnit", unit.dicom))
+    beam: _Item = [
+        ("BeamType", enums.beam_type(ft, _geometry_changes(points, devices))),
+        ("RadiationType", radiation),
+        (
+            "BeamLimitingDeviceLeafPairsSequence",
+            [
+                [("RTBeamLimitingDeviceType", device), ("NumberOfLeafJawPairs", str(count))]
+                for device, count in zip(devices.types, devices.pairs, strict=True)
+            ],
+        ),
+    ]
+    beam.extend(_beam_field_items(delivery))
+    beam.append(("TreatmentDeliveryType", ft.delivery_type or ""))
+    beam.append(("TreatmentTerminationStatus", enums.termination_status(delivery.termination_status_enum)))
+    beam.append(("TreatmentVerificationStatus", enums.verification_status(delivery.verify_status_enum) or ""))
+    if specified_total is not None:
+        beam.append(("SpecifiedPrimaryMeterset", specified_total))
+    beam.append(("DeliveredPrimaryMeterset", delivered_total))
+    if fld.sad_cm is not None:
+        beam.append(("SourceAxisDistance", _ds(fld.sad_cm * 10)))
+    if position is not None:
+        beam.append(("ReferencedPatientSetupNumber", "1"))
+    cps = _control_points(delivery, points, devices, specified, delivered, options)
+    beam.append(("NumberOfControlPoints", str(len(cps))))
+    beam.append(("ControlPointDeliverySequence", cps))
+    ds.append(("TreatmentSessionBeamSequence", [beam]))
+    return uids, ds
+
+
+def _record_field_type(delivery: Delivery) -> enums.FieldType:
+    """The field type, if it makes a record: imaging-only fields are skipped, unrepresentable quarantined."""
+    fld = delivery.treatment_field
     ft = enums.field_type(fld.type_enum)
     if not ft.makes_record:
         raise RecordSkipped(
@@ -635,9 +686,11 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         raise _quarantine(
             delivery, f"field type {ft.code} ({ft.label}) has no RT Beams Treatment Record form"
         )
-    modality = delivery.modality_enum if delivery.modality_enum is not None else fld.modality_enum
-    radiation = enums.radiation_type(modality, dhs_id=delivery.dhs_id)
-    unit = enums.primary_dosimeter_unit(delivery.meterset_unit_enum, dhs_id=delivery.dhs_id)
+    return ft
+
+
+def _checked_points(delivery: Delivery) -> tuple[ControlPoint, ...]:
+    """The control points, at least two: a single (static) point is doubled to get a closing point."""
     points = delivery.control_points
     if not points:
         raise _quarantine(delivery, "no control points")
@@ -645,15 +698,15 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         raise _quarantine(delivery, "two control points share a Point number")
     if len(points) == 1:
         points = (points[0], points[0])
-    points, specified, delivered, specified_total, delivered_total = _metersets(delivery, points, unit.factor)
-    devices = _devices(delivery, points)
-    uids = record_uids(delivery, options)
+    return tuple(points)
+
+
+def _general_items(delivery: Delivery, uids: RecordUids, options: RecordOptions) -> _Item:
+    """SOP Common, Patient, General Study, RT Series, General Equipment and RT General Treatment Record."""
     tx = delivery.tx_datetime
     plan = delivery.plan
     p = delivery.patient
     study_moment = plan.study_datetime if plan is not None else None
-    position = enums.patient_position(delivery.site.patient_orientation)
-
     ds: _Item = [
         ("SpecificCharacterSet", SPECIFIC_CHARACTER_SET),
         # SOP Common (C.12.1)
@@ -700,34 +753,25 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
             [("ReferencedSOPClassUID", RT_PLAN_STORAGE), ("ReferencedSOPInstanceUID", plan.sop_instance_uid)]
         )
     ds.append(("ReferencedRTPlanSequence", refs))
-    # RT Patient Setup (C.8.8.12, U): only when the orientation is known
-    if position is not None:
-        ds.append(("PatientSetupSequence", [[("PatientSetupNumber", "1"), ("PatientPosition", position)]]))
-    # RT Treatment Machine Record (C.8.8.18)
+    return ds
+
+
+def _machine_item(delivery: Delivery, options: RecordOptions) -> _Item:
+    """The one TreatmentMachineSequence item (RT Treatment Machine Record, C.8.8.18)."""
     m = delivery.machine
-    machine: _Item = [
+    return [
         ("TreatmentMachineName", _text(m.name, 16)),
         ("Manufacturer", _text(m.manufacturer, 64)),
         ("InstitutionName", _text(m.institution_name or options.institution_name, 64)),
         ("ManufacturerModelName", _text(m.model, 64)),
         ("DeviceSerialNumber", _text(m.serial_number, 64)),
     ]
-    ds.append(("TreatmentMachineSequence", [machine]))
-    # RT Beams Session Record (C.8.8.21)
-    fractions = delivery.site.fractions_planned
-    ds.append(("NumberOfFractionsPlanned", None if fractions is None else str(fractions)))
-    ds.append(("PrimaryDosimeterUnit", unit.dicom))
-    beam: _Item = [
-        ("BeamType", enums.beam_type(ft, _geometry_changes(points, devices))),
-        ("RadiationType", radiation),
-        (
-            "BeamLimitingDeviceLeafPairsSequence",
-            [
-                [("RTBeamLimitingDeviceType", device), ("NumberOfLeafJawPairs", str(count))]
-                for device, count in zip(devices.types, devices.pairs, strict=True)
-            ],
-        ),
-    ]
+
+
+def _beam_field_items(delivery: Delivery) -> _Item:
+    """What the beam takes from the field: number, name, description, wedges, accessories, fraction."""
+    fld = delivery.treatment_field
+    beam: _Item = []
     if fld.beam_number is not None:
         beam.append(("ReferencedBeamNumber", str(fld.beam_number)))
     if fld.label:
@@ -749,21 +793,7 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         ("CurrentFractionNumber", delivery.fraction_number),
     ):
         beam.append((keyword, None if count is None else str(count)))
-    beam.append(("TreatmentDeliveryType", ft.delivery_type or ""))
-    beam.append(("TreatmentTerminationStatus", enums.termination_status(delivery.termination_status_enum)))
-    beam.append(("TreatmentVerificationStatus", enums.verification_status(delivery.verify_status_enum) or ""))
-    if specified_total is not None:
-        beam.append(("SpecifiedPrimaryMeterset", specified_total))
-    beam.append(("DeliveredPrimaryMeterset", delivered_total))
-    if fld.sad_cm is not None:
-        beam.append(("SourceAxisDistance", _ds(fld.sad_cm * 10)))
-    if position is not None:
-        beam.append(("ReferencedPatientSetupNumber", "1"))
-    cps = _control_points(delivery, points, devices, specified, delivered, options)
-    beam.append(("NumberOfControlPoints", str(len(cps))))
-    beam.append(("ControlPointDeliverySequence", cps))
-    ds.append(("TreatmentSessionBeamSequence", [beam]))
-    return uids, ds
+    return beam
 
 
 @dataclass(frozen=True)
