@@ -448,9 +448,39 @@ def iter_deliveries(
     # The probe first: a missing column or an override that does not run fails here with the whole list.
     sql = probe_or_raise(conn, queries)
 
-    cursor = _execute(conn, "deliveries", sql["deliveries"], params)
-    parser = _HeaderParser(_Columns(cursor.description, "deliveries", ("DHS_ID", "Tx_DtTm")), on_missing_plan)
     headers: dict[int, _Header] = {}
+    yield from _read_headers(conn, sql["deliveries"], params, on_missing_plan, headers, stats)
+
+    pending: dict[int, _Header] = {}
+    for dhs_id in sorted(headers):
+        header = headers[dhs_id]
+        if header.outcome is not None:
+            yield header.outcome
+        else:
+            pending[dhs_id] = header
+
+    finished: set[int] = set()  # DHS_IDs whose control points are complete (treated first, then planned)
+    for name in ("treated_control_points", "planned_control_points"):
+        yield from _read_control_points(conn, name, sql[name], params, pending, finished, stats)
+
+    for dhs_id in sorted(pending):
+        yield Quarantined(
+            dhs_id, f"DHS_ID {dhs_id}: no control points (neither TxFieldPoint_Hst nor TxFieldPoint rows)"
+        )
+
+
+def _read_headers(
+    conn: pyodbc.Connection,
+    sql: str,
+    params: tuple[Any, Any],
+    on_missing_plan: MissingPlan,
+    headers: dict[int, _Header],
+    stats: DeliveryBatch,
+) -> Iterator[Outcome]:
+    """The ``deliveries`` query into `headers` (DHS_ID -> header); yields the rows without a usable DHS_ID.
+    A DHS_ID whose joined rows differ is quarantined."""
+    cursor = _execute(conn, "deliveries", sql, params)
+    parser = _HeaderParser(_Columns(cursor.description, "deliveries", ("DHS_ID", "Tx_DtTm")), on_missing_plan)
     count = 0
     for row in _rows(cursor, "deliveries"):
         count += 1
@@ -474,55 +504,52 @@ def iter_deliveries(
     cursor.close()
     stats.rows["deliveries"] = count
 
-    pending: dict[int, _Header] = {}
-    for dhs_id in sorted(headers):
-        header = headers[dhs_id]
-        if header.outcome is not None:
-            yield header.outcome
-        else:
-            pending[dhs_id] = header
 
-    finished: set[int] = set()
-    for name in ("treated_control_points", "planned_control_points"):
-        cursor = _execute(conn, name, sql[name], params)
-        points = _PointParser(_Columns(cursor.description, name, ("DHS_ID", "Point")))
-        count = 0
-        current: int | None = None
-        group: list[ControlPoint] = []
-        broken: str | None = None
-        for row in _rows(cursor, name):
-            count += 1
-            try:
-                dhs_id = points.dhs_id(row)
-            except RecordValueError:
-                continue
-            if dhs_id != current:
-                if current is not None:
-                    finished.add(current)
-                    yield from _finish(pending, stats, current, group, broken)
-                if dhs_id in finished:
-                    cursor.close()
-                    raise MosaiqQueryError(
-                        f"Mosaiq query {name!r} returned the control points of DHS_ID {dhs_id} in two "
-                        "separate runs: it must ORDER BY DHS_ID (then Point); discard this window's results"
-                    )
-                current, group, broken = dhs_id, [], None
-            if dhs_id not in pending or broken is not None:
-                continue
-            try:
-                group.append(points.parse(row))
-            except RecordValueError as exc:
-                broken = f"DHS_ID {dhs_id}: control point: {exc}"
-        if current is not None:
-            finished.add(current)
-            yield from _finish(pending, stats, current, group, broken)
-        cursor.close()
-        stats.rows[name] = count
-
-    for dhs_id in sorted(pending):
-        yield Quarantined(
-            dhs_id, f"DHS_ID {dhs_id}: no control points (neither TxFieldPoint_Hst nor TxFieldPoint rows)"
-        )
+def _read_control_points(
+    conn: pyodbc.Connection,
+    name: str,
+    sql: str,
+    params: tuple[Any, Any],
+    pending: dict[int, _Header],
+    finished: set[int],
+    stats: DeliveryBatch,
+) -> Iterator[Outcome]:
+    """One control-point query (ordered by DHS_ID, Point): each DHS_ID's run of rows finishes its pending
+    delivery. A DHS_ID seen in two separate runs means the query is not ordered: MosaiqQueryError."""
+    cursor = _execute(conn, name, sql, params)
+    points = _PointParser(_Columns(cursor.description, name, ("DHS_ID", "Point")))
+    count = 0
+    current: int | None = None
+    group: list[ControlPoint] = []
+    broken: str | None = None
+    for row in _rows(cursor, name):
+        count += 1
+        try:
+            dhs_id = points.dhs_id(row)
+        except RecordValueError:
+            continue
+        if dhs_id != current:
+            if current is not None:
+                finished.add(current)
+                yield from _finish(pending, stats, current, group, broken)
+            if dhs_id in finished:
+                cursor.close()
+                raise MosaiqQueryError(
+                    f"Mosaiq query {name!r} returned the control points of DHS_ID {dhs_id} in two "
+                    "separate runs: it must ORDER BY DHS_ID (then Point); discard this window's results"
+                )
+            current, group, broken = dhs_id, [], None
+        if dhs_id not in pending or broken is not None:
+            continue
+        try:
+            group.append(points.parse(row))
+        except RecordValueError as exc:
+            broken = f"DHS_ID {dhs_id}: control point: {exc}"
+    if current is not None:
+        finished.add(current)
+        yield from _finish(pending, stats, current, group, broken)
+    cursor.close()
+    stats.rows[name] = count
 
 
 def _finish(
