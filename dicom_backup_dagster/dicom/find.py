@@ -1,9 +1,10 @@
 """Study Root Query/Retrieve C-FIND SCU at STUDY, SERIES and IMAGE level (PS3.4 C.4.1, C.6.2).
 
-Source SCPs differ (research dicom.md 4): pynetdicom's qrscp returns one SERIES row per instance, and
-dcmqrscp omits optional return keys (counts, ModalitiesInStudy, even SOPClassUID) and is strictly
-hierarchical (an IMAGE query needs the SeriesInstanceUID). So rows are de-duplicated on their unique key,
-optional keys become None when absent, and `walk()` goes STUDY -> SERIES -> IMAGE over one association.
+Source SCPs differ (docs/decisions/dicom-peers.md): pynetdicom's qrscp returns one SERIES row per
+instance, and dcmqrscp omits optional return keys (counts, ModalitiesInStudy, even SOPClassUID) and is
+strictly hierarchical (an IMAGE query needs the SeriesInstanceUID). So rows are de-duplicated on their
+unique key, optional keys become None when absent, and `walk()` goes STUDY -> SERIES -> IMAGE over one
+association.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two things matter for throughput and safety on every association we open or accept:
 - TCP_NODELAY: pynetdicom 3.0 leaves Nagle's algorithm on, so each small PDU waits for a ~40 ms delayed
-  ACK; with it off, C-STORE to Orthanc goes from ~19 to ~130 instances/s (research/dicom.md section 3).
+  ACK; with it off, C-STORE to Orthanc goes from ~19 to ~130 instances/s (docs/decisions/dicom-peers.md).
 - pynetdicom's identifier logging is off, so C-FIND/C-MOVE identifiers (patient data) never reach logs.
 - A file given to send_c_store() by path is sent as its encoded bytes (STORE_SEND_CHUNKED_DATASET), not
   decoded and re-encoded by pydicom: store.py asks for the file's exact SOP Class + Transfer Syntax

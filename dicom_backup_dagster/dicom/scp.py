@@ -1,7 +1,8 @@
 """Our own listening AE: Storage SCP (PS3.4 Annex B) and Storage Commitment report receiver (PS3.4 J.3.3).
 
 Used as the Move Destination for C-MOVE-to-self and as the target of the N-EVENT-REPORT that a Storage
-Commitment SCP sends on a new association (Orthanc does so, research dicom.md 2.5). Received instances are
+Commitment SCP sends on a new association (Orthanc 1.10 does, even while our N-ACTION association is still
+open; docs/decisions/orthanc.md). Received instances are
 written to a spool directory as they arrive. Binds 127.0.0.1 by default; TCP_NODELAY on accepted sockets.
 """
 

@@ -1,6 +1,6 @@
 """`dicom-backup-exporter`: Prometheus metrics read from the Dagster instance's storage and from Orthanc.
 
-A long-lived process beside dagster-webserver and dagster-daemon (research monitoring.md 1.3): run
+A long-lived process beside dagster-webserver and dagster-daemon (docs/decisions/monitoring.md): run
 processes push nothing; this process reads what they stored, so killed or never-started runs are seen
 too, and counters survive restarts (they are rebuilt from the stored history).
 

@@ -13,14 +13,14 @@ Decisions:
 - **Study**: the referenced RT Plan's study (DCMStudy), so records sit next to their plan. A delivery
   without a plan reference gets a deterministic study UID per (source, patient key, site set) and an
   empty ReferencedRTPlanSequence (Type 2, zero items allowed).
-- **Series**: its own RTRECORD series per (plan, treatment date) - never the plan's series (the seed
-  system's mistake, research peers.md 2.7). A night's partition therefore only ever creates series,
+- **Series**: its own RTRECORD series per (plan, treatment date) - never the plan's series (an RT
+  Series holds one modality, PS3.3 C.8.8.1). A night's partition therefore only ever creates series,
   it never grows an older one, so series-level counts stay stable once verified. SeriesNumber is the
   treatment date as YYYYMMDD (sorts chronologically; fits IS), InstanceNumber is the DHS_ID.
 - **UIDs** are deterministic, so a re-run regenerates the same instances (Orthanc keeps the first copy
-  of a UID, research dicom.md 0.3): with a configured root R (valid UID, at most 40 characters)
-  SOP = R.1.<format>.<DHS_ID>, series = R.2.<format>.<18-digit hash>, study = R.3.<format>.<hash>;
-  without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that includes ``source_key``. With a
+  of a UID and answers Success to a changed copy, docs/decisions/orthanc.md): with a configured root
+  R (valid UID, at most 40 characters) SOP = R.1.<format>.<DHS_ID>, series = R.2.<format>.<18-digit
+  hash>, study = R.3.<format>.<hash>; without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that includes ``source_key``. With a
   root, each Mosaiq source needs its own root (DHS_IDs are only unique per database). ``format`` is
   `RECORD_FORMAT_VERSION`: bump it when the record content changes on purpose, to get new UIDs.
 - **No clock**: nothing depends on "now" (no InstanceCreationDate/Time), so identical input gives
@@ -38,8 +38,8 @@ Decisions:
 - **Directions**: from consecutive angles (`rtrecord.enums.rotation_direction`); a rotation stored as
   only two control points is quarantined unless a site-confirmed ``direction_map`` covers its code.
 - **Equipment**: General Equipment describes what made the instance (this converter); the machine
-  that delivered the beam is in TreatmentMachineSequence (its Manufacturer/model only when known:
-  the seed system wrote the model into Manufacturer).
+  that delivered the beam is in TreatmentMachineSequence (its Manufacturer and model only when known,
+  each in its own attribute: a model name is not a Manufacturer).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 dciodvfy (dicom3tools 2022) is one check among several: it flags the correct TreatmentVerificationStatus
 values VERIFIED/NOT_VERIFIED (a typo in its table), does not check the "required for control point 0"
-conditions, and accepts Modality RTPLAN in a record (research dicom.md 0.7, 7.1). This module checks:
+conditions, and accepts Modality RTPLAN in a record (docs/decisions/rt-records.md). This module checks:
 Type 1 presence and non-empty, Type 2 presence, enumerated values, the control-point-0 1C/2C
 conditions, NumberOfControlPoints == len(ControlPointDeliverySequence), NumberOfLeafJawPairs against
 LeafJawPositions, monotonic metersets, leaf/jaw ordering (a sign error in the Mosaiq leaf decoding shows

@@ -7,7 +7,7 @@ Treatment Record (PS3.3 A.29): the patient, the treatment machine (a ``Staff`` r
 ``DCMInstance``/``DCMSeries``/``DCMStudy``).
 
 Values are normalised on construction so every ODBC driver looks the same: the SQLite3 ODBC driver
-returns DECIMAL as ``str`` and FreeTDS/psqlODBC as ``Decimal`` (research dicom.md 8.3), so numbers
+returns DECIMAL as ``str`` and FreeTDS/psqlODBC as ``Decimal`` (docs/decisions/rt-records.md), so numbers
 become ``Decimal`` (exact; floats go through ``str``), integers and enum codes ``int``, datetimes
 ``datetime`` (ISO strings accepted), leaf sets ``bytes`` (never stripped: trailing zero bytes can be
 leaf positions). Empty strings in numeric columns count as NULL.

@@ -389,7 +389,8 @@ def _instances_of(objs: Iterable[Any]) -> list[Instance]:
     return out
 
 
-# What dcmqrscp silently leaves out of C-FIND responses (research/dicom.md 4.1); minimal_responses mimics it.
+# What dcmqrscp silently leaves out of C-FIND responses (docs/decisions/dicom-peers.md); minimal_responses
+# mimics it.
 DCMQRSCP_OMITS = frozenset(
     {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy",
      "NumberOfSeriesRelatedInstances", "SOPClassUID", "RetrieveAETitle"}

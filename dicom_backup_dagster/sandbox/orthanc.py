@@ -1,13 +1,13 @@
 """An Orthanc 1.10 server (Debian's /usr/sbin/Orthanc) as a sandbox peer: main archive or staging.
 
-Config follows research/dicom.md 2.1: REST authentication on, HTTP answers loopback clients only, DICOM
+Config (docs/decisions/orthanc.md): REST authentication on, HTTP answers loopback clients only, DICOM
 access only for the AEs listed in DicomModalities (each listed AE may echo/find/get/move/store; everything
 else is refused), StorageCompression off so stored bytes are the received ones. Orthanc 1.10 has no bind
 address: its DICOM port listens on every interface, guarded only by AET (and host) checks.
 
 Start-up waits until GET /system answers with our credentials *and* the PID we started is still alive,
 because an old Orthanc still shutting down can answer HTTP while the new one died on a locked index
-(research/dicom.md 2.2). Stop waits for the PID to exit.
+("SQLite: database is locked"; docs/decisions/orthanc.md). Stop waits for the PID to exit.
 """
 
 from __future__ import annotations
@@ -148,7 +148,8 @@ class OrthancServer(ManagedServer):
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         os.chmod(self.config_path, 0o600)  # it holds the REST password
         self.log_path.write_bytes(b"")
-        # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment (research 0.1).
+        # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment: without it every
+        # C-STORE waits ~40 ms for a delayed ACK (docs/decisions/dicom-peers.md).
         self._launch(
             ManagedProcess(
                 f"Orthanc {self.aet}",

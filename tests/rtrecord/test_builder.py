@@ -41,7 +41,7 @@ from tests.rtrecord.test_model import (
     vmat_delivery,
 )
 
-# dicom3tools 2022-06-18 spells the values VERIFED / NOT_VERIFED (research dicom.md 0.7, 7.1).
+# dicom3tools 2022-06-18 spells the values VERIFED / NOT_VERIFED (docs/decisions/rt-records.md).
 DCIODVFY_ENUM_TYPO = {
     f"Error - Unrecognized enumerated value <{value}> for value 1 of attribute "
     "<Treatment Verification Status>"
