@@ -33,10 +33,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
 from dicom_backup_dagster.dicom.association import associate
 from dicom_backup_dagster.dicom.digest import content_digest
@@ -55,6 +51,10 @@ from dicom_backup_dagster.dicom.retrieve import (
     evaluate,
     instance_list_identifier,
     retrieve_identifier,
+)
+from dicom_backup_dagster.dicom.sop_classes import (
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 from dicom_backup_dagster.dicom.spool import (
     STORAGE_TRANSFER_SYNTAXES,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
-from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from dicom_backup_dagster.dicom.sop_classes import StorageCommitmentPushModel
 
 from . import stats
 from .association import association, no_response_error

@@ -20,7 +20,8 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from dicom_backup_dagster.dicom.sop_classes import StudyRootQueryRetrieveInformationModelFind
 
 from . import stats
 from .association import associate, no_response_error

@@ -69,18 +69,20 @@ def enable_tcp_nodelay() -> None:
     original_create = transport.AssociationSocket._create_socket
     original_get_request = transport.AssociationServer.get_request
 
-    def _create_socket(self, address):  # type: ignore[no-untyped-def]
+    def _create_socket(
+        self: transport.AssociationSocket, address: transport.AddressInformation
+    ) -> socket.socket:
         sock = original_create(self, address)
         set_tcp_nodelay(sock)
         return sock
 
-    def _get_request(self):  # type: ignore[no-untyped-def]
+    def _get_request(self: transport.AssociationServer) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = original_get_request(self)
         set_tcp_nodelay(sock)
         return sock, address
 
-    transport.AssociationSocket._create_socket = _create_socket
-    transport.AssociationServer.get_request = _get_request
+    transport.AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
+    transport.AssociationServer.get_request = _get_request  # type: ignore[method-assign]
     _patched = True
 
 

@@ -19,8 +19,9 @@ from types import TracebackType
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_backup_dagster.dicom.sop_classes import StorageCommitmentPushModel, Verification
 
 from .network import Peer, Timeouts, make_ae
 from .spool import STORAGE_TRANSFER_SYNTAXES, ReceivedInstance, all_storage_classes, write_received
@@ -161,6 +162,8 @@ class StorageSCP:
         """EVT_N_EVENT_REPORT handler; also bound on the N-ACTION association should the report come there."""
         info = event.event_information
         transaction_uid = str(info.get("TransactionUID", ""))
+        if event.event_type is None:  # Event Type ID is mandatory in an N-EVENT-REPORT (PS3.7 10.1.1.1)
+            raise ValueError("N-EVENT-REPORT without an Event Type ID")
         report = CommitmentReport(
             event_type_id=int(event.event_type),
             event_information=info,

@@ -409,13 +409,14 @@ class _PointParser:
         present = [(attr, cols.index[col]) for col, attr in _CP_COLUMNS.items() if cols.has(col)]
         self.attrs = tuple(attr for attr, _ in present)
         # one C-level call per row instead of a Python lambda per column (tens of thousands of rows a day)
-        getter = operator.itemgetter(*(i for _, i in present)) if present else None
-        if len(present) == 1:
-            self.values: Callable[[Sequence[Any]], tuple[Any, ...]] = lambda row: (getter(row),)  # type: ignore[misc]
-        elif getter is None:
+        self.values: Callable[[Sequence[Any]], tuple[Any, ...]]
+        if not present:
             self.values = lambda _row: ()
+        elif len(present) == 1:
+            one = operator.itemgetter(present[0][1])
+            self.values = lambda row: (one(row),)
         else:
-            self.values = getter  # type: ignore[assignment]
+            self.values = operator.itemgetter(*(i for _, i in present))
 
     def dhs_id(self, row: Sequence[Any]) -> int | None:
         return to_int(self.dhs(row), "DHS_ID")

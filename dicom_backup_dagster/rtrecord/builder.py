@@ -20,9 +20,10 @@ Decisions:
 - **UIDs** are deterministic, so a re-run regenerates the same instances (Orthanc keeps the first copy
   of a UID and answers Success to a changed copy, docs/decisions/orthanc.md): with a configured root
   R (valid UID, at most 40 characters) SOP = R.1.<format>.<DHS_ID>, series = R.2.<format>.<18-digit
-  hash>, study = R.3.<format>.<hash>; without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that includes ``source_key``. With a
-  root, each Mosaiq source needs its own root (DHS_IDs are only unique per database). ``format`` is
-  `RECORD_FORMAT_VERSION`: bump it when the record content changes on purpose, to get new UIDs.
+  hash>, study = R.3.<format>.<hash>; without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that
+  includes ``source_key``. With a root, each Mosaiq source needs its own root (DHS_IDs are only unique
+  per database). ``format`` is `RECORD_FORMAT_VERSION`: bump it when the record content changes on
+  purpose, to get new UIDs.
 - **No clock**: nothing depends on "now" (no InstanceCreationDate/Time), so identical input gives
   byte-identical output and the content digest of a re-run matches what the archive already holds.
 - **Control points**: Mosaiq has no per-control-point time, so every TreatmentControlPointDate/Time is
@@ -180,7 +181,9 @@ def _ds(value: Decimal) -> str:
 
 
 def _ds_uncached(value: Decimal) -> str:
-    value = value.quantize(_MICRO, rounding=ROUND_HALF_EVEN) if value.as_tuple().exponent < -6 else value
+    exponent = value.as_tuple().exponent  # an int for a finite Decimal (the model allows no other)
+    if isinstance(exponent, int) and exponent < -6:
+        value = value.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -432,12 +435,12 @@ def _control_points(
             ("TreatmentControlPointTime", time),
             ("SpecifiedMeterset", specified[i] or None),
             ("DeliveredMeterset", delivered[i]),
-            ("DoseRateSet", None if dose_rates[i] is None else _ds(dose_rates[i])),
+            ("DoseRateSet", None if (rate := dose_rates[i]) is None else _ds(rate)),
             ("DoseRateDelivered", None),  # Mosaiq does not record the delivered rate; never copy the set rate
         ]
         unit = enums.energy_unit(unit_codes[i])
-        if energy_values[i] is not None and unit is not None:
-            energy = (_ds(energy_values[i]), unit)
+        if (value := energy_values[i]) is not None and unit is not None:
+            energy = (_ds(value), unit)
             if energy != previous_energy:
                 cp.append(("NominalBeamEnergy", energy[0]))
                 cp.append(("NominalBeamEnergyUnit", energy[1]))
@@ -543,7 +546,7 @@ def _encode_uncached(keyword: str, value: object) -> _Encoded:
     layout = _layout(keyword)
     vr = layout.vr
     if value.__class__ is str:  # the common case (DS, IS, CS, DA, TM, UI ... text), first
-        payload = value.encode("utf-8")  # type: ignore[attr-defined]
+        payload = value.encode("utf-8")
         if len(payload) % 2:
             payload += b"\0" if vr == "UI" else b" "
     elif vr == "SQ":
@@ -587,7 +590,7 @@ def _encode_dataset(item: _Item) -> tuple[bytes, bytes]:
     for keyword, value in item:
         found = (
             cache.get((keyword, value))
-            if value is None or (value.__class__ is str and len(value) <= 64)  # type: ignore[attr-defined]
+            if value is None or (value.__class__ is str and len(value) <= 64)
             else None
         )
         encoded.append(found if found is not None else _encode_element(keyword, value))
@@ -604,7 +607,7 @@ def _as_dataset(item: _Item, into: Dataset | None = None) -> Dataset:
     ds = Dataset() if into is None else into
     for keyword, value in item:
         if _tag(keyword)[1] == "SQ":
-            value = Sequence([_as_dataset(child) for child in value])  # type: ignore[union-attr]
+            value = Sequence([_as_dataset(child) for child in value])
         setattr(ds, keyword, value)
     return ds
 

@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import cast
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -449,7 +450,7 @@ def _check_positions(cp: Dataset, index: int, pairs: dict[str, int], cpath: str,
             )
         return
     seen = set()
-    for p, item in enumerate(positions):
+    for p, item in enumerate(cast(Sequence[Dataset], positions)):
         ppath = f"{cpath}BeamLimitingDevicePositionSequence[{p}]."
         if not _type1(item, "RTBeamLimitingDeviceType", ppath, out):
             continue

@@ -343,11 +343,11 @@ def ddl(dialect: str = "sqlite") -> list[str]:
             for i, (c, t) in enumerate(cols)
         )
         out.append(f"CREATE TABLE {quote(table, dialect)} ({body})")
-    for table, cols in INDEXES:
-        name = f"IX_{table}_{'_'.join(cols)}"
+    for table, indexed in INDEXES:
+        name = f"IX_{table}_{'_'.join(indexed)}"
         out.append(
             f"CREATE INDEX {quote(name, dialect)} ON {quote(table, dialect)} "
-            f"({', '.join(quote(c, dialect) for c in cols)})"
+            f"({', '.join(quote(c, dialect) for c in indexed)})"
         )
     return out
 
