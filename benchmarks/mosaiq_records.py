@@ -11,7 +11,7 @@
    rt_records asset adds (spool file write + content digest). Baseline: pydicom `dcmwrite` of a minimal
    RT Beams Treatment Record (one beam, two control points) to memory, the same number of times.
 3. dciodvfy (dicom3tools) on every generated record, 2 at a time: records with errors after dropping its
-   known VERIFIED / NOT_VERIFIED enum typo (tests/dicom/test_rt_record.py DCIODVFY_ENUM_TYPO), and every
+   known VERIFIED / NOT_VERIFIED enum typo (tests/rtrecord/test_builder.py DCIODVFY_ENUM_TYPO), and every
    distinct warning with its count.
 4. End to end: a Sandbox (Orthanc main + staging; its own small synthetic data is not used) and the
    MOSAIQ source pointed at the benchmark database; the `MOSAIQ_backup` job for the day through Dagster's

@@ -13,9 +13,9 @@ The fields are an allow-list: run ID, job, source and partition come from the ru
 `dagster_meta`: run ID, job name and the run tags `dicom_backup/source` and `dagster/partition`); peer AE,
 operation, status, duration and count from `extra={...}` of the log call. Nothing else of the record (its
 arguments, the Dagster event, other run tags) is written, so identifiers a data set might carry cannot
-leak through extra fields; messages themselves carry counts, AE titles and UIDs only (contracts.md).
-Exceptions are reduced to their class name: DIMSE and pydicom exception texts can echo data set contents
-(research monitoring.md 4).
+leak through extra fields; messages themselves carry counts, AE titles and UIDs only, never patient
+names, IDs or birth dates. Exceptions are reduced to their class name: DIMSE and pydicom exception texts
+can echo data set contents (docs/decisions/monitoring.md).
 
 The file is `$DICOM_BACKUP_LOG_FILE`, else `$DAGSTER_HOME/logs/dicom_backup.jsonl` (without DAGSTER_HOME:
 under the temporary directory). WatchedFileHandler

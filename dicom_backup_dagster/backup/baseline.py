@@ -3,10 +3,10 @@
 The median (not the mean) so that one failed or backfilled night does not move the baseline. Both rules
 pass while there is too little history to judge (a new site, the first days of a backfill) and say so.
 
-- volume: far fewer instances than usual suggests a source that answers queries but lost or hides data
-  (seeds/000 section 4: "a significant drop in the number of instances backed up").
-- duration: more than `max_ratio` x the usual time (seeds/000: "e.g. >2x average") suggests a slow
-  network, a struggling PACS or the Nagle trap (research dicom.md 3). Runs shorter than `floor_seconds`
+- volume: far fewer instances than usual (a significant drop against the history of the same job)
+  suggests a source that answers queries but lost or hides data.
+- duration: more than `max_ratio` x the usual time (default 2x) suggests a slow network, a struggling
+  PACS or the Nagle trap (~40 ms per C-STORE, dicom/network.py). Runs shorter than `floor_seconds`
   never warn: at that scale the noise is bigger than the signal.
 The volume rule likewise needs a baseline median of at least `floor_instances`: a handful of instances a
 day (a small site, a test system) varies by more than half from one day to the next without anything
@@ -29,7 +29,7 @@ DEFAULT_VOLUME_FLOOR_INSTANCES = 50
 
 @dataclass(frozen=True)
 class BaselineRules:
-    """The thresholds of both rules (a site may tune them; the defaults follow seeds/000 section 4)."""
+    """The thresholds of both rules (a site may tune them; docs/decisions/monitoring.md has the defaults)."""
 
     window: int = DEFAULT_WINDOW
     min_history: int = DEFAULT_MIN_HISTORY

@@ -240,7 +240,7 @@ def inventory_studies(
 
 def archived_sop_uids(session: FindSession, study_instance_uid: str) -> set[str]:
     """SOP Instance UIDs of one study on the archive: IMAGE-level C-FIND with the series left universal
-    (Orthanc answers it; research dicom.md 2.3)."""
+    (Orthanc answers such relational queries; a strictly hierarchical SCP such as dcmqrscp would not)."""
     return {r.sop_instance_uid for r in session.instances(study_instance_uid)}
 
 

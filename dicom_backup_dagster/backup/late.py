@@ -165,11 +165,11 @@ def find_late_studies(
         scan = LateScan(scan.studies_checked, scan.changed, scan.compared_by, scan.queries + 1)
     if not relational:
         return scan
-    first, last = f"{window_first:%Y%m%d}", f"{window_last:%Y%m%d}"
+    first_text, last_text = f"{window_first:%Y%m%d}", f"{window_last:%Y%m%d}"
     known = {s.study_instance_uid for s in scan.changed}
     dated, queries = studies_with_series_dated(source, window_first, window_last, known)
     # Studies dated in the night's window are inventoried anyway.
-    dated = [s for s in dated if not (s.study_date and first <= s.study_date <= last)]
+    dated = [s for s in dated if not (s.study_date and first_text <= s.study_date <= last_text)]
     methods = [m for m in scan.compared_by.split("+") if m != "none"] + ["series-date"]
     return LateScan(
         scan.studies_checked, scan.changed + tuple(dated), "+".join(methods), scan.queries + queries

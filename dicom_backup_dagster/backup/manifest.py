@@ -36,7 +36,7 @@ STATES = (FOUND, ALREADY_ARCHIVED, PENDING, MOVED, FAILED, DEFERRED)
 class InstanceEntry:
     """One SOP Instance (PS3.3 C.12.1) of a manifest.
 
-    `sop_class_uid` may be None: some sources omit it from C-FIND responses (research dicom.md 4.1).
+    `sop_class_uid` may be None: some sources (dcmqrscp) omit it from IMAGE-level C-FIND responses.
     `transfer_syntax_uid`, `size` and `digest` are known only when the bytes passed through us (C-GET).
     """
 

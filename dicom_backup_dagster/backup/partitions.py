@@ -9,7 +9,7 @@ whole range in one C-FIND and its metadata is split per partition so that every 
   without a usable date. Summing a figure over partitions therefore gives the run's total, never more.
 - `dated`: instances whose StudyDate is the partition's own day, whatever run found them. This is the
   volume a day really produced, the same whether the day was backed up alone or inside a range, and what
-  volume_vs_baseline compares (seeds/000 section 4).
+  volume_vs_baseline compares (docs/decisions/monitoring.md).
 """
 
 from __future__ import annotations

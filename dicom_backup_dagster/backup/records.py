@@ -9,7 +9,7 @@ A Mosaiq backup of one day is a chain of files in the partition's manifest folde
 - ``staged.jsonl`` / ``archived.jsonl``: the records with their state after C-STORE and C-MOVE.
 - ``verified.jsonl``: written by ``content_verified`` when every record of the partition was retrieved from
   main with the recorded digest; removed when it fails and before every new render. It is what the staging
-  cleanup (mosaiq.staging) trusts: no file, no deletion from staging.
+  cleanup (backup.staging) trusts: no file, no deletion from staging.
 
 The record files themselves (PHI) live in a spool folder next to the manifests and are replaced on every
 render; their UIDs are deterministic, so a re-render overwrites rather than duplicates.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_backup_dagster.backup.staging import VerifiedRecord
 from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
-from dicom_backup_dagster.dicom.rt_record import RenderedRecord, write_rt_record
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
-from dicom_backup_dagster.mosaiq.staging import VerifiedRecord
+from dicom_backup_dagster.rtrecord.builder import RenderedRecord, write_rt_record
 
 from .manifest import InstanceEntry, ManifestWriter, read_manifest
 from .transfer import RetrieveSession

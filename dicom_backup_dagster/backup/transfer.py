@@ -33,10 +33,6 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-)
 
 from dicom_backup_dagster.dicom.association import associate
 from dicom_backup_dagster.dicom.digest import content_digest
@@ -55,6 +51,10 @@ from dicom_backup_dagster.dicom.retrieve import (
     evaluate,
     instance_list_identifier,
     retrieve_identifier,
+)
+from dicom_backup_dagster.dicom.sop_classes import (
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 from dicom_backup_dagster.dicom.spool import (
     STORAGE_TRANSFER_SYNTAXES,
@@ -309,12 +309,10 @@ def transfer(
     `between_requests(release)` is called before every request but the first and may block (clinic hours);
     before a long wait it calls `release()`, which stores the spooled batch and closes the association to
     the source (the next request opens a new one)."""
-    outcome = TransferOutcome(bytes=0 if mode == "c-get" else None)
     if mode == "c-get":
         if spool_dir is None:
             raise ValueError("the c-get transfer needs a spool dir")
-        spool = Path(spool_dir)
-        spool.mkdir(parents=True, exist_ok=True)
+        Path(spool_dir).mkdir(parents=True, exist_ok=True)
     session = RetrieveSession(
         source,
         calling_aet,
@@ -322,10 +320,142 @@ def transfer(
         operation="C-MOVE" if mode == "c-move" else "C-GET",
         move_destination=archive.aet if mode == "c-move" else None,
     )
-    batch: list[ReceivedInstance] = []
+    run = _TransferRun(
+        session,
+        archive=archive,
+        calling_aet=calling_aet,
+        timeouts=timeouts,
+        mode=mode,
+        spool_dir=spool_dir,
+        store_batch=store_batch,
+        max_consecutive_errors=max_consecutive_errors,
+        on_progress=on_progress,
+        between_requests=between_requests,
+    )
+    try:
+        with session:
+            run.request_all(plan)
+        if run.submit():  # hands over the last batch ...
+            run.submit()  # ... and waits for it
+    finally:
+        run.storer.shutdown(wait=True)
+        run.outcome.associations = session.associations_opened
+        if mode == "c-get" and spool_dir is not None:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+    return run.outcome
 
-    def store(items: list[ReceivedInstance]) -> bool:
+
+class _TransferRun:
+    """The state of one `transfer`: the outcome, the retrieve session and, on the C-GET path, the batch.
+
+    C-GET path: the batch retrieved so far is stored by a worker thread while the next series is
+    retrieved, so the two associations overlap instead of taking turns. Each batch has its own spool
+    sub-directory: a source that sends an instance twice cannot pull a file from under the store.
+    """
+
+    def __init__(
+        self,
+        session: RetrieveSession,
+        *,
+        archive: Peer,
+        calling_aet: str,
+        timeouts: Timeouts,
+        mode: Transfer,
+        spool_dir: str | os.PathLike[str] | None,
+        store_batch: int,
+        max_consecutive_errors: int,
+        on_progress: Callable[[TransferOutcome], None] | None,
+        between_requests: Callable[[Callable[[], None]], None] | None,
+    ) -> None:
+        self.session = session
+        self.archive = archive
+        self.calling_aet = calling_aet
+        self.timeouts = timeouts
+        self.mode = mode
+        self.spool_dir = spool_dir
+        self.store_batch = store_batch
+        self.max_consecutive_errors = max_consecutive_errors
+        self.on_progress = on_progress
+        self.between_requests = between_requests
+        self.outcome = TransferOutcome(bytes=0 if mode == "c-get" else None)
+        self.batch: list[ReceivedInstance] = []
+        self.consecutive_errors = 0
+        self.storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c-store")
+        self.storing: Future[bool] | None = None
+        self.batches = 0
+
+    # --- retrieving -----------------------------------------------------------------------------------
+    def request_all(self, plan: Iterable[InstanceEntry]) -> None:
+        for study, entries in by_study(plan):
+            for series, uids, expected in _requests(entries):
+                if self.between_requests is not None and self.outcome.requests:
+                    self.between_requests(self.release)
+                    if self.outcome.stopped_early:  # the archive went away while the batch was stored
+                        return
+                if not self._request(study, series, uids, expected):
+                    return
+
+    def _request(self, study: str, series: str | None, uids: list[str], expected: int) -> bool:
+        """One C-MOVE/C-GET and what follows from it; False when the transfer must stop."""
+        outcome = self.outcome
+        outcome.requests += 1
+        outcome.requested_instances += expected
+        started = time.monotonic()
+        try:
+            result = self.session.retrieve(
+                study, series, uids, expected_count=expected, spool_dir=self.batch_dir()
+            )
+        except (AssociationError, DimseTimeout) as error:
+            outcome.errors.append(error)
+            outcome.stopped_early = True
+            return False
+        except SubOperationError as error:
+            outcome.errors.append(error)
+            outcome.reported_failed_uids.update(error.failed_sop_instance_uids)
+            self.batch.extend(error.result.received)  # what did arrive still goes to the archive
+            self.consecutive_errors += 1
+            if _stops_transfer(error) or self.consecutive_errors >= self.max_consecutive_errors:
+                outcome.stopped_early = True
+                return False
+            return True
+        finally:
+            outcome.retrieve_seconds += time.monotonic() - started
+        self.consecutive_errors = 0
+        if self.mode == "c-move":
+            outcome.completed += result.completed
+        else:
+            self.batch.extend(result.received)
+            if len(self.batch) >= self.store_batch and not self.submit():
+                return False
+        if self.on_progress is not None:
+            self.on_progress(outcome)
+        return True
+
+    def release(self) -> None:
+        """Before a long wait: store the spooled batch and close the association to the source."""
+        if self.mode == "c-get":
+            self.submit()
+        self.session.close()
+
+    # --- storing (C-GET path) -------------------------------------------------------------------------
+    def batch_dir(self) -> Path | None:
+        return Path(self.spool_dir) / f"batch-{self.batches}" if self.spool_dir is not None else None
+
+    def submit(self) -> bool:
+        """Wait for the previous store, then hand the current batch over; False if the archive is gone."""
+        previous_ok = self.storing.result() if self.storing is not None else True
+        self.storing = None
+        if not previous_ok:
+            return False
+        if self.batch:
+            self.storing = self.storer.submit(self.store, list(self.batch))
+            self.batch.clear()
+            self.batches += 1
+        return True
+
+    def store(self, items: list[ReceivedInstance]) -> bool:
         """C-STORE spooled instances to the archive; False if the archive cannot be reached at all."""
+        outcome = self.outcome
         started = time.monotonic()
         try:
             for item in items:
@@ -333,7 +463,11 @@ def transfer(
                     item.transfer_syntax_uid, item.size, content_digest(item.path)
                 )
             result = c_store_files(
-                archive, calling_aet, [i.path for i in items], raise_on_failure=False, timeouts=timeouts
+                self.archive,
+                self.calling_aet,
+                [i.path for i in items],
+                raise_on_failure=False,
+                timeouts=self.timeouts,
             )
         except DicomError as error:  # association to the archive refused, aborted or timed out
             outcome.errors.append(error)
@@ -350,7 +484,7 @@ def transfer(
             first = result.failed[0]
             outcome.errors.append(
                 StoreError(
-                    archive,
+                    self.archive,
                     f"{len(result.failed)} of {len(result.outcomes)} instances failed",
                     result=result,
                     status=first.status,
@@ -359,86 +493,6 @@ def transfer(
             )
             outcome.reported_failed_uids.update(o.sop_instance_uid for o in result.failed)
         return True
-
-    def release() -> None:
-        if mode == "c-get":
-            submit()
-        session.close()
-
-    def request_all() -> None:
-        consecutive = 0
-        for study, entries in by_study(plan):
-            for series, uids, expected in _requests(entries):
-                if between_requests is not None and outcome.requests:
-                    between_requests(release)
-                    if outcome.stopped_early:  # the archive went away while the batch was stored
-                        return
-                outcome.requests += 1
-                outcome.requested_instances += expected
-                started = time.monotonic()
-                try:
-                    result = session.retrieve(
-                        study, series, uids, expected_count=expected, spool_dir=batch_dir()
-                    )
-                except (AssociationError, DimseTimeout) as error:
-                    outcome.errors.append(error)
-                    outcome.stopped_early = True
-                    return
-                except SubOperationError as error:
-                    outcome.errors.append(error)
-                    outcome.reported_failed_uids.update(error.failed_sop_instance_uids)
-                    batch.extend(error.result.received)  # what did arrive still goes to the archive
-                    consecutive += 1
-                    if _stops_transfer(error) or consecutive >= max_consecutive_errors:
-                        outcome.stopped_early = True
-                        return
-                    continue
-                finally:
-                    outcome.retrieve_seconds += time.monotonic() - started
-                consecutive = 0
-                if mode == "c-move":
-                    outcome.completed += result.completed
-                else:
-                    batch.extend(result.received)
-                    if len(batch) >= store_batch and not submit():
-                        return
-                if on_progress is not None:
-                    on_progress(outcome)
-
-    # C-GET path: the batch retrieved so far is stored by a worker thread while the next series is
-    # retrieved, so the two associations overlap instead of taking turns. Each batch has its own spool
-    # sub-directory: a source that sends an instance twice cannot pull a file from under the store.
-    storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="c-store")
-    storing: Future[bool] | None = None
-    batches = 0
-
-    def batch_dir() -> Path | None:
-        return Path(spool_dir) / f"batch-{batches}" if spool_dir is not None else None
-
-    def submit() -> bool:
-        """Wait for the previous store, then hand the current batch over; False if the archive is gone."""
-        nonlocal storing, batches
-        previous_ok = storing.result() if storing is not None else True
-        storing = None
-        if not previous_ok:
-            return False
-        if batch:
-            storing = storer.submit(store, list(batch))
-            batch.clear()
-            batches += 1
-        return True
-
-    try:
-        with session:
-            request_all()
-        if submit():  # hands over the last batch ...
-            submit()  # ... and waits for it
-    finally:
-        storer.shutdown(wait=True)
-        outcome.associations = session.associations_opened
-        if mode == "c-get" and spool_dir is not None:
-            shutil.rmtree(spool_dir, ignore_errors=True)
-    return outcome
 
 
 @dataclass(frozen=True)

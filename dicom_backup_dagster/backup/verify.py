@@ -1,6 +1,6 @@
 """Verification on the archive: presence (C-FIND) and content (C-GET from source and archive, digests).
 
-Rungs of the ladder (research dicom.md 6): sub-operation counts (transfer.py) -> presence of every
+Rungs of the ladder (docs/decisions/verification.md): sub-operation counts (transfer.py) -> presence of every
 inventoried instance on the archive by IMAGE-level C-FIND -> a transfer-syntax-independent content
 digest of a sample, retrieved from the source and from the archive and compared.
 

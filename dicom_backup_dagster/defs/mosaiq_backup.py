@@ -94,8 +94,6 @@ from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mo
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.retrieve import chunks
-from dicom_backup_dagster.dicom.rt_conformance import check_rt_record_files
-from dicom_backup_dagster.dicom.rt_record import RecordOptions
 from dicom_backup_dagster.dicom.store import c_store_files
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
@@ -105,6 +103,8 @@ from dicom_backup_dagster.mosaiq.deliveries import (
     read_deliveries_for_date,
     render_deliveries,
 )
+from dicom_backup_dagster.rtrecord.builder import RecordOptions
+from dicom_backup_dagster.rtrecord.conformance import check_rt_record_files
 
 _KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
 

@@ -2,10 +2,11 @@
 
 Job `staging_cleanup`, one op per Orthanc staging target that a Mosaiq source stages to (`clean_<alias>`),
 and schedule `staging_cleanup_schedule` (STOPPED by default; daily at CLEANUP_CRON in the site timezone).
-What may be deleted is decided by `mosaiq.staging.clean_staging`: verified by content_verified (the
+What may be deleted is decided by `backup.staging.clean_staging`: verified by content_verified (the
 partition's verified.jsonl), found on main by C-FIND now, unchanged on staging, and received by staging at
 least `settings.staging_retention_days` ago. Deletion goes through Orthanc's REST API
-(DELETE /instances/{id}), never Orthanc Lua auto-routing (research/dicom.md 0.4).
+(DELETE /instances/{id}), never Orthanc Lua auto-routing (``Delete(SendToModality(...))`` deletes even when
+the send failed).
 
 A staging target of type `dicom_scp` (no REST API) gets no op: nothing can delete from it here.
 
@@ -35,12 +36,13 @@ from dagster import (
 
 from dicom_backup_dagster.backup.inventory import archived_sop_uids
 from dicom_backup_dagster.backup.records import read_verified
+from dicom_backup_dagster.backup.staging import clean_staging, staging_client
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig
 from dicom_backup_dagster.defs.common import STORAGE_RESOURCE_KEY, BackupStorage, find_session, uids_metadata
 from dicom_backup_dagster.defs.resources import DicomNetwork
 from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.errors import DicomError
-from dicom_backup_dagster.mosaiq.staging import OrthancRest, StagingRestError, clean_staging
+from dicom_backup_dagster.orthanc import OrthancClient, OrthancRestError
 
 JOB_NAME = "staging_cleanup"
 #: Daily, after the nightly backups (settings.schedule defaults to 01:30) have verified the previous day.
@@ -56,8 +58,8 @@ class OrthancRestApi(ConfigurableResource):
     label: str = "Orthanc"
     timeout_s: float = 30.0
 
-    def client(self) -> OrthancRest:
-        return OrthancRest(
+    def client(self) -> OrthancClient:
+        return staging_client(
             self.url, self.username or None, self.password or None, label=self.label, timeout_s=self.timeout_s
         )
 
@@ -126,7 +128,7 @@ def _build_op(env: EnvironmentConfig, target: BackupTarget, sources: list[str]) 
                 metadata={"staging": target.alias, "main_peer": str(archive)},
                 allow_retries=False,
             ) from error
-        except StagingRestError as error:
+        except OrthancRestError as error:
             raise Failure(
                 description=f"{where}: {error}",
                 metadata={"staging": target.alias},

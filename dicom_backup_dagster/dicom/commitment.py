@@ -3,7 +3,8 @@
 We send an N-ACTION (Action Type 1, "Request Storage Commitment") listing SOP Class/Instance UID pairs to
 the well-known SOP Instance 1.2.840.10008.1.20.1.1; the SCP answers later with an N-EVENT-REPORT (Event
 Type 1 all committed, 2 some failed with a Failure Reason each, PS3.4 J.3.3.1). Orthanc sends it on a new
-association to our registered AE (research dicom.md 2.5), so a listening StorageSCP receives it.
+association to our AE's host and port in its DicomModalities (docs/decisions/orthanc.md), so a listening
+StorageSCP receives it.
 Commitment proves presence only, not content: use digest.py for that.
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import evt
-from pynetdicom.sop_class import StorageCommitmentPushModel
+
+from dicom_backup_dagster.dicom.sop_classes import StorageCommitmentPushModel
 
 from . import stats
 from .association import association, no_response_error

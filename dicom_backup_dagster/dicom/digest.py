@@ -1,4 +1,4 @@
-"""Transfer-syntax-independent content digest of a DICOM data set (research dicom.md section 6).
+"""Transfer-syntax-independent content digest of a DICOM data set (docs/decisions/verification.md).
 
 File MD5s never match across a DICOM hop: receivers rewrite the File Meta Information (group 0002,
 PS3.10 7.1), DCMTK drops Data Set Trailing Padding (FFFC,FFFC), and C-GET may change Implicit VR to

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from pynetdicom.sop_class import Verification
+from dicom_backup_dagster.dicom.sop_classes import Verification
 
 from . import stats
 from .association import association, no_response_error

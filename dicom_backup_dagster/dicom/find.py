@@ -1,9 +1,10 @@
 """Study Root Query/Retrieve C-FIND SCU at STUDY, SERIES and IMAGE level (PS3.4 C.4.1, C.6.2).
 
-Source SCPs differ (research dicom.md 4): pynetdicom's qrscp returns one SERIES row per instance, and
-dcmqrscp omits optional return keys (counts, ModalitiesInStudy, even SOPClassUID) and is strictly
-hierarchical (an IMAGE query needs the SeriesInstanceUID). So rows are de-duplicated on their unique key,
-optional keys become None when absent, and `walk()` goes STUDY -> SERIES -> IMAGE over one association.
+Source SCPs differ (docs/decisions/dicom-peers.md): pynetdicom's qrscp returns one SERIES row per
+instance, and dcmqrscp omits optional return keys (counts, ModalitiesInStudy, even SOPClassUID) and is
+strictly hierarchical (an IMAGE query needs the SeriesInstanceUID). So rows are de-duplicated on their
+unique key, optional keys become None when absent, and `walk()` goes STUDY -> SERIES -> IMAGE over one
+association.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Literal
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+from dicom_backup_dagster.dicom.sop_classes import StudyRootQueryRetrieveInformationModelFind
 
 from . import stats
 from .association import associate, no_response_error

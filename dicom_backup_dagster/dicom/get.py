@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pynetdicom import build_role, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+
+from dicom_backup_dagster.dicom.sop_classes import StudyRootQueryRetrieveInformationModelGet
 
 from .move import run_retrieve
 from .network import Peer, Timeouts, make_ae

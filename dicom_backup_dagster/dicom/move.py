@@ -13,7 +13,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+from dicom_backup_dagster.dicom.sop_classes import StudyRootQueryRetrieveInformationModelMove
 
 from .association import association
 from .network import Peer, Timeouts, make_ae

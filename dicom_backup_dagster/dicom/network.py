@@ -2,7 +2,7 @@
 
 Two things matter for throughput and safety on every association we open or accept:
 - TCP_NODELAY: pynetdicom 3.0 leaves Nagle's algorithm on, so each small PDU waits for a ~40 ms delayed
-  ACK; with it off, C-STORE to Orthanc goes from ~19 to ~130 instances/s (research/dicom.md section 3).
+  ACK; with it off, C-STORE to Orthanc goes from ~19 to ~130 instances/s (docs/decisions/dicom-peers.md).
 - pynetdicom's identifier logging is off, so C-FIND/C-MOVE identifiers (patient data) never reach logs.
 - A file given to send_c_store() by path is sent as its encoded bytes (STORE_SEND_CHUNKED_DATASET), not
   decoded and re-encoded by pydicom: store.py asks for the file's exact SOP Class + Transfer Syntax
@@ -69,18 +69,20 @@ def enable_tcp_nodelay() -> None:
     original_create = transport.AssociationSocket._create_socket
     original_get_request = transport.AssociationServer.get_request
 
-    def _create_socket(self, address):  # type: ignore[no-untyped-def]
+    def _create_socket(
+        self: transport.AssociationSocket, address: transport.AddressInformation
+    ) -> socket.socket:
         sock = original_create(self, address)
         set_tcp_nodelay(sock)
         return sock
 
-    def _get_request(self):  # type: ignore[no-untyped-def]
+    def _get_request(self: transport.AssociationServer) -> tuple[socket.socket, tuple[str, int]]:
         sock, address = original_get_request(self)
         set_tcp_nodelay(sock)
         return sock, address
 
-    transport.AssociationSocket._create_socket = _create_socket
-    transport.AssociationServer.get_request = _get_request
+    transport.AssociationSocket._create_socket = _create_socket  # type: ignore[method-assign]
+    transport.AssociationServer.get_request = _get_request  # type: ignore[method-assign]
     _patched = True
 
 

@@ -1,8 +1,8 @@
 """Sub-operation accounting shared by C-MOVE and C-GET (PS3.4 C.4.2.1.4-5, C.4.3.1.3-4, PS3.7 9.1.3-4).
 
 The final response's status and counts decide the outcome; a "Success" that moved fewer instances than a
-prior C-FIND counted is a failure too (research dicom.md 0.5: dcmqrscp answered Success with zero
-sub-operations to a PATIENT-level move on the Study Root model).
+prior C-FIND counted is a failure too (measured: dcmqrscp answered Success with zero sub-operations to a
+PATIENT-level C-MOVE on the Study Root model; docs/decisions/dicom-peers.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Our own listening AE: Storage SCP (PS3.4 Annex B) and Storage Commitment report receiver (PS3.4 J.3.3).
 
 Used as the Move Destination for C-MOVE-to-self and as the target of the N-EVENT-REPORT that a Storage
-Commitment SCP sends on a new association (Orthanc does so, research dicom.md 2.5). Received instances are
+Commitment SCP sends on a new association (Orthanc 1.10 does, even while our N-ACTION association is still
+open; docs/decisions/orthanc.md). Received instances are
 written to a spool directory as they arrive. Binds 127.0.0.1 by default; TCP_NODELAY on accepted sockets.
 """
 
@@ -18,8 +19,9 @@ from types import TracebackType
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 from pynetdicom.transport import ThreadedAssociationServer
+
+from dicom_backup_dagster.dicom.sop_classes import StorageCommitmentPushModel, Verification
 
 from .network import Peer, Timeouts, make_ae
 from .spool import STORAGE_TRANSFER_SYNTAXES, ReceivedInstance, all_storage_classes, write_received
@@ -160,6 +162,8 @@ class StorageSCP:
         """EVT_N_EVENT_REPORT handler; also bound on the N-ACTION association should the report come there."""
         info = event.event_information
         transaction_uid = str(info.get("TransactionUID", ""))
+        if event.event_type is None:  # Event Type ID is mandatory in an N-EVENT-REPORT (PS3.7 10.1.1.1)
+            raise ValueError("N-EVENT-REPORT without an Event Type ID")
         report = CommitmentReport(
             event_type_id=int(event.event_type),
             event_information=info,

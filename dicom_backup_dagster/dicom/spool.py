@@ -12,6 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from pydicom.uid import (
     JPEG2000,
@@ -27,6 +28,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AllStoragePresentationContexts, StoragePresentationContexts
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 # Offered for every storage class we may receive: uncompressed first, then common lossless/lossy
@@ -117,7 +119,7 @@ _SAFE_UID = re.compile(r"^[0-9.]{1,64}$")
 
 def write_received(event: Event, spool_dir: Path) -> ReceivedInstance:
     """Write the data set of an EVT_C_STORE event to `spool_dir/<SOPInstanceUID>.dcm` (atomically)."""
-    request = event.request
+    request = cast(C_STORE, event.request)  # EVT_C_STORE carries a C-STORE request
     sop_uid = str(request.AffectedSOPInstanceUID)
     sop_class = str(request.AffectedSOPClassUID)
     # A UID becomes a file name: never let a peer choose a path.

@@ -4,7 +4,8 @@ The DICOM functions call `record()` once per DIMSE request (C-ECHO, C-FIND, C-MO
 N-ACTION) and once per association that could not be opened for one. Nothing is recorded unless a caller
 activated a collector with `collecting()`: asset code wraps its work in it and writes `to_metadata()` into
 the materialization's `dimse` metadata, which the exporter (monitoring/exporter.py) sums into Prometheus
-counters and a histogram. Metrics are never pushed from run processes (research monitoring.md 1.2).
+counters and a histogram. Metrics are never pushed from run processes: a run that crashes or never starts
+pushes nothing, and a pushed per-run counter is not a counter (docs/decisions/monitoring.md).
 
 Status classes follow PS3.7 C.1-C.5 (dicom/status.py): Success, Warning, Failure; Cancel and any
 request that got no response, timed out or found no association count as failure. Pending responses are
@@ -119,7 +120,8 @@ class DimseStats:
             )
 
     def to_metadata(self, peer_aet: str | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-        """The `dimse` metadata value (contracts.md): all peers, or only `peer_aet`."""
+        """The `dimse` metadata value, {peer AE: {operation: {<status class>: n, "seconds_sum": s,
+        "buckets": {<le>: n}}}}: all peers, or only `peer_aet`."""
         with self._lock:
             return {
                 peer: {op: stats.to_json() for op, stats in sorted(ops.items())}

@@ -1,7 +1,7 @@
 """Storage Service Class SCU: many C-STOREs over one association (PS3.4 Annex B, PS3.7 9.1.1).
 
 Files are sent by path and, with pynetdicom's STORE_SEND_CHUNKED_DATASET (network.py), as their encoded
-data set without decoding it (research dicom.md 3 assumed a path alone did that; it does not).
+data set without decoding it (a path alone does not: pynetdicom 3 then reads and re-encodes the file).
 Presentation contexts are built from each file's File Meta Information (SOP Class and Transfer Syntax,
 PS3.10 7.1), exactly as the file is encoded; more than 128 distinct pairs are split over consecutive
 associations.

@@ -2,8 +2,8 @@
 
 `@with_dimse_metadata`, placed between `@asset(...)`/`@asset_check(...)` and the function, runs the body
 inside dicom.stats.collecting() and:
-- on success adds `metadata["dimse"]` (contracts.md shape) to the returned Output, MaterializeResult or
-  AssetCheckResult;
+- on success adds `metadata["dimse"]` (the shape of `dicom.stats.DimseStats.to_metadata`) to the
+  returned Output, MaterializeResult or AssetCheckResult;
 - on an exception logs an AssetObservation of the asset with the same `dimse` value (and `failed`, when
   the Failure's metadata counts failed instances) before re-raising, so that failed attempts, whose DIMSE
   failures matter most, still reach the exporter;

@@ -1,6 +1,6 @@
 """`dicom-backup-exporter`: Prometheus metrics read from the Dagster instance's storage and from Orthanc.
 
-A long-lived process beside dagster-webserver and dagster-daemon (research monitoring.md 1.3): run
+A long-lived process beside dagster-webserver and dagster-daemon (docs/decisions/monitoring.md): run
 processes push nothing; this process reads what they stored, so killed or never-started runs are seen
 too, and counters survive restarts (they are rebuilt from the stored history).
 
@@ -47,7 +47,8 @@ from prometheus_client.registry import Collector
 
 from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.monitoring import metrics as m
-from dicom_backup_dagster.monitoring.orthanc import OrthancStatistics, OrthancTarget, statistics
+from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, statistics
+from dicom_backup_dagster.orthanc import OrthancStatistics
 
 log = logging.getLogger(__name__)
 

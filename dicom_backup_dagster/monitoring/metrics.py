@@ -14,6 +14,7 @@ data, paths or run IDs; never `job` or `instance`, which clash with Prometheus t
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import math
@@ -123,7 +124,7 @@ class Totals:
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
     events: int = 0
-    _dimse_seen: set[bytes] = field(default_factory=set)
+    _dimse_seen: set[builtins.bytes] = field(default_factory=set)  # `bytes` is a field of this class
 
     # -- feeding -------------------------------------------------------------------------------------
 

@@ -1,9 +1,8 @@
-"""Orthanc REST reads for the exporter and the health probes (Orthanc REST API, `GET /statistics`,
-`GET /system`; book.orthanc-server.com "REST API"). No dagster.
+"""Which Orthanc the exporter and the health probes read (`GET /statistics`, `GET /system`), from the
+environment. The REST calls themselves are `dicom_backup_dagster.orthanc`. No dagster.
 
 Credentials come from environment variables only (DICOM_BACKUP_ORTHANC_USERNAME / _PASSWORD); an Orthanc
-with AuthenticationEnabled answers 401 without them. `/statistics` has counts and sizes only (no patient
-data); TotalDiskSize is a string of bytes.
+with AuthenticationEnabled answers 401 without them.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+from dicom_backup_dagster.orthanc import OrthancClient, OrthancStatistics
 
 URL_ENV_VAR = "DICOM_BACKUP_ORTHANC_URL"
 USERNAME_ENV_VAR = "DICOM_BACKUP_ORTHANC_USERNAME"
@@ -42,40 +41,23 @@ class OrthancTarget:
             password=os.environ.get(PASSWORD_ENV_VAR) or None,
         )
 
+    def client(self) -> OrthancClient:
+        return OrthancClient(
+            self.url,
+            self.username,
+            self.password,
+            label=f"Orthanc {self.name}",
+            timeout_s=self.timeout_seconds,
+            auth_advice=f"set {USERNAME_ENV_VAR} and {PASSWORD_ENV_VAR} to a (read-only) REST user",
+            down_advice="check that it runs",
+        )
+
     def get(self, path: str) -> Any:
-        """GET a JSON resource; raises OrthancUnavailable saying where and why (never the password)."""
-        auth = (self.username, self.password or "") if self.username else None
-        try:
-            response = requests.get(f"{self.url}{path}", auth=auth, timeout=self.timeout_seconds)
-        except requests.RequestException as error:
-            raise OrthancUnavailable(
-                f"Orthanc {self.name} at {self.url}{path}: {type(error).__name__}; check that it runs"
-            ) from None
-        if response.status_code == 401:
-            raise OrthancUnavailable(
-                f"Orthanc {self.name} at {self.url}{path}: 401 Unauthorized; set {USERNAME_ENV_VAR} and "
-                f"{PASSWORD_ENV_VAR} to a (read-only) REST user"
-            )
-        if response.status_code != 200:
-            raise OrthancUnavailable(f"Orthanc {self.name} at {self.url}{path}: HTTP {response.status_code}")
-        return response.json()
-
-
-class OrthancUnavailable(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class OrthancStatistics:
-    instances: int
-    studies: int
-    disk_size_bytes: int
+        """GET a JSON resource; raises OrthancRestError saying where and why (never the password)."""
+        with self.client() as client:
+            return client.get_json(path)
 
 
 def statistics(target: OrthancTarget) -> OrthancStatistics:
-    data = target.get("/statistics")
-    return OrthancStatistics(
-        instances=int(data.get("CountInstances", 0)),
-        studies=int(data.get("CountStudies", 0)),
-        disk_size_bytes=int(data.get("TotalDiskSize", 0)),
-    )
+    with target.client() as client:
+        return client.statistics()

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import requests
 
-from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, OrthancUnavailable
+from dicom_backup_dagster.monitoring.orthanc import OrthancTarget
+from dicom_backup_dagster.orthanc import OrthancRestError
 
 EXPORTER_UP_LINE = "dicom_backup_exporter_dagster_up 1.0"
 
@@ -78,7 +79,7 @@ def probe_orthanc(target: OrthancTarget) -> ProbeResult:
     name = f"Orthanc {target.name}"
     try:
         system = target.get("/system")
-    except OrthancUnavailable as error:
+    except OrthancRestError as error:
         return ProbeResult(name, False, str(error))
     if "DicomAet" not in system:
         return ProbeResult(name, False, f"{target.url}/system answered without DicomAet")

@@ -16,7 +16,7 @@ Every Dose_Hst row in the window ends up in exactly one of three lists, so nothi
   Patient or Site row, neither a TxField nor a Fld_Hst row, no control points, a value of the wrong type
   (`RecordValueError`), joins that matched several rows that disagree, and a missing plan (below).
   Causes found when rendering (unknown Modality_Enum, NULL angle at control point 0, ...) come from
-  `render_deliveries`, which wraps `dicom.rt_record.render_rt_record`.
+  `render_deliveries`, which wraps `rtrecord.builder.render_rt_record`.
 
 QA-mode deliveries (``TrackTreatment.WasQAMode = 1``) are excluded by the query: they are not patient
 treatments and are not backed up.
@@ -24,7 +24,7 @@ treatments and are not backed up.
 Decision, a plan that Mosaiq references but the DCM tables lack (``TxField.OriginalPlanUID`` with no
 ``DCMInstance.SOPInstanceUID`` row, or one without its DCMSeries -> DCMStudy chain): **quarantine** by
 default (``on_missing_plan="quarantine"``). Reason: the record's study comes from the plan
-(`dicom.rt_record.record_uids`); a record made without the plan would get a patient-derived study UID,
+(`rtrecord.builder.record_uids`); a record made without the plan would get a patient-derived study UID,
 and once Mosaiq's DCM rows appear a re-run (lookback) would send the same SOP Instance UID in another
 study, which Orthanc stores as a second instance. Quarantined rows are retried by every run whose window
 covers them, and the count is reported, so the gap is visible and closes by itself when the source is
@@ -57,17 +57,17 @@ from typing import Any, Literal
 
 import pyodbc
 
-from dicom_backup_dagster.dicom.rt_record import (
+from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe_or_raise
+from dicom_backup_dagster.mosaiq.queries import MosaiqQueryError, treatment_window
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.builder import (
     RecordOptions,
     RenderedRecord,
     is_valid_uid,
     render_rt_record,
 )
-from dicom_backup_dagster.mosaiq import enums
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe_or_raise
-from dicom_backup_dagster.mosaiq.queries import MosaiqQueryError, treatment_window
-from dicom_backup_dagster.mosaiq.records import (
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined, RecordSkipped
+from dicom_backup_dagster.rtrecord.model import (
     ControlPoint,
     Delivery,
     Field,
@@ -409,13 +409,14 @@ class _PointParser:
         present = [(attr, cols.index[col]) for col, attr in _CP_COLUMNS.items() if cols.has(col)]
         self.attrs = tuple(attr for attr, _ in present)
         # one C-level call per row instead of a Python lambda per column (tens of thousands of rows a day)
-        getter = operator.itemgetter(*(i for _, i in present)) if present else None
-        if len(present) == 1:
-            self.values: Callable[[Sequence[Any]], tuple[Any, ...]] = lambda row: (getter(row),)  # type: ignore[misc]
-        elif getter is None:
+        self.values: Callable[[Sequence[Any]], tuple[Any, ...]]
+        if not present:
             self.values = lambda _row: ()
+        elif len(present) == 1:
+            one = operator.itemgetter(present[0][1])
+            self.values = lambda row: (one(row),)
         else:
-            self.values = getter  # type: ignore[assignment]
+            self.values = operator.itemgetter(*(i for _, i in present))
 
     def dhs_id(self, row: Sequence[Any]) -> int | None:
         return to_int(self.dhs(row), "DHS_ID")
@@ -448,9 +449,39 @@ def iter_deliveries(
     # The probe first: a missing column or an override that does not run fails here with the whole list.
     sql = probe_or_raise(conn, queries)
 
-    cursor = _execute(conn, "deliveries", sql["deliveries"], params)
-    parser = _HeaderParser(_Columns(cursor.description, "deliveries", ("DHS_ID", "Tx_DtTm")), on_missing_plan)
     headers: dict[int, _Header] = {}
+    yield from _read_headers(conn, sql["deliveries"], params, on_missing_plan, headers, stats)
+
+    pending: dict[int, _Header] = {}
+    for dhs_id in sorted(headers):
+        header = headers[dhs_id]
+        if header.outcome is not None:
+            yield header.outcome
+        else:
+            pending[dhs_id] = header
+
+    finished: set[int] = set()  # DHS_IDs whose control points are complete (treated first, then planned)
+    for name in ("treated_control_points", "planned_control_points"):
+        yield from _read_control_points(conn, name, sql[name], params, pending, finished, stats)
+
+    for dhs_id in sorted(pending):
+        yield Quarantined(
+            dhs_id, f"DHS_ID {dhs_id}: no control points (neither TxFieldPoint_Hst nor TxFieldPoint rows)"
+        )
+
+
+def _read_headers(
+    conn: pyodbc.Connection,
+    sql: str,
+    params: tuple[Any, Any],
+    on_missing_plan: MissingPlan,
+    headers: dict[int, _Header],
+    stats: DeliveryBatch,
+) -> Iterator[Outcome]:
+    """The ``deliveries`` query into `headers` (DHS_ID -> header); yields the rows without a usable DHS_ID.
+    A DHS_ID whose joined rows differ is quarantined."""
+    cursor = _execute(conn, "deliveries", sql, params)
+    parser = _HeaderParser(_Columns(cursor.description, "deliveries", ("DHS_ID", "Tx_DtTm")), on_missing_plan)
     count = 0
     for row in _rows(cursor, "deliveries"):
         count += 1
@@ -474,55 +505,52 @@ def iter_deliveries(
     cursor.close()
     stats.rows["deliveries"] = count
 
-    pending: dict[int, _Header] = {}
-    for dhs_id in sorted(headers):
-        header = headers[dhs_id]
-        if header.outcome is not None:
-            yield header.outcome
-        else:
-            pending[dhs_id] = header
 
-    finished: set[int] = set()
-    for name in ("treated_control_points", "planned_control_points"):
-        cursor = _execute(conn, name, sql[name], params)
-        points = _PointParser(_Columns(cursor.description, name, ("DHS_ID", "Point")))
-        count = 0
-        current: int | None = None
-        group: list[ControlPoint] = []
-        broken: str | None = None
-        for row in _rows(cursor, name):
-            count += 1
-            try:
-                dhs_id = points.dhs_id(row)
-            except RecordValueError:
-                continue
-            if dhs_id != current:
-                if current is not None:
-                    finished.add(current)
-                    yield from _finish(pending, stats, current, group, broken)
-                if dhs_id in finished:
-                    cursor.close()
-                    raise MosaiqQueryError(
-                        f"Mosaiq query {name!r} returned the control points of DHS_ID {dhs_id} in two "
-                        "separate runs: it must ORDER BY DHS_ID (then Point); discard this window's results"
-                    )
-                current, group, broken = dhs_id, [], None
-            if dhs_id not in pending or broken is not None:
-                continue
-            try:
-                group.append(points.parse(row))
-            except RecordValueError as exc:
-                broken = f"DHS_ID {dhs_id}: control point: {exc}"
-        if current is not None:
-            finished.add(current)
-            yield from _finish(pending, stats, current, group, broken)
-        cursor.close()
-        stats.rows[name] = count
-
-    for dhs_id in sorted(pending):
-        yield Quarantined(
-            dhs_id, f"DHS_ID {dhs_id}: no control points (neither TxFieldPoint_Hst nor TxFieldPoint rows)"
-        )
+def _read_control_points(
+    conn: pyodbc.Connection,
+    name: str,
+    sql: str,
+    params: tuple[Any, Any],
+    pending: dict[int, _Header],
+    finished: set[int],
+    stats: DeliveryBatch,
+) -> Iterator[Outcome]:
+    """One control-point query (ordered by DHS_ID, Point): each DHS_ID's run of rows finishes its pending
+    delivery. A DHS_ID seen in two separate runs means the query is not ordered: MosaiqQueryError."""
+    cursor = _execute(conn, name, sql, params)
+    points = _PointParser(_Columns(cursor.description, name, ("DHS_ID", "Point")))
+    count = 0
+    current: int | None = None
+    group: list[ControlPoint] = []
+    broken: str | None = None
+    for row in _rows(cursor, name):
+        count += 1
+        try:
+            dhs_id = points.dhs_id(row)
+        except RecordValueError:
+            continue
+        if dhs_id != current:
+            if current is not None:
+                finished.add(current)
+                yield from _finish(pending, stats, current, group, broken)
+            if dhs_id in finished:
+                cursor.close()
+                raise MosaiqQueryError(
+                    f"Mosaiq query {name!r} returned the control points of DHS_ID {dhs_id} in two "
+                    "separate runs: it must ORDER BY DHS_ID (then Point); discard this window's results"
+                )
+            current, group, broken = dhs_id, [], None
+        if dhs_id not in pending or broken is not None:
+            continue
+        try:
+            group.append(points.parse(row))
+        except RecordValueError as exc:
+            broken = f"DHS_ID {dhs_id}: control point: {exc}"
+    if current is not None:
+        finished.add(current)
+        yield from _finish(pending, stats, current, group, broken)
+    cursor.close()
+    stats.rows[name] = count
 
 
 def _finish(

@@ -218,8 +218,26 @@ def probe(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -
     """Compare the database's catalogue with what the queries read; build the night's queries."""
     dbms, cat = read_catalogue(conn)
     report = ProbeReport(dbms, cat, overrides=sorted(overrides or {}))
+    valid = _valid_overrides(overrides or {}, report)
+    blocked = _check_columns(cat, valid, report)
+    if cat.table("TxFieldPoint_Hst") is not None:
+        report.from_planned = [
+            c.name
+            for c in CONTROL_POINT_COLUMNS
+            if not cat.has("TxFieldPoint_Hst", c.name) and (c.required or cat.has("TxFieldPoint", c.name))
+        ]
+    _choose_queries(cat, valid, blocked, report)
+    for name, sql in report.queries.items():
+        why = _dry_run(conn, name, sql)
+        if why is not None:
+            report.query_problems[name] = why
+    return report
+
+
+def _valid_overrides(overrides: Mapping[str, str], report: ProbeReport) -> dict[str, str]:
+    """The site's overrides that parse (name -> SQL); the others go to ``report.override_problems``."""
     valid: dict[str, str] = {}
-    for name, sql in (overrides or {}).items():
+    for name, sql in overrides.items():
         if name not in DEFAULT_QUERIES:
             report.override_problems[name] = (
                 f"unknown query name; the queries are {', '.join(DEFAULT_QUERIES)}"
@@ -229,39 +247,48 @@ def probe(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -
             valid[name] = validate_query(name, sql, count_placeholders(DEFAULT_QUERIES[name]))
         except QueryOverrideError as exc:
             report.override_problems[name] = str(exc)
+    return valid
 
-    blocked: set[str] = set()  # groups whose built queries cannot run
+
+def _check_columns(cat: Catalogue, valid: Mapping[str, str], report: ProbeReport) -> set[str]:
+    """Every column the built queries read, against the catalogue; returns the groups that cannot run
+    (a required table or column is missing). Groups whose queries are all overridden are not checked."""
+    blocked: set[str] = set()
     for group, names in _GROUPS.items():
         if all(n in valid for n in names):
             continue  # every query of the group is the site's own
         for col in (c for c in COLUMNS if c.queries == group):
             if col.table == "TxFieldPoint_Hst" and not col.required:
-                continue  # an as-treated value the site lacks comes from the plan: `from_planned` below
-            if col.required:
-                report.checked_required += 1
-            else:
-                report.checked_optional += 1
-            if cat.table(col.table) is None:
-                if col.table not in report.missing_tables:
-                    report.missing_tables.append(col.table)
-                if col.required:
-                    report.missing_required.append(col)
-                    blocked.add(group)
-                continue
-            if cat.has(col.table, col.name):
-                continue
-            if col.required:
-                report.missing_required.append(col)
+                continue  # an as-treated value the site lacks comes from the plan: `from_planned`
+            if _check_column(cat, col, report):
                 blocked.add(group)
-            else:
-                report.left_out.append(col)
-    if cat.table("TxFieldPoint_Hst") is not None:
-        report.from_planned = [
-            c.name
-            for c in CONTROL_POINT_COLUMNS
-            if not cat.has("TxFieldPoint_Hst", c.name) and (c.required or cat.has("TxFieldPoint", c.name))
-        ]
+    return blocked
 
+
+def _check_column(cat: Catalogue, col: Column, report: ProbeReport) -> bool:
+    """Count and record one column; True when it is required and missing (its group cannot run)."""
+    if col.required:
+        report.checked_required += 1
+    else:
+        report.checked_optional += 1
+    if cat.table(col.table) is None:
+        if col.table not in report.missing_tables:
+            report.missing_tables.append(col.table)
+        if col.required:
+            report.missing_required.append(col)
+        return col.required
+    if cat.has(col.table, col.name):
+        return False
+    if col.required:
+        report.missing_required.append(col)
+    else:
+        report.left_out.append(col)
+    return col.required
+
+
+def _choose_queries(cat: Catalogue, valid: Mapping[str, str], blocked: set[str], report: ProbeReport) -> None:
+    """The night's queries: the site's valid override, else the query built for this catalogue unless its
+    group is blocked or its override was rejected."""
     built = build_queries(cat)
     for group, names in _GROUPS.items():
         for name in names:
@@ -269,11 +296,6 @@ def probe(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -
                 report.queries[name] = valid[name]
             elif group not in blocked and name not in report.override_problems:
                 report.queries[name] = built[name]
-    for name, sql in report.queries.items():
-        why = _dry_run(conn, name, sql)
-        if why is not None:
-            report.query_problems[name] = why
-    return report
 
 
 def probe_or_raise(conn: pyodbc.Connection, overrides: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""ARIA simulator: DCMTK's dcmqrscp as a strict, hierarchical Query/Retrieve SCP (research/dicom.md 4.1).
+"""ARIA simulator: DCMTK's dcmqrscp as a strict, hierarchical Query/Retrieve SCP.
 
 What makes it a good stand-in for a real Varian ARIA DICOM service:
 - Study Root / Patient Root C-FIND (PS3.4 C.6), strictly hierarchical: an IMAGE-level query without
@@ -14,8 +14,8 @@ dcmqridx with "double free or corruption"). Sandbox therefore switches ARIA_SIM 
 (with dcmqrscp-like minimal responses) for bigger data sets. dcmqridx stores paths exactly as given, so we
 always index ABSOLUTE paths.
 
-The process runs with TCP_NODELAY=1 in its environment (DCMTK reads it; research/dicom.md 0.1) and its log
-level stays at "warn" because dcmqrscp's verbose modes dump query identifiers (patient data).
+The process runs with TCP_NODELAY=1 in its environment (DCMTK reads it; docs/decisions/dicom-peers.md)
+and its log level stays at "warn" because dcmqrscp's verbose modes dump query identifiers (patient data).
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def _dir_signature(files: list[Path]) -> dict[str, int]:
 
 
 def _list_files(root: Path) -> list[Path]:
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
@@ -389,7 +389,8 @@ def _instances_of(objs: Iterable[Any]) -> list[Instance]:
     return out
 
 
-# What dcmqrscp silently leaves out of C-FIND responses (research/dicom.md 4.1); minimal_responses mimics it.
+# What dcmqrscp silently leaves out of C-FIND responses (docs/decisions/dicom-peers.md); minimal_responses
+# mimics it.
 DCMQRSCP_OMITS = frozenset(
     {"NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "ModalitiesInStudy",
      "NumberOfSeriesRelatedInstances", "SOPClassUID", "RetrieveAETitle"}
@@ -506,7 +507,8 @@ class MimServer:
 
     def _ae_setup(self) -> Any:
         from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-        from pynetdicom.sop_class import (
+
+        from dicom_backup_dagster.dicom.sop_classes import (
             StudyRootQueryRetrieveInformationModelFind,
             StudyRootQueryRetrieveInformationModelGet,
             StudyRootQueryRetrieveInformationModelMove,
@@ -523,6 +525,7 @@ class MimServer:
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             # scp_role: a C-GET requestor acts as Storage SCP on this association (PS3.7 D.3.3.4).
+            assert cx.abstract_syntax is not None  # every storage context names its SOP class
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scu_role=False, scp_role=True)
         for sop in (
             StudyRootQueryRetrieveInformationModelFind,

@@ -28,7 +28,8 @@ Conventions (tested against the synthetic RTPLANs in tests/sandbox/test_mosaiq_d
   treatment times; Fld_Hst (FHS_ID = DHS_ID) and TxFieldPoint_Hst (jaws and couch) are the as-treated
   snapshots of the field and its control points; TrackTreatment has one row per beam-delivery attempt
   (DHS_ID links).
-- Enum values as in research/dicom.md 8.1: Termination_Status_Enum 1 Normal / 2 Operator,
+- Enum values as pymedphys reads them (docs/decisions/rt-records.md): Termination_Status_Enum 1 Normal /
+  2 Operator,
   Termination_Verify_Status_Enum 1 Verified, Energy_Unit_Enum 2 MV, MetersetUnit_Enum 1 MU,
   Modality_Enum 1 X-rays, SiteSetup.Patient_Orient 1 HFS.
 
@@ -47,7 +48,7 @@ So the number of regular (WasQAMode = 0) Dose_Hst rows per patient is fractions 
 Portability: the DDL is rendered from SCHEMA for "sqlite" (SQLite3 ODBC) or "postgresql" (psqlODBC).
 SQLite accepts the unquoted mixed-case names and T-SQL [brackets] (needed for the reserved word Index);
 PostgreSQL folds unquoted names to lower case, so there every identifier is "double-quoted" (and queries
-against it must quote them too; research/dicom.md 8.3).
+against it must quote them too; docs/decisions/rt-records.md).
 """
 
 from __future__ import annotations
@@ -342,11 +343,11 @@ def ddl(dialect: str = "sqlite") -> list[str]:
             for i, (c, t) in enumerate(cols)
         )
         out.append(f"CREATE TABLE {quote(table, dialect)} ({body})")
-    for table, cols in INDEXES:
-        name = f"IX_{table}_{'_'.join(cols)}"
+    for table, indexed in INDEXES:
+        name = f"IX_{table}_{'_'.join(indexed)}"
         out.append(
             f"CREATE INDEX {quote(name, dialect)} ON {quote(table, dialect)} "
-            f"({', '.join(quote(c, dialect) for c in cols)})"
+            f"({', '.join(quote(c, dialect) for c in indexed)})"
         )
     return out
 

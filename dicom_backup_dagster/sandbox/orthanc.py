@@ -1,13 +1,13 @@
 """An Orthanc 1.10 server (Debian's /usr/sbin/Orthanc) as a sandbox peer: main archive or staging.
 
-Config follows research/dicom.md 2.1: REST authentication on, HTTP answers loopback clients only, DICOM
+Config (docs/decisions/orthanc.md): REST authentication on, HTTP answers loopback clients only, DICOM
 access only for the AEs listed in DicomModalities (each listed AE may echo/find/get/move/store; everything
 else is refused), StorageCompression off so stored bytes are the received ones. Orthanc 1.10 has no bind
 address: its DICOM port listens on every interface, guarded only by AET (and host) checks.
 
 Start-up waits until GET /system answers with our credentials *and* the PID we started is still alive,
 because an old Orthanc still shutting down can answer HTTP while the new one died on a locked index
-(research/dicom.md 2.2). Stop waits for the PID to exit.
+("SQLite: database is locked"; docs/decisions/orthanc.md). Stop waits for the PID to exit.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import requests
 
 from dicom_backup_dagster.dicom.network import Peer
+from dicom_backup_dagster.orthanc import OrthancClient
 from dicom_backup_dagster.sandbox.processes import ManagedProcess, ManagedServer, SandboxError, port_open
 
 ORTHANC_BINARY = os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc")
@@ -59,8 +60,7 @@ class OrthancServer(ManagedServer):
         self.check_modality_host = check_modality_host
         self.extra_config = dict(extra_config or {})
         self.process: ManagedProcess | None = None
-        self._session = requests.Session()
-        self._session.auth = (username, password)
+        self.client = self._new_client()
         self.startup_seconds: float | None = None
 
     # --- addresses ---------------------------------------------------------------------------------
@@ -148,7 +148,8 @@ class OrthancServer(ManagedServer):
         self.config_path.write_text(json.dumps(self.config(), indent=2))
         os.chmod(self.config_path, 0o600)  # it holds the REST password
         self.log_path.write_bytes(b"")
-        # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment (research 0.1).
+        # Orthanc 1.10 links the system DCMTK, which reads TCP_NODELAY from the environment: without it every
+        # C-STORE waits ~40 ms for a delayed ACK (docs/decisions/dicom-peers.md).
         self._launch(
             ManagedProcess(
                 f"Orthanc {self.aet}",
@@ -166,11 +167,13 @@ class OrthancServer(ManagedServer):
         )
         return self
 
+    def _new_client(self) -> OrthancClient:
+        return OrthancClient(
+            self.rest_url, self.username, self.password, label=f"sandbox Orthanc {self.aet}", timeout_s=60
+        )
+
     def _answers(self) -> bool:
-        r = self._session.get(f"{self.rest_url}/system", timeout=2)
-        if r.status_code != 200:
-            return False
-        info = r.json()
+        info = self.client.request("GET", "/system", timeout=2).json()
         # The PID we started must be the one answering (an old instance could still hold the port).
         return bool(
             info.get("DicomAet") == self.aet and info.get("DicomPort") == self.dicom_port and self.alive
@@ -178,40 +181,32 @@ class OrthancServer(ManagedServer):
 
     def stop(self, timeout: float = 15.0) -> None:
         # Close our keep-alive connections first: Orthanc's HTTP server waits for open ones when stopping.
-        self._session.close()
-        self._session = requests.Session()
-        self._session.auth = (self.username, self.password)
+        self.client.close()
+        self.client = self._new_client()
         super().stop(timeout=timeout)
 
-    # --- REST helpers ------------------------------------------------------------------------------
+    # --- REST helpers (dicom_backup_dagster.orthanc) -----------------------------------------------
     def rest(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """An authenticated REST call; raises on HTTP errors."""
-        kwargs.setdefault("timeout", 60)
-        r = self._session.request(method, f"{self.rest_url}{path}", **kwargs)
-        r.raise_for_status()
-        return r
+        """An authenticated REST call; raises OrthancRestError on HTTP errors."""
+        return self.client.request(method, path, **kwargs)
 
     def system(self) -> dict[str, Any]:
-        return self.rest("GET", "/system").json()
+        return self.client.system()
 
     def add_modality(self, name: str, peer: Peer) -> None:
         """Register a DICOM peer at runtime (in memory only: also kept here for the next start)."""
         self.modalities[name] = peer
-        self.rest("PUT", f"/modalities/{name}", data=json.dumps(self._modality_json(peer)))
+        self.client.put_modality(name, peer.aet, peer.host, peer.port)
 
     def count_instances(self) -> int:
-        return int(self.rest("GET", "/statistics").json()["CountInstances"])
+        return self.client.statistics().instances
 
     def instance_ids(self) -> list[str]:
-        return list(self.rest("GET", "/instances").json())
+        return self.client.instance_ids()
 
     def lookup_instance(self, sop_instance_uid: str) -> str | None:
         """Orthanc ID of the instance with this SOP Instance UID, or None."""
-        hits = self.rest("POST", "/tools/lookup", data=sop_instance_uid).json()
-        for hit in hits:
-            if hit.get("Type") == "Instance":
-                return str(hit["ID"])
-        return None
+        return self.client.lookup_instance(sop_instance_uid)
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         return self.lookup_instance(sop_instance_uid) is not None
@@ -219,23 +214,16 @@ class OrthancServer(ManagedServer):
     def delete_instance(self, sop_instance_uid: str) -> bool:
         """Delete one instance by SOP Instance UID; False if it was not there."""
         oid = self.lookup_instance(sop_instance_uid)
-        if oid is None:
-            return False
-        self.rest("DELETE", f"/instances/{oid}")
-        return True
+        return oid is not None and self.client.delete_instance(oid)
 
     def upload(self, path: str | os.PathLike[str]) -> str:
         """POST a DICOM file over REST (bypasses DICOM AE checks); returns the Orthanc instance ID."""
-        with open(path, "rb") as f:
-            return str(self.rest("POST", "/instances", data=f.read()).json()["ID"])
+        return self.client.upload(Path(path).read_bytes())
 
     def download(self, sop_instance_uid: str) -> bytes | None:
         oid = self.lookup_instance(sop_instance_uid)
-        if oid is None:
-            return None
-        return self.rest("GET", f"/instances/{oid}/file").content
+        return None if oid is None else self.client.instance_file(oid)
 
     def clear(self) -> None:
         """Delete every patient (and so every instance)."""
-        for pid in self.rest("GET", "/patients").json():
-            self.rest("DELETE", f"/patients/{pid}")
+        self.client.delete_all()

@@ -3,7 +3,8 @@
 Every process is started in its own session (and therefore its own process group), so that stopping it also
 stops whatever it forked (dcmqrscp forks one child per association). Stopping sends SIGTERM to the group,
 waits, then SIGKILLs the group and waits again: some processes here ignore SIGTERM, and a process that is
-still shutting down can keep a port or an SQLite index locked (research/dicom.md 2.2).
+still shutting down can keep a port or an SQLite index locked (Orthanc 1.10 took 1.1-3.3 s to stop after
+SIGTERM; docs/decisions/orthanc.md).
 """
 
 from __future__ import annotations

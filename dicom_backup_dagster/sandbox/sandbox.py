@@ -6,7 +6,8 @@ the shape of config/environments.example.toml (environment "SANDBOX"). Passwords
 the TOML only names their environment variables, whose values come from Sandbox.env_vars() (and, for
 shells, from <root>/sandbox.env, mode 0600).
 
-Who may talk to whom (Orthanc refuses every AE it does not list, research/dicom.md 2.3):
+Who may talk to whom (Orthanc refuses every AE it does not list in DicomModalities,
+docs/decisions/orthanc.md):
 - ORTHANC_MAIN lists the script AE, ORTHANC_STAGE, ARIA_SIM and MIM_SIM: they store into it (C-MOVE
   sub-operations from the sources and from staging) and the script queries/retrieves from it.
 - ORTHANC_STAGE lists the script AE (C-STORE of RT records, C-MOVE to main) and ORTHANC_MAIN (destination).
@@ -61,8 +62,10 @@ class SandboxOptions:
     script_aet: str = "DICOM_BACKUP"
     orthanc_username: str = "backup"
     timezone: str = "America/New_York"
-    mim_transfer: str = "c-get"  # how the backup retrieves from MIM (contracts section 3 example)
-    staging_overwrites: bool = True  # regenerated RT records may reuse UIDs on staging (research 0.3)
+    mim_transfer: str = "c-get"  # how the backup retrieves from MIM (the example site's choice)
+    # Regenerated RT records reuse their UIDs on staging: without OverwriteInstances Orthanc keeps the old
+    # copy and answers Success (docs/decisions/orthanc.md).
+    staging_overwrites: bool = True
     cache_dir: Path | None = None  # default <root>/cache; share it between roots to skip regeneration
     # ARIA_SIM implementation: "dcmqrscp" (strict, like a real PACS; slow to index beyond a few thousand
     # files and limited to 500 studies), "pynetdicom" (the MIM simulator with dcmqrscp-like minimal C-FIND

@@ -1100,10 +1100,10 @@ def generate(
                 count += int(out.strip() or 0)
         if failures:
             raise RuntimeError("synthetic data worker failed:\n" + "\n".join(failures))
-        with open(tmp, "w", encoding="utf-8") as out:
+        with open(tmp, "w", encoding="utf-8") as merged:
             for part in parts:
                 with open(part, encoding="utf-8") as f:
-                    shutil.copyfileobj(f, out)
+                    shutil.copyfileobj(f, merged)
                 part.unlink()
     meta_path.write_text(
         json.dumps({"key": options.key(), "options": options.to_json(), "count": count}, indent=2)

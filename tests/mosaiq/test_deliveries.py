@@ -25,8 +25,6 @@ from pydicom.uid import ImplicitVRLittleEndian
 from dicom_backup_dagster.backup import records as records_module
 from dicom_backup_dagster.config import MosaiqSource
 from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
-from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
-from dicom_backup_dagster.dicom.rt_record import RecordOptions, render_rt_record
 from dicom_backup_dagster.mosaiq.connection import connect
 from dicom_backup_dagster.mosaiq.deliveries import (
     DeliveryBatch,
@@ -36,6 +34,8 @@ from dicom_backup_dagster.mosaiq.deliveries import (
     render_deliveries,
 )
 from dicom_backup_dagster.mosaiq.probe import MosaiqSchemaError, probe
+from dicom_backup_dagster.rtrecord.builder import RecordOptions, render_rt_record
+from dicom_backup_dagster.rtrecord.conformance import check_rt_record
 from dicom_backup_dagster.sandbox.mosaiq_db import (
     MosaiqOptions,
     create_mosaiq_db,
@@ -44,8 +44,8 @@ from dicom_backup_dagster.sandbox.mosaiq_db import (
 )
 from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions, all_dates, patients
 from tests.conftest import SANDBOX_TEST_DATA
-from tests.dicom.test_rt_record import dciodvfy
-from tests.mosaiq.test_records import ALL_KINDS
+from tests.rtrecord.test_builder import dciodvfy
+from tests.rtrecord.test_model import ALL_KINDS
 
 OPTS = SyntheticOptions(patients=3, fractions=3, control_points=5, seed=41)
 PATIENTS = list(patients(OPTS))

@@ -1,7 +1,7 @@
 """Mosaiq enumeration codes -> DICOM RT Beams Treatment Record values (PS3.3 C.8.8.21, C.8.8.17, C.7.1.1).
 
 The Mosaiq codes come from public code (pymedphys `constants.py` / `tolerance_constants.py`); how they
-map to DICOM is **our proposal, not verified against Elekta documentation** (research dicom.md 8.1).
+map to DICOM is **our proposal, not verified against Elekta documentation** (docs/decisions/rt-records.md).
 Every function here is total: an unknown code or NULL either maps to a documented DICOM value, to
 ``None`` (the caller then omits an optional attribute or writes an empty Type 2 value), or raises
 `RecordQuarantined` when a Type 1 value cannot be derived. Exception reasons carry only database keys

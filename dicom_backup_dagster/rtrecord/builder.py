@@ -13,16 +13,17 @@ Decisions:
 - **Study**: the referenced RT Plan's study (DCMStudy), so records sit next to their plan. A delivery
   without a plan reference gets a deterministic study UID per (source, patient key, site set) and an
   empty ReferencedRTPlanSequence (Type 2, zero items allowed).
-- **Series**: its own RTRECORD series per (plan, treatment date) - never the plan's series (the seed
-  system's mistake, research peers.md 2.7). A night's partition therefore only ever creates series,
+- **Series**: its own RTRECORD series per (plan, treatment date) - never the plan's series (an RT
+  Series holds one modality, PS3.3 C.8.8.1). A night's partition therefore only ever creates series,
   it never grows an older one, so series-level counts stay stable once verified. SeriesNumber is the
   treatment date as YYYYMMDD (sorts chronologically; fits IS), InstanceNumber is the DHS_ID.
 - **UIDs** are deterministic, so a re-run regenerates the same instances (Orthanc keeps the first copy
-  of a UID, research dicom.md 0.3): with a configured root R (valid UID, at most 40 characters)
-  SOP = R.1.<format>.<DHS_ID>, series = R.2.<format>.<18-digit hash>, study = R.3.<format>.<hash>;
-  without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that includes ``source_key``. With a
-  root, each Mosaiq source needs its own root (DHS_IDs are only unique per database). ``format`` is
-  `RECORD_FORMAT_VERSION`: bump it when the record content changes on purpose, to get new UIDs.
+  of a UID and answers Success to a changed copy, docs/decisions/orthanc.md): with a configured root
+  R (valid UID, at most 40 characters) SOP = R.1.<format>.<DHS_ID>, series = R.2.<format>.<18-digit
+  hash>, study = R.3.<format>.<hash>; without one, ``2.25.<uuid5 integer>`` (PS3.5 B.2) of a name that
+  includes ``source_key``. With a root, each Mosaiq source needs its own root (DHS_IDs are only unique
+  per database). ``format`` is `RECORD_FORMAT_VERSION`: bump it when the record content changes on
+  purpose, to get new UIDs.
 - **No clock**: nothing depends on "now" (no InstanceCreationDate/Time), so identical input gives
   byte-identical output and the content digest of a re-run matches what the archive already holds.
 - **Control points**: Mosaiq has no per-control-point time, so every TreatmentControlPointDate/Time is
@@ -34,12 +35,12 @@ Decisions:
   wherever the value changes; NULL in a later point means "unchanged".
 - **Geometry**: angles as stored (assumed IEC 61217), normalised to [0, 360); cm -> mm. NULL gantry,
   collimator or couch angle at CP0 -> quarantine; NULL table-top eccentric/pitch/roll -> 0 (axes the
-  couch does not have); NULL table-top positions -> empty (Type 2C). Jaws/MLC: `mosaiq.leaves`.
-- **Directions**: from consecutive angles (`mosaiq.enums.rotation_direction`); a rotation stored as
+  couch does not have); NULL table-top positions -> empty (Type 2C). Jaws/MLC: `rtrecord.leaves`.
+- **Directions**: from consecutive angles (`rtrecord.enums.rotation_direction`); a rotation stored as
   only two control points is quarantined unless a site-confirmed ``direction_map`` covers its code.
 - **Equipment**: General Equipment describes what made the instance (this converter); the machine
-  that delivered the beam is in TreatmentMachineSequence (its Manufacturer/model only when known:
-  the seed system wrote the model into Manufacturer).
+  that delivered the beam is in TreatmentMachineSequence (its Manufacturer and model only when known,
+  each in its own attribute: a model name is not a Manufacturer).
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_backup_dagster.dicom.digest import DIGEST_TEXT_VRS, LONG_LENGTH_VRS
-from dicom_backup_dagster.mosaiq import enums
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from dicom_backup_dagster.mosaiq.leaves import LeafSetError, leaf_jaw_positions
-from dicom_backup_dagster.mosaiq.records import ControlPoint, Delivery
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined, RecordSkipped
+from dicom_backup_dagster.rtrecord.leaves import LeafSetError, leaf_jaw_positions
+from dicom_backup_dagster.rtrecord.model import ControlPoint, Delivery
 
 RT_BEAMS_TREATMENT_RECORD_STORAGE = "1.2.840.10008.5.1.4.1.1.481.4"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -100,7 +101,7 @@ class RecordOptions:
     source_key: str = "MOSAIQ"
     uid_root: str | None = None
     institution_name: str | None = None
-    #: Mosaiq ``*_Dir_Enum`` code -> CW/CC/NONE, only if confirmed for the site (see mosaiq.enums).
+    #: Mosaiq ``*_Dir_Enum`` code -> CW/CC/NONE, only if confirmed for the site (see rtrecord.enums).
     direction_map: Mapping[int, str] = field(default_factory=lambda: enums.DIRECTION_ENUM)
 
     def __post_init__(self) -> None:
@@ -180,7 +181,9 @@ def _ds(value: Decimal) -> str:
 
 
 def _ds_uncached(value: Decimal) -> str:
-    value = value.quantize(_MICRO, rounding=ROUND_HALF_EVEN) if value.as_tuple().exponent < -6 else value
+    exponent = value.as_tuple().exponent  # an int for a finite Decimal (the model allows no other)
+    if isinstance(exponent, int) and exponent < -6:
+        value = value.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
     text = format(value, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -432,12 +435,12 @@ def _control_points(
             ("TreatmentControlPointTime", time),
             ("SpecifiedMeterset", specified[i] or None),
             ("DeliveredMeterset", delivered[i]),
-            ("DoseRateSet", None if dose_rates[i] is None else _ds(dose_rates[i])),
+            ("DoseRateSet", None if (rate := dose_rates[i]) is None else _ds(rate)),
             ("DoseRateDelivered", None),  # Mosaiq does not record the delivered rate; never copy the set rate
         ]
         unit = enums.energy_unit(unit_codes[i])
-        if energy_values[i] is not None and unit is not None:
-            energy = (_ds(energy_values[i]), unit)
+        if (value := energy_values[i]) is not None and unit is not None:
+            energy = (_ds(value), unit)
             if energy != previous_energy:
                 cp.append(("NominalBeamEnergy", energy[0]))
                 cp.append(("NominalBeamEnergyUnit", energy[1]))
@@ -543,7 +546,7 @@ def _encode_uncached(keyword: str, value: object) -> _Encoded:
     layout = _layout(keyword)
     vr = layout.vr
     if value.__class__ is str:  # the common case (DS, IS, CS, DA, TM, UI ... text), first
-        payload = value.encode("utf-8")  # type: ignore[attr-defined]
+        payload = value.encode("utf-8")
         if len(payload) % 2:
             payload += b"\0" if vr == "UI" else b" "
     elif vr == "SQ":
@@ -587,7 +590,7 @@ def _encode_dataset(item: _Item) -> tuple[bytes, bytes]:
     for keyword, value in item:
         found = (
             cache.get((keyword, value))
-            if value is None or (value.__class__ is str and len(value) <= 64)  # type: ignore[attr-defined]
+            if value is None or (value.__class__ is str and len(value) <= 64)
             else None
         )
         encoded.append(found if found is not None else _encode_element(keyword, value))
@@ -604,7 +607,7 @@ def _as_dataset(item: _Item, into: Dataset | None = None) -> Dataset:
     ds = Dataset() if into is None else into
     for keyword, value in item:
         if _tag(keyword)[1] == "SQ":
-            value = Sequence([_as_dataset(child) for child in value])  # type: ignore[union-attr]
+            value = Sequence([_as_dataset(child) for child in value])
         setattr(ds, keyword, value)
     return ds
 
@@ -624,6 +627,57 @@ def _file_meta(sop_instance_uid: str) -> _Item:
 def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUids, _Item]:
     """Every module of the record as (keyword, value) pairs; raises RecordQuarantined / RecordSkipped."""
     fld = delivery.treatment_field
+    ft = _record_field_type(delivery)
+    modality = delivery.modality_enum if delivery.modality_enum is not None else fld.modality_enum
+    radiation = enums.radiation_type(modality, dhs_id=delivery.dhs_id)
+    unit = enums.primary_dosimeter_unit(delivery.meterset_unit_enum, dhs_id=delivery.dhs_id)
+    points = _checked_points(delivery)
+    points, specified, delivered, specified_total, delivered_total = _metersets(delivery, points, unit.factor)
+    devices = _devices(delivery, points)
+    uids = record_uids(delivery, options)
+    position = enums.patient_position(delivery.site.patient_orientation)
+
+    ds = _general_items(delivery, uids, options)
+    # RT Patient Setup (C.8.8.12, U): only when the orientation is known
+    if position is not None:
+        ds.append(("PatientSetupSequence", [[("PatientSetupNumber", "1"), ("PatientPosition", position)]]))
+    ds.append(("TreatmentMachineSequence", [_machine_item(delivery, options)]))
+    # RT Beams Session Record (C.8.8.21)
+    fractions = delivery.site.fractions_planned
+    ds.append(("NumberOfFractionsPlanned", None if fractions is None else str(fractions)))
+    ds.append(("PrimaryDosimeterUnit", unit.dicom))
+    beam: _Item = [
+        ("BeamType", enums.beam_type(ft, _geometry_changes(points, devices))),
+        ("RadiationType", radiation),
+        (
+            "BeamLimitingDeviceLeafPairsSequence",
+            [
+                [("RTBeamLimitingDeviceType", device), ("NumberOfLeafJawPairs", str(count))]
+                for device, count in zip(devices.types, devices.pairs, strict=True)
+            ],
+        ),
+    ]
+    beam.extend(_beam_field_items(delivery))
+    beam.append(("TreatmentDeliveryType", ft.delivery_type or ""))
+    beam.append(("TreatmentTerminationStatus", enums.termination_status(delivery.termination_status_enum)))
+    beam.append(("TreatmentVerificationStatus", enums.verification_status(delivery.verify_status_enum) or ""))
+    if specified_total is not None:
+        beam.append(("SpecifiedPrimaryMeterset", specified_total))
+    beam.append(("DeliveredPrimaryMeterset", delivered_total))
+    if fld.sad_cm is not None:
+        beam.append(("SourceAxisDistance", _ds(fld.sad_cm * 10)))
+    if position is not None:
+        beam.append(("ReferencedPatientSetupNumber", "1"))
+    cps = _control_points(delivery, points, devices, specified, delivered, options)
+    beam.append(("NumberOfControlPoints", str(len(cps))))
+    beam.append(("ControlPointDeliverySequence", cps))
+    ds.append(("TreatmentSessionBeamSequence", [beam]))
+    return uids, ds
+
+
+def _record_field_type(delivery: Delivery) -> enums.FieldType:
+    """The field type, if it makes a record: imaging-only fields are skipped, unrepresentable quarantined."""
+    fld = delivery.treatment_field
     ft = enums.field_type(fld.type_enum)
     if not ft.makes_record:
         raise RecordSkipped(
@@ -635,9 +689,11 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         raise _quarantine(
             delivery, f"field type {ft.code} ({ft.label}) has no RT Beams Treatment Record form"
         )
-    modality = delivery.modality_enum if delivery.modality_enum is not None else fld.modality_enum
-    radiation = enums.radiation_type(modality, dhs_id=delivery.dhs_id)
-    unit = enums.primary_dosimeter_unit(delivery.meterset_unit_enum, dhs_id=delivery.dhs_id)
+    return ft
+
+
+def _checked_points(delivery: Delivery) -> tuple[ControlPoint, ...]:
+    """The control points, at least two: a single (static) point is doubled to get a closing point."""
     points = delivery.control_points
     if not points:
         raise _quarantine(delivery, "no control points")
@@ -645,15 +701,15 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         raise _quarantine(delivery, "two control points share a Point number")
     if len(points) == 1:
         points = (points[0], points[0])
-    points, specified, delivered, specified_total, delivered_total = _metersets(delivery, points, unit.factor)
-    devices = _devices(delivery, points)
-    uids = record_uids(delivery, options)
+    return tuple(points)
+
+
+def _general_items(delivery: Delivery, uids: RecordUids, options: RecordOptions) -> _Item:
+    """SOP Common, Patient, General Study, RT Series, General Equipment and RT General Treatment Record."""
     tx = delivery.tx_datetime
     plan = delivery.plan
     p = delivery.patient
     study_moment = plan.study_datetime if plan is not None else None
-    position = enums.patient_position(delivery.site.patient_orientation)
-
     ds: _Item = [
         ("SpecificCharacterSet", SPECIFIC_CHARACTER_SET),
         # SOP Common (C.12.1)
@@ -700,34 +756,25 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
             [("ReferencedSOPClassUID", RT_PLAN_STORAGE), ("ReferencedSOPInstanceUID", plan.sop_instance_uid)]
         )
     ds.append(("ReferencedRTPlanSequence", refs))
-    # RT Patient Setup (C.8.8.12, U): only when the orientation is known
-    if position is not None:
-        ds.append(("PatientSetupSequence", [[("PatientSetupNumber", "1"), ("PatientPosition", position)]]))
-    # RT Treatment Machine Record (C.8.8.18)
+    return ds
+
+
+def _machine_item(delivery: Delivery, options: RecordOptions) -> _Item:
+    """The one TreatmentMachineSequence item (RT Treatment Machine Record, C.8.8.18)."""
     m = delivery.machine
-    machine: _Item = [
+    return [
         ("TreatmentMachineName", _text(m.name, 16)),
         ("Manufacturer", _text(m.manufacturer, 64)),
         ("InstitutionName", _text(m.institution_name or options.institution_name, 64)),
         ("ManufacturerModelName", _text(m.model, 64)),
         ("DeviceSerialNumber", _text(m.serial_number, 64)),
     ]
-    ds.append(("TreatmentMachineSequence", [machine]))
-    # RT Beams Session Record (C.8.8.21)
-    fractions = delivery.site.fractions_planned
-    ds.append(("NumberOfFractionsPlanned", None if fractions is None else str(fractions)))
-    ds.append(("PrimaryDosimeterUnit", unit.dicom))
-    beam: _Item = [
-        ("BeamType", enums.beam_type(ft, _geometry_changes(points, devices))),
-        ("RadiationType", radiation),
-        (
-            "BeamLimitingDeviceLeafPairsSequence",
-            [
-                [("RTBeamLimitingDeviceType", device), ("NumberOfLeafJawPairs", str(count))]
-                for device, count in zip(devices.types, devices.pairs, strict=True)
-            ],
-        ),
-    ]
+
+
+def _beam_field_items(delivery: Delivery) -> _Item:
+    """What the beam takes from the field: number, name, description, wedges, accessories, fraction."""
+    fld = delivery.treatment_field
+    beam: _Item = []
     if fld.beam_number is not None:
         beam.append(("ReferencedBeamNumber", str(fld.beam_number)))
     if fld.label:
@@ -749,21 +796,7 @@ def _record_items(delivery: Delivery, options: RecordOptions) -> tuple[RecordUid
         ("CurrentFractionNumber", delivery.fraction_number),
     ):
         beam.append((keyword, None if count is None else str(count)))
-    beam.append(("TreatmentDeliveryType", ft.delivery_type or ""))
-    beam.append(("TreatmentTerminationStatus", enums.termination_status(delivery.termination_status_enum)))
-    beam.append(("TreatmentVerificationStatus", enums.verification_status(delivery.verify_status_enum) or ""))
-    if specified_total is not None:
-        beam.append(("SpecifiedPrimaryMeterset", specified_total))
-    beam.append(("DeliveredPrimaryMeterset", delivered_total))
-    if fld.sad_cm is not None:
-        beam.append(("SourceAxisDistance", _ds(fld.sad_cm * 10)))
-    if position is not None:
-        beam.append(("ReferencedPatientSetupNumber", "1"))
-    cps = _control_points(delivery, points, devices, specified, delivered, options)
-    beam.append(("NumberOfControlPoints", str(len(cps))))
-    beam.append(("ControlPointDeliverySequence", cps))
-    ds.append(("TreatmentSessionBeamSequence", [beam]))
-    return uids, ds
+    return beam
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ Treatment Record (PS3.3 A.29): the patient, the treatment machine (a ``Staff`` r
 ``DCMInstance``/``DCMSeries``/``DCMStudy``).
 
 Values are normalised on construction so every ODBC driver looks the same: the SQLite3 ODBC driver
-returns DECIMAL as ``str`` and FreeTDS/psqlODBC as ``Decimal`` (research dicom.md 8.3), so numbers
+returns DECIMAL as ``str`` and FreeTDS/psqlODBC as ``Decimal`` (docs/decisions/rt-records.md), so numbers
 become ``Decimal`` (exact; floats go through ``str``), integers and enum codes ``int``, datetimes
 ``datetime`` (ISO strings accepted), leaf sets ``bytes`` (never stripped: trailing zero bytes can be
 leaf positions). Empty strings in numeric columns count as NULL.
@@ -251,7 +251,8 @@ class Site:
 class Field:
     """``TxField``: the planned field. Distances in cm as stored, meterset in the field's unit."""
 
-    fld_id: int
+    #: None only for a field known from its Fld_Hst snapshot (joined by DHS_ID) whose Dose_Hst.FLD_ID is NULL
+    fld_id: int | None
     label: str | None = None
     name: str | None = None
     type_enum: int | None = None
@@ -449,7 +450,7 @@ class Delivery:
         object.__setattr__(self, "control_points", tuple(sorted(points, key=lambda cp: cp.point)))
 
     @property
-    def fld_id(self) -> int:
+    def fld_id(self) -> int | None:
         return self.treatment_field.fld_id
 
     def __repr__(self) -> str:

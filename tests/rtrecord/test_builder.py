@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 
-from dicom_backup_dagster.dicom.rt_conformance import check_rt_record
-from dicom_backup_dagster.dicom.rt_record import (
+from dicom_backup_dagster.rtrecord.builder import (
     IMPLEMENTATION_CLASS_UID,
     RT_BEAMS_TREATMENT_RECORD_STORAGE,
     RecordOptions,
@@ -26,8 +25,9 @@ from dicom_backup_dagster.dicom.rt_record import (
     render_rt_record,
     write_rt_record,
 )
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined, RecordSkipped
-from tests.mosaiq.test_records import (
+from dicom_backup_dagster.rtrecord.conformance import check_rt_record
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined, RecordSkipped
+from tests.rtrecord.test_model import (
     ALL_KINDS,
     BIRTH,
     FIRST,
@@ -41,7 +41,7 @@ from tests.mosaiq.test_records import (
     vmat_delivery,
 )
 
-# dicom3tools 2022-06-18 spells the values VERIFED / NOT_VERIFED (research dicom.md 0.7, 7.1).
+# dicom3tools 2022-06-18 spells the values VERIFED / NOT_VERIFED (docs/decisions/rt-records.md).
 DCIODVFY_ENUM_TYPO = {
     f"Error - Unrecognized enumerated value <{value}> for value 1 of attribute "
     "<Treatment Verification Status>"
@@ -286,8 +286,8 @@ def test_uids_and_bytes_are_deterministic() -> None:
 
 def test_uids_are_stable_across_interpreters() -> None:
     code = (
-        "from tests.mosaiq.test_records import vmat_delivery;"
-        "from dicom_backup_dagster.dicom.rt_record import record_uids;"
+        "from tests.rtrecord.test_model import vmat_delivery;"
+        "from dicom_backup_dagster.rtrecord.builder import record_uids;"
         "u = record_uids(vmat_delivery()); print(u.sop_instance_uid, u.series_instance_uid)"
     )
     outputs = {

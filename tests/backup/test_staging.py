@@ -1,4 +1,4 @@
-"""mosaiq.staging against the sandbox's real staging Orthanc (REST with authentication): what the cleanup
+"""backup.staging against the sandbox's real staging Orthanc (REST with authentication): what the cleanup
 deletes and keeps, with an explicit clock for the retention, and how REST failures read.
 
 The staging Orthanc is shared with other tests: records here get UIDs of their own (a per-test source key),
@@ -14,16 +14,12 @@ from typing import Any
 
 import pytest
 
+from dicom_backup_dagster.backup.staging import VerifiedRecord, clean_staging, staging_client
 from dicom_backup_dagster.dicom.digest import content_digest
-from dicom_backup_dagster.dicom.rt_record import RecordOptions, RenderedRecord, render_rt_record
-from dicom_backup_dagster.mosaiq.staging import (
-    OrthancRest,
-    StagingRestError,
-    VerifiedRecord,
-    clean_staging,
-)
+from dicom_backup_dagster.orthanc import OrthancClient, OrthancRestError
+from dicom_backup_dagster.rtrecord.builder import RecordOptions, RenderedRecord, render_rt_record
 from dicom_backup_dagster.sandbox.processes import free_port
-from tests.mosaiq.test_records import static_delivery, vmat_delivery
+from tests.rtrecord.test_model import static_delivery, vmat_delivery
 
 WEEK = dt.timedelta(days=7)
 
@@ -42,10 +38,10 @@ def _stage(sandbox: Any, tmp_path: Path, n: int) -> list[RenderedRecord]:
     return records
 
 
-def _client(sandbox: Any, password: str | None = None, port: int | None = None) -> OrthancRest:
+def _client(sandbox: Any, password: str | None = None, port: int | None = None) -> OrthancClient:
     stage = sandbox.stage
     url = stage.rest_url if port is None else f"http://127.0.0.1:{port}"
-    return OrthancRest(url, stage.username, password or stage.password, label="ORTHANC_STAGE REST API")
+    return staging_client(url, stage.username, password or stage.password, label="ORTHANC_STAGE REST API")
 
 
 def _verified(record: RenderedRecord, digest: str | None = None) -> VerifiedRecord:
@@ -124,14 +120,14 @@ def test_a_failing_main_query_stops_before_any_delete(sandbox, tmp_path):
 
 
 def test_rest_errors_name_the_call_and_never_the_password(sandbox):
-    with _client(sandbox, password="not-the-password-42") as staging, pytest.raises(StagingRestError) as bad:
+    with _client(sandbox, password="not-the-password-42") as staging, pytest.raises(OrthancRestError) as bad:
         list(staging.instances())
     text = str(bad.value)
     assert "HTTP 401" in text and "rest_username" in text and sandbox.stage.rest_url in text
     assert "not-the-password-42" not in text and sandbox.stage.password not in text
 
     port = free_port()
-    with _client(sandbox, port=port) as staging, pytest.raises(StagingRestError) as down:
+    with _client(sandbox, port=port) as staging, pytest.raises(OrthancRestError) as down:
         list(staging.instances())
     text = str(down.value)
     assert f"127.0.0.1:{port}" in text and "check that Orthanc is running" in text

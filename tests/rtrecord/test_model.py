@@ -1,7 +1,7 @@
 """Delivery model: driver-independent normalisation, PHI-free repr, leaf-set decoding.
 
 The factories at the top build hand-made deliveries (static, step-and-shoot, VMAT, electrons,
-terminated) and are shared with tests/dicom/test_rt_record.py and test_rt_conformance.py.
+terminated) and are shared with tests/rtrecord/test_builder.py and test_conformance.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from dicom_backup_dagster.mosaiq.leaves import (
+from dicom_backup_dagster.rtrecord.leaves import (
     LeafSetError,
     decode_leaf_set,
     encode_leaf_set,
     leaf_jaw_positions,
     raw_to_mm_str,
 )
-from dicom_backup_dagster.mosaiq.records import (
+from dicom_backup_dagster.rtrecord.model import (
     ControlPoint,
     Delivery,
     Field,

@@ -2,7 +2,7 @@
 
 dciodvfy (dicom3tools 2022) is one check among several: it flags the correct TreatmentVerificationStatus
 values VERIFIED/NOT_VERIFIED (a typo in its table), does not check the "required for control point 0"
-conditions, and accepts Modality RTPLAN in a record (research dicom.md 0.7, 7.1). This module checks:
+conditions, and accepts Modality RTPLAN in a record (docs/decisions/rt-records.md). This module checks:
 Type 1 presence and non-empty, Type 2 presence, enumerated values, the control-point-0 1C/2C
 conditions, NumberOfControlPoints == len(ControlPointDeliverySequence), NumberOfLeafJawPairs against
 LeafJawPositions, monotonic metersets, leaf/jaw ordering (a sign error in the Mosaiq leaf decoding shows
@@ -22,18 +22,19 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from typing import cast
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from dicom_backup_dagster.dicom.rt_record import (
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.builder import (
     RT_BEAMS_TREATMENT_RECORD_STORAGE,
     RT_PLAN_STORAGE,
     is_valid_uid,
 )
-from dicom_backup_dagster.mosaiq import enums
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,17 @@ def _non_ascii(value: object) -> bool:
 def check_rt_record(ds: Dataset) -> list[Finding]:
     """All findings for one RT Beams Treatment Record; an empty list means it passed every check."""
     out: list[Finding] = []
+    _check_sop(ds, out)
+    _check_values(ds, out)
+    _check_plan_references(ds, out)
+    _check_machine_and_setup(ds, out)
+    for b, beam in enumerate(ds.get("TreatmentSessionBeamSequence") or []):
+        _check_beam(beam, f"TreatmentSessionBeamSequence[{b}].", out)
+    return out
+
+
+def _check_sop(ds: Dataset, out: list[Finding]) -> None:
+    """Top-level Type 1/2 attributes, the SOP class (PS3.3 C.12.1) and the file meta (PS3.10 7.1)."""
     for kw in _TOP_TYPE1:
         _type1(ds, kw, "", out)
     for kw in _TOP_TYPE2:
@@ -241,6 +253,10 @@ def check_rt_record(ds: Dataset) -> list[Finding]:
             out.append(Finding("(0002,0002) MediaStorageSOPClassUID", "differs from SOPClassUID"))
         if meta.get("MediaStorageSOPInstanceUID") != ds.get("SOPInstanceUID"):
             out.append(Finding("(0002,0003) MediaStorageSOPInstanceUID", "differs from SOPInstanceUID"))
+
+
+def _check_values(ds: Dataset, out: list[Finding]) -> None:
+    """Enumerated values, UID syntax (PS3.5 9.1) and SpecificCharacterSet (Type 1C, PS3.3 C.12.1.1.2)."""
     _enum(ds, "Modality", {"RTRECORD"}, "", out)
     _enum(ds, "PatientSex", _SEX_VALUES, "", out, empty_ok=True, quote=False)
     _enum(ds, "PrimaryDosimeterUnit", enums.PRIMARY_DOSIMETER_UNIT_VALUES, "", out)
@@ -252,22 +268,26 @@ def check_rt_record(ds: Dataset) -> list[Finding]:
     if "SpecificCharacterSet" not in ds and any(_non_ascii(ds.get(kw, "")) for kw in _TEXT_FOR_CHARSET):
         out.append(Finding("SpecificCharacterSet", "missing although text values are not ASCII (Type 1C)"))
 
-    refs = ds.get("ReferencedRTPlanSequence")
-    if refs is not None:
-        if len(refs) > 1:
-            out.append(Finding("ReferencedRTPlanSequence", "more than one item (zero or one allowed)"))
-        for i, item in enumerate(refs):
-            path = f"ReferencedRTPlanSequence[{i}]."
-            if (
-                _type1(item, "ReferencedSOPClassUID", path, out)
-                and item.ReferencedSOPClassUID != RT_PLAN_STORAGE
-            ):
-                out.append(Finding(f"{path}ReferencedSOPClassUID", "not RT Plan Storage"))
-            if _type1(item, "ReferencedSOPInstanceUID", path, out) and not is_valid_uid(
-                str(item.ReferencedSOPInstanceUID)
-            ):
-                out.append(Finding(f"{path}ReferencedSOPInstanceUID", "not a valid UID"))
 
+def _check_plan_references(ds: Dataset, out: list[Finding]) -> None:
+    """ReferencedRTPlanSequence (PS3.3 C.8.8.17): zero or one item, an RT Plan with a valid UID."""
+    refs = ds.get("ReferencedRTPlanSequence")
+    if refs is None:
+        return
+    if len(refs) > 1:
+        out.append(Finding("ReferencedRTPlanSequence", "more than one item (zero or one allowed)"))
+    for i, item in enumerate(refs):
+        path = f"ReferencedRTPlanSequence[{i}]."
+        if _type1(item, "ReferencedSOPClassUID", path, out) and item.ReferencedSOPClassUID != RT_PLAN_STORAGE:
+            out.append(Finding(f"{path}ReferencedSOPClassUID", "not RT Plan Storage"))
+        if _type1(item, "ReferencedSOPInstanceUID", path, out) and not is_valid_uid(
+            str(item.ReferencedSOPInstanceUID)
+        ):
+            out.append(Finding(f"{path}ReferencedSOPInstanceUID", "not a valid UID"))
+
+
+def _check_machine_and_setup(ds: Dataset, out: list[Finding]) -> None:
+    """TreatmentMachineSequence (PS3.3 C.8.8.18, exactly one item) and PatientSetupSequence (C.8.8.12)."""
     machines = ds.get("TreatmentMachineSequence")
     if machines is not None and len(machines) != 1:
         out.append(Finding("TreatmentMachineSequence", f"has {len(machines)} items (exactly one required)"))
@@ -282,10 +302,6 @@ def check_rt_record(ds: Dataset) -> list[Finding]:
             out.append(
                 Finding(f"{path}PatientPosition", "Type 1C: PatientPosition or PatientAdditionalPosition")
             )
-
-    for b, beam in enumerate(ds.get("TreatmentSessionBeamSequence") or []):
-        _check_beam(beam, f"TreatmentSessionBeamSequence[{b}].", out)
-    return out
 
 
 def check_rt_record_file(path: str | os.PathLike[str]) -> list[Finding]:
@@ -314,6 +330,7 @@ def check_rt_record_files(
 
 
 def _check_beam(beam: Dataset, path: str, out: list[Finding]) -> None:
+    """One TreatmentSessionBeamSequence item (PS3.3 C.8.8.21 RT Beams Session Record)."""
     for kw in _BEAM_TYPE1:
         _type1(beam, kw, path, out)
     for kw in _BEAM_TYPE2:
@@ -323,7 +340,13 @@ def _check_beam(beam: Dataset, path: str, out: list[Finding]) -> None:
     _enum(beam, "TreatmentTerminationStatus", enums.TERMINATION_STATUS_VALUES, path, out)
     _enum(beam, "TreatmentVerificationStatus", enums.VERIFICATION_STATUS_VALUES, path, out, empty_ok=True)
     _enum(beam, "TreatmentDeliveryType", enums.TREATMENT_DELIVERY_TYPE_VALUES, path, out, empty_ok=True)
+    pairs = _leaf_pairs(beam, path, out)
+    _check_wedges(beam, path, out)
+    _check_control_points(beam, pairs, path, out)
 
+
+def _leaf_pairs(beam: Dataset, path: str, out: list[Finding]) -> dict[str, int]:
+    """BeamLimitingDeviceLeafPairsSequence: device type -> NumberOfLeafJawPairs (1 for a jaw pair)."""
     pairs: dict[str, int] = {}
     for d, item in enumerate(beam.get("BeamLimitingDeviceLeafPairsSequence") or []):
         dpath = f"{path}BeamLimitingDeviceLeafPairsSequence[{d}]."
@@ -336,16 +359,23 @@ def _check_beam(beam: Dataset, path: str, out: list[Finding]) -> None:
             pairs[device] = int(item.NumberOfLeafJawPairs)
             if device in ("X", "Y", "ASYMX", "ASYMY") and pairs[device] != 1:
                 out.append(Finding(f"{dpath}NumberOfLeafJawPairs", "must be 1 for a jaw pair"))
+    return pairs
 
+
+def _check_wedges(beam: Dataset, path: str, out: list[Finding]) -> None:
     wedges = beam.get("NumberOfWedges")
-    if wedges not in (None, "") and int(wedges) > 0:
-        recorded = beam.get("RecordedWedgeSequence")
-        if not recorded:
-            out.append(Finding(f"{path}RecordedWedgeSequence", "Type 1C: required when NumberOfWedges > 0"))
-        else:
-            for w, wedge in enumerate(recorded):
-                _type2(wedge, "WedgeType", f"{path}RecordedWedgeSequence[{w}].", out)
+    if wedges in (None, "") or int(wedges) <= 0:
+        return
+    recorded = beam.get("RecordedWedgeSequence")
+    if not recorded:
+        out.append(Finding(f"{path}RecordedWedgeSequence", "Type 1C: required when NumberOfWedges > 0"))
+        return
+    for w, wedge in enumerate(recorded):
+        _type2(wedge, "WedgeType", f"{path}RecordedWedgeSequence[{w}].", out)
 
+
+def _check_control_points(beam: Dataset, pairs: dict[str, int], path: str, out: list[Finding]) -> None:
+    """ControlPointDeliverySequence: the count, every point, cumulative metersets and the delivered total."""
     cps = beam.get("ControlPointDeliverySequence") or []
     declared = beam.get("NumberOfControlPoints")
     if declared not in (None, "") and int(declared) != len(cps):
@@ -358,44 +388,57 @@ def _check_beam(beam: Dataset, path: str, out: list[Finding]) -> None:
     previous_specified: Decimal | None = None
     for c, cp in enumerate(cps):
         cpath = f"{path}ControlPointDeliverySequence[{c}]."
-        for kw in _CP_TYPE1:
-            _type1(cp, kw, cpath, out)
-        for kw in _CP_TYPE2:
-            _type2(cp, kw, cpath, out)
-        has_energy = not _empty(_value(cp, "NominalBeamEnergy"))
-        if has_energy and _type1(cp, "NominalBeamEnergyUnit", cpath, out):
-            _enum(cp, "NominalBeamEnergyUnit", enums.ENERGY_UNIT_VALUES, cpath, out)
-        for angle_kw, dir_kw in _ANGLE_PAIRS:
-            if c == 0:
-                _type1(cp, angle_kw, cpath, out)
-                _type1(cp, dir_kw, cpath, out)
-            elif (_TAGS[angle_kw] in cp) != (_TAGS[dir_kw] in cp):
-                out.append(Finding(f"{cpath}{dir_kw}", f"{angle_kw} and {dir_kw} must be given together"))
-            _enum(cp, dir_kw, enums.ROTATION_DIRECTION_VALUES, cpath, out)
-            angle_value = _value(cp, angle_kw)
-            if not _empty(angle_value):
-                angle = _number(angle_value)
-                if angle is None or not (0 <= angle < 360):
-                    out.append(Finding(f"{cpath}{angle_kw}", "must be in [0, 360)"))
-        if c == 0:
-            for kw in _CP0_TYPE2C:
-                _type2(cp, kw, cpath, out)
-        _check_positions(cp, c, pairs, cpath, out)
-        delivered_value = _value(cp, "DeliveredMeterset")
-        delivered = _number(delivered_value) if not _empty(delivered_value) else None
-        if delivered is not None and previous_delivered is not None and delivered < previous_delivered:
-            out.append(Finding(f"{cpath}DeliveredMeterset", "decreases (it is cumulative)"))
-        previous_delivered = delivered if delivered is not None else previous_delivered
-        specified_value = _value(cp, "SpecifiedMeterset")
-        specified = _number(specified_value) if not _empty(specified_value) else None
-        if specified is not None and previous_specified is not None and specified < previous_specified:
-            out.append(Finding(f"{cpath}SpecifiedMeterset", "decreases (it is cumulative)"))
-        previous_specified = specified if specified is not None else previous_specified
+        _check_control_point(cp, c, pairs, cpath, out)
+        previous_delivered = _cumulative(cp, "DeliveredMeterset", previous_delivered, cpath, out)
+        previous_specified = _cumulative(cp, "SpecifiedMeterset", previous_specified, cpath, out)
     total = beam.get("DeliveredPrimaryMeterset")
     total_number = None if _empty(total) else _number(total)
     if cps and total_number is not None and previous_delivered is not None:  # noqa: SIM102
         if abs(total_number - previous_delivered) > Decimal("0.001"):
             out.append(Finding(f"{path}DeliveredPrimaryMeterset", "differs from the last DeliveredMeterset"))
+
+
+def _check_control_point(cp: Dataset, c: int, pairs: dict[str, int], cpath: str, out: list[Finding]) -> None:
+    """One control point: Type 1/2, energy unit, angles and directions, the CP0 conditions, positions."""
+    for kw in _CP_TYPE1:
+        _type1(cp, kw, cpath, out)
+    for kw in _CP_TYPE2:
+        _type2(cp, kw, cpath, out)
+    has_energy = not _empty(_value(cp, "NominalBeamEnergy"))
+    if has_energy and _type1(cp, "NominalBeamEnergyUnit", cpath, out):
+        _enum(cp, "NominalBeamEnergyUnit", enums.ENERGY_UNIT_VALUES, cpath, out)
+    for angle_kw, dir_kw in _ANGLE_PAIRS:
+        _check_angle(cp, c, angle_kw, dir_kw, cpath, out)
+    if c == 0:
+        for kw in _CP0_TYPE2C:
+            _type2(cp, kw, cpath, out)
+    _check_positions(cp, c, pairs, cpath, out)
+
+
+def _check_angle(cp: Dataset, c: int, angle_kw: str, dir_kw: str, cpath: str, out: list[Finding]) -> None:
+    """An angle and its rotation direction: both required at CP0, given together later, angle in [0, 360)."""
+    if c == 0:
+        _type1(cp, angle_kw, cpath, out)
+        _type1(cp, dir_kw, cpath, out)
+    elif (_TAGS[angle_kw] in cp) != (_TAGS[dir_kw] in cp):
+        out.append(Finding(f"{cpath}{dir_kw}", f"{angle_kw} and {dir_kw} must be given together"))
+    _enum(cp, dir_kw, enums.ROTATION_DIRECTION_VALUES, cpath, out)
+    angle_value = _value(cp, angle_kw)
+    if not _empty(angle_value):
+        angle = _number(angle_value)
+        if angle is None or not (0 <= angle < 360):
+            out.append(Finding(f"{cpath}{angle_kw}", "must be in [0, 360)"))
+
+
+def _cumulative(
+    cp: Dataset, keyword: str, previous: Decimal | None, cpath: str, out: list[Finding]
+) -> Decimal | None:
+    """Flag a cumulative meterset that decreases; the last value seen so far (a NULL keeps the previous)."""
+    value = _value(cp, keyword)
+    number = _number(value) if not _empty(value) else None
+    if number is not None and previous is not None and number < previous:
+        out.append(Finding(f"{cpath}{keyword}", "decreases (it is cumulative)"))
+    return number if number is not None else previous
 
 
 def _check_positions(cp: Dataset, index: int, pairs: dict[str, int], cpath: str, out: list[Finding]) -> None:
@@ -407,7 +450,7 @@ def _check_positions(cp: Dataset, index: int, pairs: dict[str, int], cpath: str,
             )
         return
     seen = set()
-    for p, item in enumerate(positions):
+    for p, item in enumerate(cast(Sequence[Dataset], positions)):
         ppath = f"{cpath}BeamLimitingDevicePositionSequence[{p}]."
         if not _type1(item, "RTBeamLimitingDeviceType", ppath, out):
             continue

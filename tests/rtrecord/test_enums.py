@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from dicom_backup_dagster.mosaiq import enums
-from dicom_backup_dagster.mosaiq.enums import RecordQuarantined
+from dicom_backup_dagster.rtrecord import enums
+from dicom_backup_dagster.rtrecord.enums import RecordQuarantined
 
 
 @pytest.mark.parametrize(

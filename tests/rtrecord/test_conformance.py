@@ -12,9 +12,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicom_backup_dagster.dicom.rt_conformance import Finding, check_rt_record, check_rt_record_files
-from dicom_backup_dagster.dicom.rt_record import build_rt_record, encode_rt_record
-from tests.mosaiq.test_records import ALL_KINDS, FIRST, IDA, LAST, step_and_shoot_delivery
+from dicom_backup_dagster.rtrecord.builder import build_rt_record, encode_rt_record
+from dicom_backup_dagster.rtrecord.conformance import Finding, check_rt_record, check_rt_record_files
+from tests.rtrecord.test_model import ALL_KINDS, FIRST, IDA, LAST, step_and_shoot_delivery
 
 
 def fresh() -> Dataset:
