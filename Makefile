@@ -12,8 +12,10 @@ sandbox: setup
 test: setup
 	.venv/bin/python -m pytest
 
-# ruff (style, imports, complexity <= 15), formatting, and the type checker (mypy, [tool.mypy]).
+# ruff (style, imports, complexity <= 15), formatting, the type checker (mypy, [tool.mypy]) and the
+# one-way package layers (scripts/import_graph.py: no cycle, no dagster in dicom/ mosaiq/ backup/ ...).
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/python scripts/import_graph.py
