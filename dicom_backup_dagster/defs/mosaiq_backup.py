@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetExecutionContext,
     BackfillPolicy,
@@ -694,6 +695,40 @@ def evaluate_content_verified(
 # The wiring
 
 
+def mosaiq_checks(plan: MosaiqPlan) -> list[AssetChecksDefinition]:
+    """`conformance` on rt_records, `complete_in_archive` and `content_verified` on archived."""
+    names = plan.names
+
+    @asset_check(asset=names.rt_records, name="conformance", description=CONFORMANCE_DESCRIPTION)
+    def conformance(context: AssetCheckExecutionContext, backup_storage: BackupStorage) -> AssetCheckResult:
+        return evaluate_conformance(context, plan, backup_storage)
+
+    @asset_check(
+        asset=names.archived,
+        name="complete_in_archive",
+        blocking=True,
+        description=f"Every record of the partition is on {plan.archive_alias}, by IMAGE-level C-FIND on "
+        f"{plan.archive}.",
+    )
+    def complete_in_archive(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        return evaluate_complete_in_archive(context, plan, dicom, backup_storage)
+
+    @asset_check(
+        asset=names.archived,
+        name="content_verified",
+        description=f"Every record retrieved by C-GET from {plan.archive_alias} has the content digest "
+        "recorded when it was rendered.",
+    )
+    def content_verified(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        return evaluate_content_verified(context, plan, dicom, backup_storage)
+
+    return [conformance, complete_in_archive, content_verified]
+
+
 def build_mosaiq_source_backup(
     env: EnvironmentConfig,
     source: MosaiqSource,
@@ -704,7 +739,7 @@ def build_mosaiq_source_backup(
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
     plan = MosaiqPlan.of(env, source)
-    names, staging, archive = plan.names, plan.staging, plan.archive
+    names, staging = plan.names, plan.staging
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(1),
@@ -764,40 +799,13 @@ def build_mosaiq_source_backup(
     ) -> MaterializeResult:
         return materialize_archived(context, plan, dicom, backup_storage)
 
-    @asset_check(asset=names.rt_records, name="conformance", description=CONFORMANCE_DESCRIPTION)
-    def conformance(context: AssetCheckExecutionContext, backup_storage: BackupStorage) -> AssetCheckResult:
-        return evaluate_conformance(context, plan, backup_storage)
-
-    @asset_check(
-        asset=names.archived,
-        name="complete_in_archive",
-        blocking=True,
-        description=f"Every record of the partition is on {plan.archive_alias}, by IMAGE-level C-FIND on "
-        f"{archive}.",
-    )
-    def complete_in_archive(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_complete_in_archive(context, plan, dicom, backup_storage)
-
-    @asset_check(
-        asset=names.archived,
-        name="content_verified",
-        description=f"Every record retrieved by C-GET from {plan.archive_alias} has the content digest "
-        "recorded when it was rendered.",
-    )
-    def content_verified(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_content_verified(context, plan, dicom, backup_storage)
-
     baselines = baseline_checks(
         names.archived, partitions_def, rules, volume_key="records", volume_noun="records"
     )
     return Definitions.merge(
         Definitions(
             assets=[deliveries, rt_records, staged, archived],
-            asset_checks=[conformance, complete_in_archive, content_verified, *baselines],
+            asset_checks=[*mosaiq_checks(plan), *baselines],
         ),
         backup_job_and_schedule(
             names,

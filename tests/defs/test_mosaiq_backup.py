@@ -26,7 +26,7 @@ from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_co
 from dicom_backup_dagster.defs import build_definitions
 from dicom_backup_dagster.defs.common import DEFAULT_START_DATE
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
-from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, mosaiq_resource_key
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.sandbox.processes import free_port
 from dicom_backup_dagster.sandbox.synthetic import patients
@@ -116,6 +116,15 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
         assert policy is not None and policy.backoff == dg.Backoff.EXPONENTIAL
         if name in ("staged", "archived"):
             assert asset.op.pool == pool
+    # Typed resources (the database's parameter is named after its key), manifests through deps and
+    # handle files on disk: no IO manager is needed.
+    needs = {
+        name: defs.resolve_assets_def(dg.AssetKey([ALIAS, name])).required_resource_keys for name in ASSETS
+    }
+    assert needs["deliveries"] == needs["rt_records"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
+    assert needs["staged"] == needs["archived"] == {"dicom", "backup_storage"}
+    rt_records = defs.resolve_assets_def(dg.AssetKey([ALIAS, "rt_records"]))
+    assert rt_records.asset_deps[rt_records.key] == {dg.AssetKey([ALIAS, "deliveries"])}
     schedule = defs.resolve_schedule_def(f"{ALIAS}_backup_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.execution_timezone == env.settings.timezone
