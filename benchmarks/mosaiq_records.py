@@ -217,9 +217,8 @@ def end_to_end(root: Path, db: Path, day: Any, expected: int, profile: bool) -> 
     import dagster as dg
 
     from dicom_backup_dagster.config import load_config
-    from dicom_backup_dagster.defs.common import BackupStorage
     from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
-    from dicom_backup_dagster.defs.resources import build_resources
+    from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
     from dicom_backup_dagster.sandbox.sandbox import Sandbox, SandboxOptions
 
     tiny = SyntheticOptions(patients=1, ct_slices=1, fractions=1, cbct_slices=0, seed=5)
@@ -233,8 +232,8 @@ def end_to_end(root: Path, db: Path, day: Any, expected: int, profile: bool) -> 
         storage = root / "storage"
         shutil.rmtree(storage, ignore_errors=True)
         defs = dg.Definitions.merge(
-            dg.Definitions(resources=build_resources(env)),
-            build_mosaiq_backup_defs(env, storage=BackupStorage(base_dir=str(storage)), retry_policy=None),
+            dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage)))),
+            build_mosaiq_backup_defs(env, retry_policy=None),
         )
         job = defs.resolve_job_def(f"{ALIAS}_backup")
         before = sandbox.main.count_instances()

@@ -1,4 +1,5 @@
-"""Failure, check and recovery notifications (issue 5): notifier resources, three sensors and a test job.
+"""Failure, check and recovery notifications: three sensors and a test job (the notifier resources are in
+defs/resources.py).
 
 - `backup_failure_alerts` (run-failure sensor over every job of this code location): a failed backup run
   of a source pages once per outage (critical: PagerDuty + Slack by default); runs about to be retried
@@ -21,17 +22,16 @@ exception class names.
 No `from __future__ import annotations`: Dagster validates resource annotations of sensors and ops.
 """
 
-import dataclasses
 import json
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from typing import Any, Self
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckSeverity,
-    AssetKey,
-    ConfigurableResource,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -50,42 +50,46 @@ from dagster import (
     sensor,
 )
 from dagster import DagsterRunStatus as RunStatus
-from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluation
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-from pydantic import Field
 
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.connectivity import peer_asset_key
+from dicom_backup_dagster.defs.keys import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    CONNECTIVITY_JOB,
+    KIND_TAG,
+    NOTHING_MISSED,
+    PARTITION_NAME_TAG,
+    SOURCE_TAG,
+    SWEEP_COVERAGE,
+    TEST_ALERT_JOB,
+    WILL_RETRY_TAG,
+    archived_source,
+    peer_alias,
+    source_of_step,
+)
+from dicom_backup_dagster.defs.resources import (
+    EmailNotifierResource,
+    PagerDutyNotifierResource,
+    SlackNotifierResource,
+)
 from dicom_backup_dagster.defs.staging_cleanup import JOB_NAME as STAGING_CLEANUP_JOB
-from dicom_backup_dagster.defs.sweep import NOTHING_MISSED, SWEEP_COVERAGE
 from dicom_backup_dagster.notify import (
     Alert,
     AlertKind,
     Dispatcher,
-    EmailNotifier,
-    EmailSettings,
     IncidentBook,
     NotificationSettings,
     Notifier,
-    PagerDutyNotifier,
-    PagerDutySettings,
-    SlackNotifier,
-    SlackSettings,
     resolve,
     trigger,
 )
-from dicom_backup_dagster.notify.settings import DEFAULT_TIMEOUT_S, Channel
+from dicom_backup_dagster.notify.settings import Channel
 
-CONNECTIVITY_JOB = "connectivity_check"
-TEST_ALERT_JOB = "send_test_alert"
-SOURCE_TAG = "dicom_backup/source"
-WILL_RETRY_TAG = "dagster/will_retry"
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 CHECK_CURSOR_MAX_AGE_S = 24 * 3600  # a sensor switched on for the first time alerts on the last day only
 CHECK_BATCH = 200
-PEER_PREFIX = peer_asset_key("x").path[0]  # connectivity_check observes peers/<alias>
+# AssetCheckExecutionRecordStatus.PLANNED: an evaluation planned but not (yet) made. Dagster 1.13 does not
+# export the enum publicly, so the records' status is compared by its value.
+PLANNED = "PLANNED"
 
 # Failure metadata keys written by defs/common.backup_failure: names and standard wording only.
 _FAILURE_TEXT_KEYS = ("peer", "operation", "dicom_status", "status_meaning")
@@ -100,54 +104,60 @@ _CHECK_KINDS = {
 
 
 # ------------------------------------------------------------------------------------------------------
-# Resources: one per channel, disabled unless configured. Secrets stay in environment variables whose
-# NAMES these hold; the notifier reads them at send time.
+# What every sensor needs: the environment's name, its notification settings and its sources
 
 
-class _NotifierResource(ConfigurableResource):
-    """One channel: its notify/settings.py model as Dagster config (``settings``, empty: not configured)."""
-
-    settings: dict[str, Any] = Field(default_factory=dict)
-    timeout_s: float = DEFAULT_TIMEOUT_S
+@dataclass(frozen=True)
+class AlertPlan:
+    environment: str
+    settings: NotificationSettings
+    sources: frozenset[str]
 
     @classmethod
-    def of(cls, channel: Any, timeout_s: float) -> Self:
-        # Dagster config maps hold no nulls: unset optional keys are left out and take their defaults.
-        fields = {k: v for k, v in dataclasses.asdict(channel).items() if v is not None} if channel else {}
-        return cls(settings=fields, timeout_s=timeout_s)
+    def of(cls, env: EnvironmentConfig) -> "AlertPlan":
+        return cls(env.name, env.notifications, frozenset(env.sources))
 
+    def dispatcher(self, log: Any, *resources: Any) -> Dispatcher:
+        notifiers: dict[Channel, Notifier] = {}
+        for resource in resources:
+            notifier = resource.notifier()
+            if notifier is not None:
+                notifiers[notifier.name] = notifier
+        return Dispatcher(notifiers, self.settings.routes, timeout_s=self.settings.timeout_s, log=log)
 
-class SlackNotifierResource(_NotifierResource):
-    """Slack: an incoming webhook or chat.postMessage with a bot token (notify.SlackSettings)."""
+    def run_url(self, run_id: str) -> str | None:
+        return f"{self.settings.dagster_ui_url}/runs/{run_id}" if self.settings.dagster_ui_url else None
 
-    def notifier(self) -> SlackNotifier | None:
-        return SlackNotifier(SlackSettings(**self.settings), self.timeout_s) if self.settings else None
+    def runbook(self, kind: AlertKind) -> str:
+        return f"{self.settings.runbook_base_url}/{kind.value}.md"
 
-
-class PagerDutyNotifierResource(_NotifierResource):
-    """PagerDuty Events API v2 (notify.PagerDutySettings)."""
-
-    def notifier(self) -> PagerDutyNotifier | None:
-        return (
-            PagerDutyNotifier(PagerDutySettings(**self.settings), self.timeout_s) if self.settings else None
+    def run_alert(
+        self, kind: AlertKind, subject: str, run: DagsterRun, severity: str = "critical", **fields: Any
+    ) -> Alert:
+        return Alert(
+            kind=kind,
+            severity=severity,  # type: ignore[arg-type]
+            environment=self.environment,
+            subject=subject,
+            partition=_partition(run),
+            job=run.job_name,
+            run_id=run.run_id,
+            run_url=self.run_url(run.run_id),
+            runbook_url=self.runbook(kind),
+            **fields,
         )
 
 
-class EmailNotifierResource(_NotifierResource):
-    """SMTP email (notify.EmailSettings)."""
+@dataclass(frozen=True)
+class Channels:
+    """The three notifier resources a sensor or op takes, made into one Dispatcher."""
 
-    def notifier(self) -> EmailNotifier | None:
-        return EmailNotifier(EmailSettings(**self.settings), self.timeout_s) if self.settings else None
+    slack: SlackNotifierResource
+    pagerduty: PagerDutyNotifierResource
+    email: EmailNotifierResource
 
-
-def notifier_resources(settings: NotificationSettings) -> dict[str, ConfigurableResource]:
-    """The three notifier resources for `settings` (disabled where a channel is not configured)."""
-    t = settings.timeout_s
-    return {
-        "slack_notifier": SlackNotifierResource.of(settings.slack, t),
-        "pagerduty_notifier": PagerDutyNotifierResource.of(settings.pagerduty, t),
-        "email_notifier": EmailNotifierResource.of(settings.email, t),
-    }
+    def dispatcher(self, plan: AlertPlan, log: Any) -> Dispatcher:
+        return plan.dispatcher(log, self.slack, self.pagerduty, self.email)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -156,21 +166,12 @@ def notifier_resources(settings: NotificationSettings) -> dict[str, Configurable
 
 def _partition(run: DagsterRun) -> str | None:
     tags = run.tags
-    if PARTITION_TAG in tags:
-        return tags[PARTITION_TAG]
-    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-        start, end = tags[RANGE_START_TAG], tags[RANGE_END_TAG]
+    if PARTITION_NAME_TAG in tags:
+        return tags[PARTITION_NAME_TAG]
+    if ASSET_PARTITION_RANGE_START_TAG in tags and ASSET_PARTITION_RANGE_END_TAG in tags:
+        start, end = tags[ASSET_PARTITION_RANGE_START_TAG], tags[ASSET_PARTITION_RANGE_END_TAG]
         return start if start == end else f"{start}..{end}"
     return None
-
-
-def _source_of_step(step_key: str | None, sources: Iterable[str]) -> str | None:
-    # Asset steps are named after the asset key joined by "__" (ARIA/archived -> ARIA__archived), and
-    # check steps after the asset (ARIA__archived_complete_in_archive).
-    if not step_key:
-        return None
-    head = step_key.split("__", 1)[0]
-    return head if head in sources else None
 
 
 def _numbers(metadata: Mapping[str, Any]) -> dict[str, int | float]:
@@ -199,7 +200,7 @@ def _run_sources(instance: DagsterInstance, run: DagsterRun, sources: set[str]) 
     if found:
         return found
     steps = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
-    return {s for r in steps if (s := _source_of_step(r.event_log_entry.step_key, sources))}
+    return {s for r in steps if (s := source_of_step(r.event_log_entry.step_key, sources))}
 
 
 def _archived_sources(instance: DagsterInstance, run_id: str, sources: set[str]) -> set[str]:
@@ -207,9 +208,9 @@ def _archived_sources(instance: DagsterInstance, run_id: str, sources: set[str])
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
     out = set()
     for record in records:
-        key = record.event_log_entry.dagster_event.asset_key if record.event_log_entry.dagster_event else None
-        if key is not None and len(key.path) == 2 and key.path[1] == "archived" and key.path[0] in sources:
-            out.add(key.path[0])
+        event = record.event_log_entry.dagster_event
+        if (source := archived_source(event.asset_key if event else None, sources)) is not None:
+            out.add(source)
     return out
 
 
@@ -260,71 +261,301 @@ def _peer_states(instance: DagsterInstance, run_id: str) -> dict[str, tuple[bool
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_OBSERVATION).records:
         event = record.event_log_entry.dagster_event
         observation = event.asset_observation_data.asset_observation if event else None
-        key: AssetKey | None = observation.asset_key if observation else None
-        if observation is None or key is None or len(key.path) != 2 or key.path[0] != PEER_PREFIX:
+        alias = peer_alias(observation.asset_key) if observation else None
+        if observation is None or alias is None:
             continue
         meta = observation.metadata
         up = getattr(meta.get("up"), "value", None)
         address = getattr(meta.get("address"), "value", None)
         check = getattr(meta.get("check"), "value", None)
-        out[key.path[1]] = (up == 1, f"{check} {address}" if check and address else None)
+        out[alias] = (up == 1, f"{check} {address}" if check and address else None)
     return out
 
 
 # ------------------------------------------------------------------------------------------------------
-# The definitions
+# backup_failure_alerts and backup_recovery_alerts
+
+
+def connectivity_changes(
+    plan: AlertPlan, d: Dispatcher, book: IncidentBook, instance: DagsterInstance, run: DagsterRun
+) -> list[str]:
+    """Page the peers a connectivity_check run found down (once per outage), resolve those back up."""
+    done = []
+    for alias, (up, address) in sorted(_peer_states(instance, run.run_id).items()):
+        alert = plan.run_alert(
+            AlertKind.PEER_UNREACHABLE, alias, run, peer=address, failed_step="check_connectivity"
+        )
+        if up:
+            if resolve(d, book, alert) is not None:
+                done.append(f"resolved {alias}")
+        elif trigger(d, book, alert, once_per_outage=True) is not None:
+            done.append(f"paged {alias} unreachable")
+    return done
+
+
+def on_run_failure(context: RunFailureSensorContext, plan: AlertPlan, channels: Channels) -> None:
+    """backup_failure_alerts: what a failed run of this code location means, sent once per outage."""
+    run = context.dagster_run
+    if run.tags.get(WILL_RETRY_TAG) == "true":
+        context.log.info(f"run {run.run_id} of {run.job_name} will be retried: no alert")
+        return
+    if run.job_name == TEST_ALERT_JOB:
+        return
+    d = channels.dispatcher(plan, context.log)
+    book = IncidentBook(context.instance.run_storage)
+    if run.job_name == STAGING_CLEANUP_JOB:
+        trigger(d, book, cleanup_failure_alert(plan, context.instance, run), once_per_outage=True)
+    elif run.job_name == CONNECTIVITY_JOB:
+        changes = connectivity_changes(plan, d, book, context.instance, run)
+        context.log.info(f"{run.run_id}: {', '.join(changes) or 'no change'}")
+    else:
+        for alert in backup_failure_alerts_of(context, plan, run):
+            trigger(d, book, alert, once_per_outage=True)
+
+
+def cleanup_failure_alert(plan: AlertPlan, instance: DagsterInstance, run: DagsterRun) -> Alert:
+    failed = _failed_steps(instance, run.run_id)
+    first = failed[0] if failed else None
+    main_peer = getattr(first.metadata.get("main_peer"), "value", None) if first else None
+    return plan.run_alert(
+        AlertKind.STAGING_CLEANUP_FAILED,
+        "staging",
+        run,
+        severity="low",  # nothing is lost: records stay on staging until a cleanup succeeds
+        failed_step=first.step_key if first else None,
+        error_type=first.error_type if first else None,
+        peer=main_peer if isinstance(main_peer, str) else None,
+        counts={"failed_steps": len(failed)},
+    )
+
+
+def failed_steps_by_source(
+    instance: DagsterInstance, run: DagsterRun, sources: frozenset[str]
+) -> dict[str, list["_FailedStep"]]:
+    """The failed steps of a run per source (by the Failure's `source`, else the step key); a run that
+    failed before any step ran (resource init, worker crash) counts for every source it backs up."""
+    steps = _failed_steps(instance, run.run_id)
+    by_source: dict[str, list[_FailedStep]] = {}
+    for step in steps:
+        text_source = getattr(step.metadata.get("source"), "value", None)
+        source = text_source if text_source in sources else source_of_step(step.step_key, sources)
+        if source is not None:
+            by_source.setdefault(source, []).append(step)
+    if not steps:
+        for source in _run_sources(instance, run, set(sources)):
+            by_source[source] = []
+    return by_source
+
+
+def backup_failure_alerts_of(
+    context: RunFailureSensorContext, plan: AlertPlan, run: DagsterRun
+) -> list[Alert]:
+    """One BACKUP_FAILED alert per source whose backup failed (a failed blocking check alone: none, the
+    check sensor reports it)."""
+    alerts = []
+    for source, failed in sorted(failed_steps_by_source(context.instance, run, plan.sources).items()):
+        if failed and all(s.blocking_check_only for s in failed):
+            context.log.info(f"{source}: only a blocking check failed; asset_check_alerts reports it")
+            continue
+        first = next((s for s in failed if not s.blocking_check_only), None)
+        counts = _numbers(first.metadata) if first else {}
+        counts["failed_steps"] = len(failed)
+        alerts.append(
+            plan.run_alert(
+                AlertKind.BACKUP_FAILED,
+                source,
+                run,
+                failed_step=first.step_key if first else None,
+                error_type=first.error_type if first else "run failed before any step",
+                counts=counts,
+                **(_texts(first.metadata) if first else {}),
+            )
+        )
+    return alerts
+
+
+def on_run_success(context: RunStatusSensorContext, plan: AlertPlan, channels: Channels) -> None:
+    """backup_recovery_alerts: resolve what a successful run shows to be fixed."""
+    run = context.dagster_run
+    if run.job_name == TEST_ALERT_JOB:
+        return
+    d = channels.dispatcher(plan, context.log)
+    book = IncidentBook(context.instance.run_storage)
+    if run.job_name == CONNECTIVITY_JOB:
+        connectivity_changes(plan, d, book, context.instance, run)
+        return
+    if run.job_name == STAGING_CLEANUP_JOB:
+        resolve(d, book, plan.run_alert(AlertKind.STAGING_CLEANUP_FAILED, "staging", run, severity="low"))
+        counts = _output_counts(context.instance, run.run_id)
+        d.send(
+            plan.run_alert(AlertKind.STAGING_CLEANUP_SUMMARY, "staging", run, severity="low", counts=counts)
+        )
+        return
+    for source in sorted(_archived_sources(context.instance, run.run_id, set(plan.sources))):
+        alert = plan.run_alert(AlertKind.BACKUP_FAILED, source, run)
+        if resolve(d, book, alert) is not None:
+            context.log.info(f"{source}: recovered; incident {alert.dedup_key} resolved")
+
+
+# ------------------------------------------------------------------------------------------------------
+# asset_check_alerts
+
+
+def check_alert(
+    plan: AlertPlan,
+    instance: DagsterInstance,
+    evaluation: AssetCheckEvaluation,
+    run_id: str,
+    step_key: str | None,
+) -> Alert:
+    kind = _CHECK_KINDS.get(evaluation.check_name, AlertKind.CHECK_FAILED)
+    # A blocking ERROR (instances missing on the archive) pages; a WARN of the same check (instances
+    # deferred to the next run), content and baseline findings go to Slack and email.
+    if evaluation.severity == AssetCheckSeverity.ERROR and (
+        evaluation.blocking or kind == AlertKind.ARCHIVE_INCOMPLETE
+    ):
+        kind, severity = AlertKind.ARCHIVE_INCOMPLETE, "critical"
+    else:
+        severity = "high"
+    run = instance.get_run_by_id(run_id)
+    return Alert(
+        kind=kind,
+        severity=severity,  # type: ignore[arg-type]
+        environment=plan.environment,
+        subject=evaluation.asset_key.path[0],
+        partition=evaluation.partition or (_partition(run) if run else None),
+        job=run.job_name if run else None,
+        run_id=run_id,
+        run_url=plan.run_url(run_id),
+        failed_step=step_key,
+        check=evaluation.check_name,
+        counts=_numbers(evaluation.metadata),
+        runbook_url=plan.runbook(kind),
+    )
+
+
+@dataclass
+class CheckPass:
+    """One evaluation of asset_check_alerts: where alerts go, the oldest history it replays, its counts."""
+
+    d: Dispatcher
+    book: IncidentBook
+    oldest: float  # a check seen for the first time: evaluations before this time are skipped
+    sent: int = 0
+    resolved: int = 0
+
+
+def evaluate_check_alerts(
+    context: SensorEvaluationContext, plan: AlertPlan, channels: Channels
+) -> SkipReason:
+    """asset_check_alerts: alert on every failed evaluation after the cursor, resolve on a passing one.
+
+    Per check: the execution history (works on every event log storage, including the default
+    run-sharded SQLite one, where a global event cursor does not). The cursor keeps, per check, the
+    record id up to which everything is handled plus the ids handled above it (a check still running
+    in one run while it finished in a later one)."""
+    repo = context.repository_def
+    keys = sorted(repo.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()) if repo else []
+    try:
+        state: dict[str, dict[str, Any]] = json.loads(context.cursor) if context.cursor else {}
+    except ValueError:  # a cursor from another version: start over (old history is skipped)
+        state = {}
+    d = channels.dispatcher(plan, context.log)
+    tally = CheckPass(d, IncidentBook(context.instance.run_storage), time.time() - CHECK_CURSOR_MAX_AGE_S)
+    for check_key in keys:
+        name = check_key.to_user_string()
+        state[name] = read_check_history(context.instance, plan, check_key, state.get(name), tally)
+    context.update_cursor(json.dumps(state, sort_keys=True))
+    return SkipReason(f"{len(keys)} checks read: {tally.sent} alerts, {tally.resolved} resolved")
+
+
+def read_check_history(
+    instance: DagsterInstance,
+    plan: AlertPlan,
+    check_key: AssetCheckKey,
+    known: dict[str, Any] | None,
+    tally: CheckPass,
+) -> dict[str, Any]:
+    """Handle one check's evaluations after its cursor entry `known`; its new cursor entry."""
+    after, seen = (known["after"], set(known["seen"])) if known else (0, set())
+    history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=CHECK_BATCH)
+    pending: list[int] = []
+    for record in sorted(history, key=lambda r: r.id):
+        if record.id <= after or record.id in seen:
+            continue
+        if record.status.value == PLANNED:
+            run = instance.get_run_by_id(record.run_id)
+            if run is None or run.is_finished:
+                seen.add(record.id)  # never evaluated (its run stopped before the check ran)
+            else:
+                pending.append(record.id)
+            continue
+        seen.add(record.id)
+        entry = record.event
+        evaluation = entry.dagster_event.event_specific_data if entry and entry.dagster_event else None
+        if entry is None or not isinstance(evaluation, AssetCheckEvaluation):
+            continue
+        if known is None and record.create_timestamp < tally.oldest:
+            continue  # first look at this check: do not replay old history
+        alert = check_alert(plan, instance, evaluation, entry.run_id, entry.step_key)
+        if evaluation.passed:
+            tally.resolved += resolve(tally.d, tally.book, alert) is not None
+        else:
+            trigger(tally.d, tally.book, alert, once_per_outage=False)
+            tally.sent += 1
+    if pending:
+        after = max([after, *(i for i in seen if i < min(pending))])
+    elif seen:
+        after = max(after, *seen)
+    return {"after": after, "seen": sorted(i for i in seen if i > after)}
+
+
+# ------------------------------------------------------------------------------------------------------
+# send_test_alert
+
+
+def send_test_alert_everywhere(context: OpExecutionContext, plan: AlertPlan, channels: Channels) -> None:
+    d = channels.dispatcher(plan, context.log)
+    names = list(d.notifiers)
+    if not names:
+        raise Failure(
+            description="no notification channel is configured: add "
+            f"[{plan.environment}.notifications.slack], [...pagerduty] or [...email] to the site "
+            "configuration (docs/configuration.md)",
+            allow_retries=False,
+        )
+    alert = Alert(
+        kind=AlertKind.TEST_ALERT,
+        severity="low",
+        environment=plan.environment,
+        subject="test",
+        job=TEST_ALERT_JOB,
+        run_id=context.run_id,
+        run_url=plan.run_url(context.run_id),
+        runbook_url=plan.runbook(AlertKind.TEST_ALERT),
+    )
+    deliveries = d.send(alert, names)
+    if "pagerduty" in names:  # close the test incident at once: nobody should be paged twice
+        d.send(replace(alert, action="resolve"), ["pagerduty"])
+    failed = [x for x in deliveries if not x.ok]
+    context.add_output_metadata({f"{x.channel}": "sent" if x.ok else "FAILED" for x in deliveries})
+    if failed:
+        raise Failure(
+            description="test alert not delivered: " + "; ".join(str(x.error) for x in failed),
+            metadata={x.channel: str(x.error) for x in failed},
+            allow_retries=False,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The wiring
 
 
 def build_alert_defs(env: EnvironmentConfig) -> Definitions:
-    """Notifier resources, the three alert sensors and the send_test_alert job for `env`."""
-    settings = env.notifications
-    sources = set(env.sources)
-    status = DefaultSensorStatus.RUNNING if settings.enabled else DefaultSensorStatus.STOPPED
-
-    def dispatcher(log: Any, *resources: Any) -> Dispatcher:
-        notifiers: dict[Channel, Notifier] = {}
-        for resource in resources:
-            notifier = resource.notifier()
-            if notifier is not None:
-                notifiers[notifier.name] = notifier
-        return Dispatcher(notifiers, settings.routes, timeout_s=settings.timeout_s, log=log)
-
-    def run_url(run_id: str) -> str | None:
-        return f"{settings.dagster_ui_url}/runs/{run_id}" if settings.dagster_ui_url else None
-
-    def runbook(kind: AlertKind) -> str:
-        return f"{settings.runbook_base_url}/{kind.value}.md"
-
-    def run_alert(
-        kind: AlertKind, subject: str, run: DagsterRun, severity: str = "critical", **fields: Any
-    ) -> Alert:
-        return Alert(
-            kind=kind,
-            severity=severity,  # type: ignore[arg-type]
-            environment=env.name,
-            subject=subject,
-            partition=_partition(run),
-            job=run.job_name,
-            run_id=run.run_id,
-            run_url=run_url(run.run_id),
-            runbook_url=runbook(kind),
-            **fields,
-        )
-
-    def connectivity(
-        d: Dispatcher, book: IncidentBook, instance: DagsterInstance, run: DagsterRun
-    ) -> list[str]:
-        done = []
-        for alias, (up, address) in sorted(_peer_states(instance, run.run_id).items()):
-            alert = run_alert(
-                AlertKind.PEER_UNREACHABLE, alias, run, peer=address, failed_step="check_connectivity"
-            )
-            if up:
-                if resolve(d, book, alert) is not None:
-                    done.append(f"resolved {alias}")
-            elif trigger(d, book, alert, once_per_outage=True) is not None:
-                done.append(f"paged {alias} unreachable")
-        return done
+    """The three alert sensors and the send_test_alert job for `env` (the notifier resources they take
+    come from defs/resources.build_resources)."""
+    plan = AlertPlan.of(env)
+    status = DefaultSensorStatus.RUNNING if plan.settings.enabled else DefaultSensorStatus.STOPPED
 
     @run_failure_sensor(
         name="backup_failure_alerts",
@@ -341,62 +572,7 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
         pagerduty_notifier: PagerDutyNotifierResource,
         email_notifier: EmailNotifierResource,
     ) -> None:
-        run = context.dagster_run
-        if run.tags.get(WILL_RETRY_TAG) == "true":
-            context.log.info(f"run {run.run_id} of {run.job_name} will be retried: no alert")
-            return
-        if run.job_name == TEST_ALERT_JOB:
-            return
-        d = dispatcher(context.log, slack_notifier, pagerduty_notifier, email_notifier)
-        book = IncidentBook(context.instance.run_storage)
-        if run.job_name == STAGING_CLEANUP_JOB:
-            failed = _failed_steps(context.instance, run.run_id)
-            first = failed[0] if failed else None
-            main_peer = getattr(first.metadata.get("main_peer"), "value", None) if first else None
-            alert = run_alert(
-                AlertKind.STAGING_CLEANUP_FAILED,
-                "staging",
-                run,
-                severity="low",  # nothing is lost: records stay on staging until a cleanup succeeds
-                failed_step=first.step_key if first else None,
-                error_type=first.error_type if first else None,
-                peer=main_peer if isinstance(main_peer, str) else None,
-                counts={"failed_steps": len(failed)},
-            )
-            trigger(d, book, alert, once_per_outage=True)
-            return
-        if run.job_name == CONNECTIVITY_JOB:
-            context.log.info(
-                f"{run.run_id}: {', '.join(connectivity(d, book, context.instance, run)) or 'no change'}"
-            )
-            return
-        steps = _failed_steps(context.instance, run.run_id)
-        by_source: dict[str, list[_FailedStep]] = {}
-        for step in steps:
-            text_source = getattr(step.metadata.get("source"), "value", None)
-            source = text_source if text_source in sources else _source_of_step(step.step_key, sources)
-            if source is not None:
-                by_source.setdefault(source, []).append(step)
-        if not steps:  # failed before any step ran (resource init, worker crash)
-            for source in _run_sources(context.instance, run, sources):
-                by_source[source] = []
-        for source, failed in sorted(by_source.items()):
-            if failed and all(s.blocking_check_only for s in failed):
-                context.log.info(f"{source}: only a blocking check failed; asset_check_alerts reports it")
-                continue
-            first = next((s for s in failed if not s.blocking_check_only), None)
-            counts = _numbers(first.metadata) if first else {}
-            counts["failed_steps"] = len(failed)
-            alert = run_alert(
-                AlertKind.BACKUP_FAILED,
-                source,
-                run,
-                failed_step=first.step_key if first else None,
-                error_type=first.error_type if first else "run failed before any step",
-                counts=counts,
-                **(_texts(first.metadata) if first else {}),
-            )
-            trigger(d, book, alert, once_per_outage=True)
+        on_run_failure(context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier))
 
     @run_status_sensor(
         run_status=RunStatus.SUCCESS,
@@ -414,53 +590,7 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
         pagerduty_notifier: PagerDutyNotifierResource,
         email_notifier: EmailNotifierResource,
     ) -> None:
-        run = context.dagster_run
-        if run.job_name == TEST_ALERT_JOB:
-            return
-        d = dispatcher(context.log, slack_notifier, pagerduty_notifier, email_notifier)
-        book = IncidentBook(context.instance.run_storage)
-        if run.job_name == CONNECTIVITY_JOB:
-            connectivity(d, book, context.instance, run)
-            return
-        if run.job_name == STAGING_CLEANUP_JOB:
-            resolve(d, book, run_alert(AlertKind.STAGING_CLEANUP_FAILED, "staging", run, severity="low"))
-            counts = _output_counts(context.instance, run.run_id)
-            d.send(
-                run_alert(AlertKind.STAGING_CLEANUP_SUMMARY, "staging", run, severity="low", counts=counts)
-            )
-            return
-        for source in sorted(_archived_sources(context.instance, run.run_id, sources)):
-            alert = run_alert(AlertKind.BACKUP_FAILED, source, run)
-            if resolve(d, book, alert) is not None:
-                context.log.info(f"{source}: recovered; incident {alert.dedup_key} resolved")
-
-    def check_alert(
-        instance: DagsterInstance, evaluation: AssetCheckEvaluation, run_id: str, step_key: str | None
-    ) -> Alert:
-        kind = _CHECK_KINDS.get(evaluation.check_name, AlertKind.CHECK_FAILED)
-        # A blocking ERROR (instances missing on the archive) pages; a WARN of the same check (instances
-        # deferred to the next run), content and baseline findings go to Slack and email.
-        if evaluation.severity == AssetCheckSeverity.ERROR and (
-            evaluation.blocking or kind == AlertKind.ARCHIVE_INCOMPLETE
-        ):
-            kind, severity = AlertKind.ARCHIVE_INCOMPLETE, "critical"
-        else:
-            severity = "high"
-        run = instance.get_run_by_id(run_id)
-        return Alert(
-            kind=kind,
-            severity=severity,  # type: ignore[arg-type]
-            environment=env.name,
-            subject=evaluation.asset_key.path[0],
-            partition=evaluation.partition or (_partition(run) if run else None),
-            job=run.job_name if run else None,
-            run_id=run_id,
-            run_url=run_url(run_id),
-            failed_step=step_key,
-            check=evaluation.check_name,
-            counts=_numbers(evaluation.metadata),
-            runbook_url=runbook(kind),
-        )
+        on_run_success(context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier))
 
     @sensor(
         name="asset_check_alerts",
@@ -478,61 +608,9 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
         pagerduty_notifier: PagerDutyNotifierResource,
         email_notifier: EmailNotifierResource,
     ) -> SkipReason:
-        # Per check: the execution history (works on every event log storage, including the default
-        # run-sharded SQLite one, where a global event cursor does not). The cursor keeps, per check, the
-        # record id up to which everything is handled plus the ids handled above it (a check still running
-        # in one run while it finished in a later one).
-        instance = context.instance
-        repo = context.repository_def
-        keys = sorted(repo.asset_graph.asset_check_keys, key=lambda k: k.to_user_string()) if repo else []
-        try:
-            state: dict[str, dict[str, Any]] = json.loads(context.cursor) if context.cursor else {}
-        except ValueError:  # a cursor from another version: start over (old history is skipped)
-            state = {}
-        d = dispatcher(context.log, slack_notifier, pagerduty_notifier, email_notifier)
-        book = IncidentBook(instance.run_storage)
-        oldest = time.time() - CHECK_CURSOR_MAX_AGE_S
-        sent = resolved = 0
-        for check_key in keys:
-            name = check_key.to_user_string()
-            known = state.get(name)
-            after, seen = (known["after"], set(known["seen"])) if known else (0, set())
-            history = instance.event_log_storage.get_asset_check_execution_history(
-                check_key, limit=CHECK_BATCH
-            )
-            pending: list[int] = []
-            for record in sorted(history, key=lambda r: r.id):
-                if record.id <= after or record.id in seen:
-                    continue
-                if record.status == AssetCheckExecutionRecordStatus.PLANNED:
-                    run = instance.get_run_by_id(record.run_id)
-                    if run is None or run.is_finished:
-                        seen.add(record.id)  # never evaluated (its run stopped before the check ran)
-                    else:
-                        pending.append(record.id)
-                    continue
-                seen.add(record.id)
-                entry = record.event
-                evaluation = (
-                    entry.dagster_event.event_specific_data if entry and entry.dagster_event else None
-                )
-                if entry is None or not isinstance(evaluation, AssetCheckEvaluation):
-                    continue
-                if known is None and record.create_timestamp < oldest:
-                    continue  # first look at this check: do not replay old history
-                alert = check_alert(instance, evaluation, entry.run_id, entry.step_key)
-                if evaluation.passed:
-                    resolved += resolve(d, book, alert) is not None
-                else:
-                    trigger(d, book, alert, once_per_outage=False)
-                    sent += 1
-            if pending:
-                after = max([after, *(i for i in seen if i < min(pending))])
-            elif seen:
-                after = max(after, *seen)
-            state[name] = {"after": after, "seen": sorted(i for i in seen if i > after)}
-        context.update_cursor(json.dumps(state, sort_keys=True))
-        return SkipReason(f"{len(keys)} checks read: {sent} alerts, {resolved} resolved")
+        return evaluate_check_alerts(
+            context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
+        )
 
     @op(
         name="send_test_alert_to_every_channel",
@@ -544,47 +622,19 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
         pagerduty_notifier: PagerDutyNotifierResource,
         email_notifier: EmailNotifierResource,
     ) -> None:
-        d = dispatcher(context.log, slack_notifier, pagerduty_notifier, email_notifier)
-        channels = list(d.notifiers)
-        if not channels:
-            raise Failure(
-                description=f"no notification channel is configured: add [{env.name}.notifications.slack], "
-                "[...pagerduty] or [...email] to the site configuration (docs/configuration.md)",
-                allow_retries=False,
-            )
-        alert = Alert(
-            kind=AlertKind.TEST_ALERT,
-            severity="low",
-            environment=env.name,
-            subject="test",
-            job=TEST_ALERT_JOB,
-            run_id=context.run_id,
-            run_url=run_url(context.run_id),
-            runbook_url=runbook(AlertKind.TEST_ALERT),
+        send_test_alert_everywhere(
+            context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
         )
-        deliveries = d.send(alert, channels)
-        if "pagerduty" in channels:  # close the test incident at once: nobody should be paged twice
-            d.send(replace(alert, action="resolve"), ["pagerduty"])
-        failed = [x for x in deliveries if not x.ok]
-        context.add_output_metadata({f"{x.channel}": "sent" if x.ok else "FAILED" for x in deliveries})
-        if failed:
-            raise Failure(
-                description="test alert not delivered: " + "; ".join(str(x.error) for x in failed),
-                metadata={x.channel: str(x.error) for x in failed},
-                allow_retries=False,
-            )
 
     @job(
         name=TEST_ALERT_JOB,
         description="Sends one test message on each configured notification channel (check Slack, "
         "PagerDuty and email from the UI).",
-        tags={"dicom_backup/kind": "notifications"},
+        tags={KIND_TAG: "notifications"},
     )
     def send_test_alert() -> None:
         send_test_alert_op()
 
     return Definitions(
-        resources=notifier_resources(settings),
-        sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts],
-        jobs=[send_test_alert],
+        sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts], jobs=[send_test_alert]
     )

@@ -1,8 +1,9 @@
 """Checks every backup source kind shares: presence on the archive and the volume/duration baselines.
 
 Presence (`complete_in_archive`) asks the archive by IMAGE-level C-FIND; the baselines compare a
-materialization's metadata with the trailing median of earlier partitions (seeds/000 section 4,
-backup/baseline.py holds the rules).
+materialization's metadata with the trailing median of earlier partitions: a volume far below it suggests a
+source that answers queries but lost or hides data, a duration far above it a slow network or a struggling
+PACS (backup/baseline.py holds the rules and thresholds).
 
 No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
 """

@@ -1,11 +1,9 @@
-"""What every backup source kind shares: where manifests live, the retry policy, and failure messages.
+"""What every backup source kind shares: partitions, the retry policy, failure messages and check helpers.
 
 No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
 """
 
 import datetime as dt
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -13,27 +11,42 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     Backoff,
-    ConfigurableResource,
-    DagsterInstance,
     DailyPartitionsDefinition,
     Failure,
     Jitter,
     MetadataValue,
     RetryPolicy,
 )
-from dagster._core.storage.tags import BACKFILL_ID_TAG  # "dagster/backfill", not exported publicly
 
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.errors import is_transient
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.defs.keys import BACKFILL_ID_TAG, SourceNames
+from dicom_backup_dagster.defs.resources import STORAGE_RESOURCE_KEY, BackupStorage, DicomNetwork
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
 
+__all__ = [  # BackupStorage, SourceNames and the storage key live in resources.py / keys.py
+    "DEFAULT_RETRY_POLICY",
+    "DEFAULT_RULES",
+    "DEFAULT_START_DATE",
+    "STORAGE_RESOURCE_KEY",
+    "BackupStorage",
+    "SourceNames",
+    "backup_failure",
+    "check_partition",
+    "check_partitions",
+    "daily_partitions",
+    "find_session",
+    "is_backfill_run",
+    "uids_metadata",
+]
+
 DEFAULT_START_DATE = "2020-01-01"
-DEFAULT_RULES = baseline.BaselineRules()  # volume/duration baseline thresholds (seeds/000 section 4)
-STORAGE_RESOURCE_KEY = "backup_storage"
+# volume_vs_baseline warns below 0.5 x and duration_vs_baseline above 2 x the trailing median of the
+# previous 7 partitions (backup/baseline.py)
+DEFAULT_RULES = baseline.BaselineRules()
 
 # Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
 # configuration errors raise Failure(allow_retries=False) and fail at once.
@@ -44,58 +57,10 @@ DEFAULT_RETRY_POLICY = RetryPolicy(
 KEEP_UIDS = 20  # failing UIDs shown in metadata (the manifest on disk has all of them)
 
 
-class BackupStorage(ConfigurableResource):
-    """Where manifests and C-GET spools are written: `base_dir`, or by default the Dagster instance's
-    storage directory ($DAGSTER_HOME/storage/dicom_backup), which every run worker of the instance sees."""
-
-    base_dir: str = ""
-
-    def root(self, instance: DagsterInstance) -> Path:
-        if self.base_dir:
-            return Path(self.base_dir).expanduser()
-        return Path(instance.storage_directory()) / "dicom_backup"
-
-    def partition_dir(self, instance: DagsterInstance, source: str, partition: str) -> Path:
-        path = self.root(instance) / "manifests" / source / partition
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def spool_dir(self, instance: DagsterInstance, source: str, run_id: str, purpose: str) -> Path:
-        return self.root(instance) / "spool" / source / f"{run_id}-{purpose}"
-
-
 def daily_partitions(env: EnvironmentConfig, start_date: str | dt.date) -> DailyPartitionsDefinition:
     """One partition per day in the site's timezone (StudyDate for Q/R sources, treatment day for Mosaiq)."""
     start = start_date if isinstance(start_date, str) else start_date.isoformat()
     return DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
-
-
-@dataclass(frozen=True)
-class SourceNames:
-    """The Dagster names every backup source has, derived from its alias in one place; `pool_aet` is the
-    AE title whose associations the source's steps hold (the source itself, or a Mosaiq source's staging)."""
-
-    alias: str
-    pool_aet: str
-
-    def key(self, name: str) -> AssetKey:
-        return AssetKey([self.alias, name])
-
-    @property
-    def archived(self) -> AssetKey:
-        return self.key("archived")
-
-    @property
-    def job(self) -> str:
-        return f"{self.alias}_backup"
-
-    @property
-    def pool(self) -> str:
-        return f"dicom_{self.pool_aet}"
-
-    @property
-    def group(self) -> str:
-        return f"{self.alias.lower()}_backup"
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ plots its latency over time), and a failed run naming every peer that is down.
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     AssetSpec,
     DefaultScheduleStatus,
@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource
+from dicom_backup_dagster.defs.keys import CONNECTIVITY_JOB, KIND_TAG, peer_asset_key
 from dicom_backup_dagster.defs.resources import DicomNetwork, MosaiqDatabase, mosaiq_resource_key
 from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.dicom.errors import DicomError
@@ -77,10 +78,6 @@ def check_mosaiq(database: MosaiqDatabase) -> PeerResult:
     return _timed(database.alias, "ODBC connect", address, open_and_query)
 
 
-def peer_asset_key(alias: str) -> AssetKey:
-    return AssetKey(["peers", alias])
-
-
 def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
     dicom_peers = env.peers()
     mosaiq_keys = {
@@ -99,10 +96,10 @@ def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
         with stats.collecting() as dimse:
             results = [check_dicom_peer(context.resources.dicom, a, p) for a, p in dicom_peers.items()]
         results += [check_mosaiq(getattr(context.resources, key)) for key in mosaiq_keys.values()]
-        metadata: dict[str, object] = {}
+        metadata: dict[str, Any] = {}
         for result in results:
             (context.log.info if result.up else context.log.error)(result.log_line())
-            peer_metadata = {
+            peer_metadata: dict[str, Any] = {
                 "up": int(result.up),
                 "latency_ms": MetadataValue.float(round(1000 * result.seconds, 3))
                 if result.seconds is not None
@@ -132,18 +129,18 @@ def build_connectivity_defs(env: EnvironmentConfig) -> Definitions:
         return {r.alias: r.up for r in results}
 
     @job(
-        name="connectivity_check",
+        name=CONNECTIVITY_JOB,
         description=(
             "Checks that this site's DICOM peers answer C-ECHO and that its Mosaiq databases open. "
             "Fails naming every peer that is down."
         ),
-        tags={"dicom_backup/kind": "connectivity"},
+        tags={KIND_TAG: "connectivity"},
     )
     def connectivity_check() -> None:
         check_connectivity()
 
     schedule = ScheduleDefinition(
-        name="connectivity_check_schedule",
+        name=f"{CONNECTIVITY_JOB}_schedule",
         job=connectivity_check,
         cron_schedule=env.settings.connectivity_schedule,
         execution_timezone=env.settings.timezone,

@@ -27,14 +27,15 @@ from collections.abc import Callable, Mapping
 from dagster import AssetExecutionContext, DagsterRunStatus, Failure
 
 from dicom_backup_dagster.backup.hours import WorkWindow
-from dicom_backup_dagster.defs.common import SourceNames
-from dicom_backup_dagster.defs.schedules import nightly_schedule_name
+from dicom_backup_dagster.defs.keys import (
+    BACKFILL_ID_TAG,
+    IGNORE_BULK_HOURS_TAG,
+    PAUSED_TAG,
+    SCHEDULE_NAME_TAG,
+    SENSOR_NAME_TAG,
+    SourceNames,
+)
 
-IGNORE_BULK_HOURS_TAG = "dicom_backup/ignore_bulk_hours"
-PAUSED_TAG = "dicom_backup/bulk_hours"
-SCHEDULE_NAME_TAG = "dagster/schedule_name"
-SENSOR_NAME_TAG = "dagster/sensor_name"
-BACKFILL_TAG = "dagster/backfill"
 POLL_SECONDS = 10.0  # how soon a terminated paused run notices
 LOG_EVERY = 30 * 60.0  # seconds between "still paused" log lines
 
@@ -57,10 +58,10 @@ def paused_kind(tags: Mapping[str, str], source_alias: str, job_name: str) -> st
     other schedule's ticks (the reconciliation sweep's, say) wait."""
     if tags.get(IGNORE_BULK_HOURS_TAG, "").strip().lower() in _TRUE:
         return None
-    if BACKFILL_TAG in tags:
+    if BACKFILL_ID_TAG in tags:
         return "backfill runs"
     schedule = tags.get(SCHEDULE_NAME_TAG)
-    if schedule == nightly_schedule_name(SourceNames(source_alias, "").job):
+    if schedule == SourceNames(source_alias).schedule:
         return None
     if schedule:
         return f"scheduled {job_name} runs"

@@ -25,7 +25,7 @@ and UIDs only: no patient data.
 # No `from __future__ import annotations` here: Dagster 1.13 validates the `context` annotation of assets
 # and checks by identity, and a string annotation fails that check.
 import datetime as dt
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,6 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
-    AssetKey,
-    AssetsDefinition,
     BackfillPolicy,
     DailyPartitionsDefinition,
     Definitions,
@@ -49,7 +47,7 @@ from dagster import (
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.archive import ArchivePhaseError, ArchiveResult, archive_missing
 from dicom_backup_dagster.backup.hours import WorkWindow
-from dicom_backup_dagster.backup.inventory import split_query_keys, take_inventory
+from dicom_backup_dagster.backup.inventory import InventorySummary, split_query_keys, take_inventory
 from dicom_backup_dagster.backup.late import LateScan, find_late_studies
 from dicom_backup_dagster.backup.manifest import (
     ALREADY_ARCHIVED,
@@ -61,8 +59,8 @@ from dicom_backup_dagster.backup.manifest import (
     read_manifest,
 )
 from dicom_backup_dagster.backup.partitions import RunDays, counts_by_partition
-from dicom_backup_dagster.backup.verify import sample, verify_content
-from dicom_backup_dagster.config import EnvironmentConfig, QRSource
+from dicom_backup_dagster.backup.verify import ContentResult, sample, verify_content
+from dicom_backup_dagster.config import EnvironmentConfig, QRSource, Settings
 from dicom_backup_dagster.defs.checks import (
     baseline_checks,
     latest_metadata_value,
@@ -73,9 +71,6 @@ from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
     DEFAULT_START_DATE,
-    STORAGE_RESOURCE_KEY,
-    BackupStorage,
-    SourceNames,
     backup_failure,
     check_partitions,
     daily_partitions,
@@ -84,438 +79,324 @@ from dicom_backup_dagster.defs.common import (
     uids_metadata,
 )
 from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
-from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.defs.keys import SourceNames
+from dicom_backup_dagster.defs.manifests import load_handle
+from dicom_backup_dagster.defs.resources import BackupStorage, DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
-# The first day a backfill can target. Sites that started archiving later simply never backfill earlier
-# days; the daily partition count (~365 a year) stays far below Dagster's recommended maximum.
 # Counts recorded per partition (each instance in exactly one; backup/partitions.py); a ranged run also
 # records its totals as run_<key>.
 _PER_PARTITION = ("instances_found", "already_archived", "moved", "failed", "deferred")
+INVENTORY_HANDLE = "inventory.handle.json"
 
 
-class _Names(SourceNames):
-    """An ARIA/MIM source's names: SourceNames plus its inventory."""
+@dataclass(frozen=True)
+class QRPlan:
+    """What the assets and checks of one ARIA/MIM source need, fixed when the definitions load."""
+
+    names: SourceNames
+    source: QRSource
+    settings: Settings
+    archive: Peer  # the main archive
+    archive_alias: str
+    partitions_def: DailyPartitionsDefinition
+    window: WorkWindow  # the source's bulk_hours
+
+    @classmethod
+    def of(
+        cls, env: EnvironmentConfig, source: QRSource, partitions_def: DailyPartitionsDefinition
+    ) -> "QRPlan":
+        return cls(
+            names=SourceNames(source.alias, source.aet),
+            source=source,
+            settings=env.settings,
+            archive=env.main_target.peer,
+            archive_alias=env.main_target.alias,
+            partitions_def=partitions_def,
+            window=source.bulk_window(env.settings.timezone),
+        )
 
     @property
-    def inventory(self) -> AssetKey:
-        return self.key("inventory")
+    def alias(self) -> str:
+        return self.source.alias
+
+    @property
+    def what(self) -> str:
+        return f"{self.source.type.upper()} {self.source.peer}"
 
 
 # ------------------------------------------------------------------------------------------------------
-# The factory
+# <source>/inventory
 
 
-def build_source_backup(
-    env: EnvironmentConfig,
-    source: QRSource,
-    partitions_def: DailyPartitionsDefinition,
-    *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
-    rules: baseline.BaselineRules = DEFAULT_RULES,
-) -> Definitions:
-    """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
-    names = _Names(source.alias, source.aet)
-    settings = env.settings
-    archive = env.main_target.peer
-    move_destination = env.main_target.aet
-    what = f"{source.type.upper()} {source.peer}"
-    window = source.bulk_window(settings.timezone)
-
-    @asset(
-        key=names.inventory,
-        partitions_def=partitions_def,
-        backfill_policy=BackfillPolicy.multi_run(settings.backfill_days_per_run),
-        pool=names.pool,
-        retry_policy=retry_policy,
-        group_name=names.group,
-        kinds={"dicom"},
-        description=(
-            f"Every instance {source.alias} ({what}) holds for the partition's StudyDate and the "
-            f"{settings.lookback_days} days before it, found by C-FIND STUDY -> SERIES -> IMAGE, and the "
-            f"older studies (dated up to {settings.late_series_days} days before, or with a series dated "
-            "in the window on a relational source) that hold data the archive lacks. A backfill run covers "
-            f"up to {settings.backfill_days_per_run} days in one C-FIND, without the look-back. The "
-            "manifest of instance UIDs is on disk."
-        ),
+def inventory_description(plan: QRPlan) -> str:
+    settings = plan.settings
+    return (
+        f"Every instance {plan.alias} ({plan.what}) holds for the partition's StudyDate and the "
+        f"{settings.lookback_days} days before it, found by C-FIND STUDY -> SERIES -> IMAGE, and the "
+        f"older studies (dated up to {settings.late_series_days} days before, or with a series dated "
+        "in the window on a relational source) that hold data the archive lacks. A backfill run covers "
+        f"up to {settings.backfill_days_per_run} days in one C-FIND, without the look-back. The "
+        "manifest of instance UIDs is on disk."
     )
-    @with_dimse_metadata
-    def inventory(
-        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> MaterializeResult:
-        wait_for_window(context, source.alias, window)  # backfills and manual runs: only in bulk_hours
-        days = RunDays(tuple(context.partition_keys))
-        backfill = is_backfill_run(context)
-        first, last = days.study_dates(0 if backfill else settings.lookback_days)
-        folder = backup_storage.partition_dir(context.instance, source.alias, days.label)
-        path = folder / "inventory.jsonl"
-        late = LateScan(0, (), "not run (backfill run)", 0)
-        try:
-            with find_session(source.peer, dicom) as session:
-                if not backfill:
-                    late = _late_scan(session, first, last, context, dicom)
-                summary = take_inventory(
-                    session,
-                    first,
-                    last,
-                    path,
-                    query_keys=source.query_keys,
-                    by_study=source.inventory == "by-study",
-                    extra_studies=late.changed,
-                    max_find_results=source.max_find_results,
-                )
-        except DicomError as error:
-            raise backup_failure(source.alias, "inventory (C-FIND)", days.label, error) from error
-        context.log.info(
-            f"{source.alias} {days.label}: {summary.studies} studies, {summary.series} series, "
-            f"{summary.instances} instances dated {first}..{last} or on older studies with new data "
-            f"({len(late.changed)} of {late.studies_checked} older studies compared, {summary.seconds:.2f} s)"
-        )
-        splits = list(summary.find_splits)
-        for line in splits:  # an answer at the source's C-FIND cap (dates and times only)
-            context.log.warning(f"{source.alias} {days.label}: C-FIND answer at the cap: {line}")
-        found = {FOUND: summary.instances}
-        ManifestHandle(str(path), source.alias, days.label, summary.instances, found, summary.seconds).save(
-            folder / "inventory.handle.json"
-        )
-        for partition, counts in counts_by_partition(read_manifest(path), days).items():
-            context.add_asset_metadata(
-                {"instances": counts.found, "instances_dated": counts.dated}, partition_key=partition
-            )
-        return MaterializeResult(
-            metadata={
-                "run_partitions": days.label,
-                "studies": summary.studies,  # of the whole run (a study is not split across days)
-                "series": summary.series,
-                "run_instances": summary.instances,
-                # studies listed series by series: all of them with inventory = "walk", else those whose
-                # one-query answer was refused, empty or short (a source that rejects universal series keys)
-                "studies_walked": summary.studies_walked,
-                # listing parts that reached the source's max_find_results and were split (listing.py)
-                "find_queries": summary.find_queries,
-                "find_splits": MetadataValue.json(splits) if splits else "none",
-                "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
-                # Older studies with data the archive lacks, inventoried with the window (backup/late.py).
-                "late_studies": len(late.changed),
-                "late_studies_compared": late.studies_checked,
-                "late_compared_by": late.compared_by,
-                "seconds_find": round(summary.seconds, 3),
-                "source_peer": str(source.peer),
-                "manifest": MetadataValue.path(str(path)),
-            },
-        )
 
-    def _late_scan(
-        session: FindSession,
-        first: dt.date,
-        last: dt.date,
-        context: AssetExecutionContext,
-        dicom: DicomNetwork,
-    ) -> LateScan:
-        """Older studies that grew since they were archived (backup/late.py); the archive is asked too."""
-        study_keys, series_keys, _ = split_query_keys(source.query_keys)
-        try:
-            with find_session(archive, dicom) as main:
-                return find_late_studies(
-                    session,
-                    main,
-                    first,
-                    last,
-                    settings.late_series_days,
-                    relational=source.relational,
-                    backed_up_days=context.instance.get_materialized_partitions(names.archived),
-                    study_keys=study_keys,
-                    series_keys=series_keys,
-                )
-        except DicomError as error:
-            raise backup_failure(
-                source.alias, "late-data scan (C-FIND on source and archive)", context.partition_key, error
-            ) from error
 
-    @asset(
-        key=names.archived,
-        deps=[names.inventory],
-        partitions_def=partitions_def,
-        backfill_policy=BackfillPolicy.multi_run(settings.backfill_days_per_run),
-        pool=names.pool,
-        retry_policy=retry_policy,
-        group_name=names.group,
-        kinds={"dicom", "orthanc"},
-        description=(
-            f"The inventory minus what {env.main_target.alias} already holds, copied there "
-            + (
-                f"by C-MOVE from {source.alias} to {move_destination}"
-                if source.transfer == "c-move"
-                else f"by C-GET from {source.alias} into a spool and C-STORE to {move_destination}"
+def materialize_inventory(
+    context: AssetExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> MaterializeResult:
+    """C-FIND the run's days (and the late studies) into inventory.jsonl, and its handle beside it."""
+    alias, source = plan.alias, plan.source
+    wait_for_window(context, alias, plan.window)  # backfills and manual runs: only in bulk_hours
+    days = RunDays(tuple(context.partition_keys))
+    backfill = is_backfill_run(context)
+    first, last = days.study_dates(0 if backfill else plan.settings.lookback_days)
+    folder = storage.partition_dir(context.instance, alias, days.label)
+    path = folder / "inventory.jsonl"
+    late = LateScan(0, (), "not run (backfill run)", 0)
+    try:
+        with find_session(source.peer, dicom) as session:
+            if not backfill:
+                late = late_scan(context, plan, session, first, last, dicom)
+            summary = take_inventory(
+                session,
+                first,
+                last,
+                path,
+                query_keys=source.query_keys,
+                by_study=source.inventory == "by-study",
+                extra_studies=late.changed,
+                max_find_results=source.max_find_results,
             )
-            + f", at most {settings.max_uids_per_run} instances per run and day it covers, oldest first "
-            "(the rest deferred to the next run), then confirmed instance by instance on the archive by "
-            "C-FIND."
-        ),
+    except DicomError as error:
+        raise backup_failure(alias, "inventory (C-FIND)", days.label, error) from error
+    context.log.info(
+        f"{alias} {days.label}: {summary.studies} studies, {summary.series} series, "
+        f"{summary.instances} instances dated {first}..{last} or on older studies with new data "
+        f"({len(late.changed)} of {late.studies_checked} older studies compared, {summary.seconds:.2f} s)"
     )
-    @with_dimse_metadata
-    def archived(
-        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> MaterializeResult:
-        wait_for_window(context, source.alias, window)
-        days = RunDays(tuple(context.partition_keys))
-        partition = days.label
-        folder = backup_storage.partition_dir(context.instance, source.alias, partition)
-        out_path = folder / "archived.jsonl"
-        handle_path = folder / "inventory.handle.json"
-        if not handle_path.exists():
-            raise Failure(
-                description=(
-                    f"{source.alias} {partition}: no inventory for these days ({handle_path} is missing): "
-                    f"materialize {names.inventory.to_user_string()} for the same partitions first "
-                    f"(the job {names.job} does both)"
-                ),
-                allow_retries=False,
-            )
-        inventory = ManifestHandle.load(handle_path)
-        try:
-            result = archive_from_source(
-                context,
-                source,
-                archive,
-                dicom,
-                backup_storage,
-                Path(inventory.path),
-                folder,
-                uid_limit=days.uid_limit(settings.max_uids_per_run),
-                spool_purpose="transfer",
-                window=window,
-            )
-        except ArchivePhaseError as failed:
-            raise backup_failure(source.alias, failed.phase, partition, failed.error) from failed
-        plan, outcome, final = result.plan, result.outcome, result.final
-        context.log.info(
-            f"{source.alias} {partition}: {plan.found} found, {plan.already_archived} already archived, "
-            f"{plan.pending} to transfer, {plan.deferred} deferred (max_uids_per_run "
-            f"{settings.max_uids_per_run} per day: {days.uid_limit(settings.max_uids_per_run)} for this run)"
-        )
-        seconds_transfer = result.seconds_transfer
-        metadata: dict[str, Any] = {
-            "instances_found": plan.found,
-            "already_archived": plan.already_archived,
-            "moved": final.moved,
-            "failed": final.failed,
-            "deferred": plan.deferred,
-            "requests": outcome.requests,
-            "associations": outcome.associations,
-            "sub_operations_completed": outcome.completed,
-            "seconds_find": round(inventory.seconds, 3),
-            "seconds_plan": round(result.seconds_plan, 3),
-            "seconds_transfer": round(seconds_transfer, 3),
-            "seconds_retrieve": round(outcome.retrieve_seconds, 3),
-            "seconds_store": round(outcome.store_seconds, 3),
-            "seconds_confirm": round(result.seconds_confirm, 3),
-            # A ranged run's duration is not one day's: duration_vs_baseline judges single-day runs only.
-            "seconds_total" if len(days.partitions) == 1 else "seconds_run_total": round(
-                inventory.seconds + result.seconds_plan + seconds_transfer + result.seconds_confirm, 3
-            ),
-            "run_partitions": partition,
-            "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,
-            "transfer": source.transfer,
-            "source_peer": str(source.peer),
-            "archive_peer": str(archive),
-            "manifest": MetadataValue.path(str(out_path)),
-        }
-        if outcome.bytes is not None:
-            metadata["bytes"] = outcome.bytes
-        if final.failed_uids:
-            metadata["failed_uids"] = uids_metadata(final.failed_uids)
-        if outcome.errors:
-            metadata["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
-        for error in outcome.errors:
-            context.log.warning(f"{source.alias} {partition}: {error}")
-        if final.failed:
-            error = outcome.fatal or (outcome.errors[0] if outcome.errors else None)
-            if error is not None:
-                raise backup_failure(
-                    source.alias,
-                    f"transfer ({final.failed} of {plan.pending} instances not on the archive)",
-                    partition,
-                    error,
-                    metadata,
-                )
-            raise Failure(
-                description=(
-                    f"{source.alias} backup of partition {partition}: {final.failed} of {plan.pending} "
-                    f"instances are not on {archive} although {source.peer} reported success; first: "
-                    f"{', '.join(final.failed_uids[:5])}"
-                ),
-                metadata=metadata,
-            )
-        context.log.info(
-            f"{source.alias} {partition}: moved {final.moved} in {seconds_transfer:.2f} s, "
-            f"{plan.deferred} deferred"
-        )
-        for day, counts in counts_by_partition(read_manifest(out_path), days).items():
-            context.add_asset_metadata(
-                {
-                    "instances_found": counts.found,
-                    "instances_dated": counts.dated,
-                    "already_archived": counts.states[ALREADY_ARCHIVED],
-                    "moved": counts.states[MOVED],
-                    "failed": counts.states[FAILED],
-                    "deferred": counts.states[DEFERRED],
-                },
-                partition_key=day,
-            )
-        shared = {k: v for k, v in metadata.items() if k not in _PER_PARTITION}
-        if len(days.partitions) > 1:
-            shared |= {f"run_{k}": metadata[k] for k in _PER_PARTITION if k in metadata}
-        return MaterializeResult(metadata=shared)
-
-    def archived_manifest(
-        context: AssetCheckExecutionContext, backup_storage: BackupStorage
-    ) -> tuple[str | None, Path | None]:
-        """The run's archived manifest (its partition or range); for a check executed on its own, the one
-        the latest materialization points at (it may cover a whole backfill range)."""
-        partitions = check_partitions(context, names.archived)
-        if not partitions:
-            return None, None
-        op_context = context.op_execution_context
-        if op_context.has_partition_key or op_context.has_partition_key_range:
-            label = RunDays(tuple(partitions)).label
-            path = backup_storage.partition_dir(context.instance, source.alias, label) / "archived.jsonl"
-        else:
-            label = partitions[0]
-            recorded = latest_metadata_value(context.instance, names.archived, label, "manifest")
-            if not isinstance(recorded, str):
-                return label, None
-            path = Path(recorded)
-        return label, path if path.exists() else None
-
-    def no_manifest(partition: str | None) -> AssetCheckResult:
-        return AssetCheckResult(
-            passed=False,
-            description=f"no archived manifest for partition {partition}: run {names.job} for it first",
-            metadata={"partition": str(partition)},
-        )
-
-    @asset_check(
-        asset=names.archived,
-        name="complete_in_archive",
-        blocking=True,
-        description=(
-            f"Every inventoried instance (except those deferred to the next run) is on "
-            f"{env.main_target.alias}, by IMAGE-level C-FIND on {archive}. Fails naming the missing UIDs; "
-            "warns when instances were deferred by max_uids_per_run."
-        ),
+    for line in summary.find_splits:  # an answer at the source's C-FIND cap (dates and times only)
+        context.log.warning(f"{alias} {days.label}: C-FIND answer at the cap: {line}")
+    found = {FOUND: summary.instances}
+    ManifestHandle(str(path), alias, days.label, summary.instances, found, summary.seconds).save(
+        folder / INVENTORY_HANDLE
     )
-    @with_dimse_metadata
-    def complete_in_archive(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        partition, path = archived_manifest(context, backup_storage)
-        if path is None:
-            return no_manifest(partition)
-        return presence_check_result(
-            source.alias,
-            partition,
-            path,
-            archive,
+    for partition, counts in counts_by_partition(read_manifest(path), days).items():
+        context.add_asset_metadata(
+            {"instances": counts.found, "instances_dated": counts.dated}, partition_key=partition
+        )
+    return MaterializeResult(metadata=inventory_metadata(plan, days, summary, late, (first, last), path))
+
+
+def inventory_metadata(
+    plan: QRPlan,
+    days: RunDays,
+    summary: InventorySummary,
+    late: LateScan,
+    dates: tuple[dt.date, dt.date],
+    path: Path,
+) -> dict[str, Any]:
+    splits = list(summary.find_splits)
+    first, last = dates
+    return {
+        "run_partitions": days.label,
+        "studies": summary.studies,  # of the whole run (a study is not split across days)
+        "series": summary.series,
+        "run_instances": summary.instances,
+        # studies listed series by series: all of them with inventory = "walk", else those whose
+        # one-query answer was refused, empty or short (a source that rejects universal series keys)
+        "studies_walked": summary.studies_walked,
+        # listing parts that reached the source's max_find_results and were split (listing.py)
+        "find_queries": summary.find_queries,
+        "find_splits": MetadataValue.json(splits) if splits else "none",
+        "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
+        # Older studies with data the archive lacks, inventoried with the window (backup/late.py).
+        "late_studies": len(late.changed),
+        "late_studies_compared": late.studies_checked,
+        "late_compared_by": late.compared_by,
+        "seconds_find": round(summary.seconds, 3),
+        "source_peer": str(plan.source.peer),
+        "manifest": MetadataValue.path(str(path)),
+    }
+
+
+def late_scan(
+    context: AssetExecutionContext,
+    plan: QRPlan,
+    session: FindSession,
+    first: dt.date,
+    last: dt.date,
+    dicom: DicomNetwork,
+) -> LateScan:
+    """Older studies that grew since they were archived (backup/late.py); the archive is asked too."""
+    study_keys, series_keys, _ = split_query_keys(plan.source.query_keys)
+    try:
+        with find_session(plan.archive, dicom) as main:
+            return find_late_studies(
+                session,
+                main,
+                first,
+                last,
+                plan.settings.late_series_days,
+                relational=plan.source.relational,
+                backed_up_days=context.instance.get_materialized_partitions(plan.names.archived),
+                study_keys=study_keys,
+                series_keys=series_keys,
+            )
+    except DicomError as error:
+        raise backup_failure(
+            plan.alias, "late-data scan (C-FIND on source and archive)", context.partition_key, error
+        ) from error
+
+
+# ------------------------------------------------------------------------------------------------------
+# <source>/archived
+
+
+def archived_description(plan: QRPlan) -> str:
+    source, destination = plan.source, plan.archive.aet
+    how = (
+        f"by C-MOVE from {source.alias} to {destination}"
+        if source.transfer == "c-move"
+        else f"by C-GET from {source.alias} into a spool and C-STORE to {destination}"
+    )
+    return (
+        f"The inventory minus what {plan.archive_alias} already holds, copied there {how}, at most "
+        f"{plan.settings.max_uids_per_run} instances per run and day it covers, oldest first "
+        "(the rest deferred to the next run), then confirmed instance by instance on the archive by "
+        "C-FIND."
+    )
+
+
+def materialize_archived(
+    context: AssetExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> MaterializeResult:
+    """Transfer what the archive lacks of the run's inventory, confirm it, write archived.jsonl."""
+    alias, max_uids = plan.alias, plan.settings.max_uids_per_run
+    wait_for_window(context, alias, plan.window)
+    days = RunDays(tuple(context.partition_keys))
+    partition = days.label
+    folder = storage.partition_dir(context.instance, alias, partition)
+    inventory = load_handle(folder / INVENTORY_HANDLE, plan.names, plan.names.inventory, partition)
+    try:
+        result = archive_from_source(
+            context,
+            plan.source,
+            plan.archive,
             dicom,
-            deferred_advice=(
-                f" by max_uids_per_run ({settings.max_uids_per_run}): run {names.job} for {partition} again"
-            ),
+            storage,
+            Path(inventory.path),
+            folder,
+            uid_limit=days.uid_limit(max_uids),
+            spool_purpose="transfer",
+            window=plan.window,
         )
+    except ArchivePhaseError as failed:
+        raise backup_failure(alias, failed.phase, partition, failed.error) from failed
+    plan_, outcome, final = result.plan, result.outcome, result.final
+    context.log.info(
+        f"{alias} {partition}: {plan_.found} found, {plan_.already_archived} already archived, "
+        f"{plan_.pending} to transfer, {plan_.deferred} deferred (max_uids_per_run "
+        f"{max_uids} per day: {days.uid_limit(max_uids)} for this run)"
+    )
+    metadata = archived_metadata(plan, days, inventory, result, folder / "archived.jsonl")
+    for error in outcome.errors:
+        context.log.warning(f"{alias} {partition}: {error}")
+    if final.failed:
+        raise transfer_failure(plan, partition, result, metadata)
+    context.log.info(
+        f"{alias} {partition}: moved {final.moved} in {result.seconds_transfer:.2f} s, "
+        f"{plan_.deferred} deferred"
+    )
+    record_partition_counts(context, days, folder / "archived.jsonl")
+    shared = {k: v for k, v in metadata.items() if k not in _PER_PARTITION}
+    if len(days.partitions) > 1:
+        shared |= {f"run_{k}": metadata[k] for k in _PER_PARTITION if k in metadata}
+    return MaterializeResult(metadata=shared)
 
-    @asset_check(
-        asset=names.archived,
-        name="content_verified",
-        pool=names.pool,
+
+def archived_metadata(
+    plan: QRPlan, days: RunDays, inventory: ManifestHandle, result: ArchiveResult, out_path: Path
+) -> dict[str, Any]:
+    planned, outcome, final = result.plan, result.outcome, result.final
+    seconds_transfer = result.seconds_transfer
+    metadata: dict[str, Any] = {
+        "instances_found": planned.found,
+        "already_archived": planned.already_archived,
+        "moved": final.moved,
+        "failed": final.failed,
+        "deferred": planned.deferred,
+        "requests": outcome.requests,
+        "associations": outcome.associations,
+        "sub_operations_completed": outcome.completed,
+        "seconds_find": round(inventory.seconds, 3),
+        "seconds_plan": round(result.seconds_plan, 3),
+        "seconds_transfer": round(seconds_transfer, 3),
+        "seconds_retrieve": round(outcome.retrieve_seconds, 3),
+        "seconds_store": round(outcome.store_seconds, 3),
+        "seconds_confirm": round(result.seconds_confirm, 3),
+        # A ranged run's duration is not one day's: duration_vs_baseline judges single-day runs only.
+        "seconds_total" if len(days.partitions) == 1 else "seconds_run_total": round(
+            inventory.seconds + result.seconds_plan + seconds_transfer + result.seconds_confirm, 3
+        ),
+        "run_partitions": days.label,
+        "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,
+        "transfer": plan.source.transfer,
+        "source_peer": str(plan.source.peer),
+        "archive_peer": str(plan.archive),
+        "manifest": MetadataValue.path(str(out_path)),
+    }
+    if outcome.bytes is not None:
+        metadata["bytes"] = outcome.bytes
+    if final.failed_uids:
+        metadata["failed_uids"] = uids_metadata(final.failed_uids)
+    if outcome.errors:
+        metadata["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
+    return metadata
+
+
+def transfer_failure(
+    plan: QRPlan, partition: str, result: ArchiveResult, metadata: dict[str, Any]
+) -> Failure:
+    """Instances not on the archive after the transfer: the peer's error if there was one, else the
+    missing UIDs (the source reported success)."""
+    outcome, final, pending = result.outcome, result.final, result.plan.pending
+    error = outcome.fatal or (outcome.errors[0] if outcome.errors else None)
+    if error is not None:
+        return backup_failure(
+            plan.alias,
+            f"transfer ({final.failed} of {pending} instances not on the archive)",
+            partition,
+            error,
+            metadata,
+        )
+    return Failure(
         description=(
-            "Content digest (transfer-syntax independent) of a sample, retrieved by C-GET from "
-            f"{source.alias} and from {env.main_target.alias}, must match. Sample: verification_fraction "
-            f"{settings.verification_fraction:g} of each series, at least one instance per series."
+            f"{plan.alias} backup of partition {partition}: {final.failed} of {pending} "
+            f"instances are not on {plan.archive} although {plan.source.peer} reported success; first: "
+            f"{', '.join(final.failed_uids[:5])}"
         ),
+        metadata=metadata,
     )
-    @with_dimse_metadata
-    def content_verified(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        partition, path = archived_manifest(context, backup_storage)
-        if path is None:
-            return no_manifest(partition)
-        chosen = sample(read_manifest(path), settings.verification_fraction)
-        compared = (
-            f"content digests of {len(chosen)} sampled instances: C-GET from {source.peer} vs C-GET from "
-            f"{archive}"
+
+
+def record_partition_counts(context: AssetExecutionContext, days: RunDays, manifest: Path) -> None:
+    """Each day's own counts on its partition's materialization (a ranged run covers several days)."""
+    for day, counts in counts_by_partition(read_manifest(manifest), days).items():
+        context.add_asset_metadata(
+            {
+                "instances_found": counts.found,
+                "instances_dated": counts.dated,
+                "already_archived": counts.states[ALREADY_ARCHIVED],
+                "moved": counts.states[MOVED],
+                "failed": counts.states[FAILED],
+                "deferred": counts.states[DEFERRED],
+            },
+            partition_key=day,
         )
-        try:
-            result = verify_content(
-                chosen,
-                source=source.peer,
-                archive=archive,
-                calling_aet=dicom.calling_aet,
-                timeouts=dicom.timeouts,
-                spool_dir=backup_storage.spool_dir(
-                    context.instance, source.alias, context.run.run_id, "verify"
-                ),
-            )
-        except DicomError as error:
-            return peer_unreachable_result("retrieve for verification", error, partition, compared)
-        metadata = {
-            "partition": partition,
-            "compared": compared,
-            "sampled": len(chosen),
-            "verification_fraction": settings.verification_fraction,
-            "matched": result.matched,
-            "mismatched_uids": uids_metadata(result.mismatched_uids),
-            "missing_on_source_uids": uids_metadata(result.missing_on_source),
-            "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
-        }
-        if result.errors:
-            metadata["errors"] = MetadataValue.json(result.errors[:5])
-        if result.passed:
-            description = (
-                f"{result.matched} of {len(chosen)} sampled instances identical on source and archive"
-            )
-        else:
-            bad = result.mismatched_uids or result.missing_on_archive or result.missing_on_source
-            description = (
-                f"{len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing on the "
-                f"archive, {len(result.missing_on_source)} missing on the source; first: {', '.join(bad[:5])}"
-                + (f"; {result.errors[0]}" if result.errors else "")
-            )
-        return AssetCheckResult(passed=result.passed, description=description, metadata=metadata)
-
-    job, nightly = backup_job_and_schedule(
-        names.job,
-        source.alias,
-        [names.inventory, names.archived],
-        (
-            f"Back up one day of {source.alias} ({what}) into {env.main_target.alias} and verify it. "
-            "Launch it for a date (partition) or backfill a date range."
-        ),
-        settings,
-        partitions_def,
-    )
-
-    assets: list[AssetsDefinition] = [inventory, archived]
-    return Definitions(
-        assets=assets,
-        asset_checks=[
-            complete_in_archive,
-            content_verified,
-            *baseline_checks(
-                names.archived,
-                partitions_def,
-                rules,
-                volume_key="instances_dated",
-                volume_noun="instances dated on the day",
-            ),
-        ],
-        jobs=[job],
-        schedules=[nightly],
-    )
 
 
 def archive_from_source(
@@ -549,25 +430,234 @@ def archive_from_source(
     )
 
 
+# ------------------------------------------------------------------------------------------------------
+# Checks on <source>/archived
+
+
+def archived_manifest(
+    context: AssetCheckExecutionContext, plan: QRPlan, storage: BackupStorage
+) -> tuple[str | None, Path | None]:
+    """The run's archived manifest (its partition or range); for a check executed on its own, the one
+    the latest materialization points at (it may cover a whole backfill range)."""
+    key = plan.names.archived
+    partitions = check_partitions(context, key)
+    if not partitions:
+        return None, None
+    op_context = context.op_execution_context
+    if op_context.has_partition_key or op_context.has_partition_key_range:
+        label = RunDays(tuple(partitions)).label
+        path = storage.partition_dir(context.instance, plan.alias, label) / "archived.jsonl"
+    else:
+        label = partitions[0]
+        recorded = latest_metadata_value(context.instance, key, label, "manifest")
+        if not isinstance(recorded, str):
+            return label, None
+        path = Path(recorded)
+    return label, path if path.exists() else None
+
+
+def no_manifest(plan: QRPlan, partition: str | None) -> AssetCheckResult:
+    return AssetCheckResult(
+        passed=False,
+        description=f"no archived manifest for partition {partition}: run {plan.names.job} for it first",
+        metadata={"partition": str(partition)},
+    )
+
+
+def complete_in_archive_description(plan: QRPlan) -> str:
+    return (
+        f"Every inventoried instance (except those deferred to the next run) is on "
+        f"{plan.archive_alias}, by IMAGE-level C-FIND on {plan.archive}. Fails naming the missing UIDs; "
+        "warns when instances were deferred by max_uids_per_run."
+    )
+
+
+def evaluate_complete_in_archive(
+    context: AssetCheckExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> AssetCheckResult:
+    partition, path = archived_manifest(context, plan, storage)
+    if partition is None or path is None:
+        return no_manifest(plan, partition)
+    return presence_check_result(
+        plan.alias,
+        partition,
+        path,
+        plan.archive,
+        dicom,
+        deferred_advice=(
+            f" by max_uids_per_run ({plan.settings.max_uids_per_run}): run {plan.names.job} for "
+            f"{partition} again"
+        ),
+    )
+
+
+def content_verified_description(plan: QRPlan) -> str:
+    return (
+        "Content digest (transfer-syntax independent) of a sample, retrieved by C-GET from "
+        f"{plan.alias} and from {plan.archive_alias}, must match. Sample: verification_fraction "
+        f"{plan.settings.verification_fraction:g} of each series, at least one instance per series."
+    )
+
+
+def evaluate_content_verified(
+    context: AssetCheckExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> AssetCheckResult:
+    partition, path = archived_manifest(context, plan, storage)
+    if partition is None or path is None:
+        return no_manifest(plan, partition)
+    chosen = sample(read_manifest(path), plan.settings.verification_fraction)
+    compared = (
+        f"content digests of {len(chosen)} sampled instances: C-GET from {plan.source.peer} vs C-GET from "
+        f"{plan.archive}"
+    )
+    try:
+        result = verify_content(
+            chosen,
+            source=plan.source.peer,
+            archive=plan.archive,
+            calling_aet=dicom.calling_aet,
+            timeouts=dicom.timeouts,
+            spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+        )
+    except DicomError as error:
+        return peer_unreachable_result("retrieve for verification", error, partition, compared)
+    metadata: dict[str, Any] = {
+        "partition": partition,
+        "compared": compared,
+        "sampled": len(chosen),
+        "verification_fraction": plan.settings.verification_fraction,
+        "matched": result.matched,
+        "mismatched_uids": uids_metadata(result.mismatched_uids),
+        "missing_on_source_uids": uids_metadata(result.missing_on_source),
+        "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
+    }
+    if result.errors:
+        metadata["errors"] = MetadataValue.json(result.errors[:5])
+    return AssetCheckResult(
+        passed=result.passed, description=content_description(result, len(chosen)), metadata=metadata
+    )
+
+
+def content_description(result: ContentResult, sampled: int) -> str:
+    if result.passed:
+        return f"{result.matched} of {sampled} sampled instances identical on source and archive"
+    bad = result.mismatched_uids or result.missing_on_archive or result.missing_on_source
+    return (
+        f"{len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing on the "
+        f"archive, {len(result.missing_on_source)} missing on the source; first: {', '.join(bad[:5])}"
+        + (f"; {result.errors[0]}" if result.errors else "")
+    )
+
+
+# ------------------------------------------------------------------------------------------------------
+# The wiring
+
+
+def build_source_backup(
+    env: EnvironmentConfig,
+    source: QRSource,
+    partitions_def: DailyPartitionsDefinition,
+    *,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
+) -> Definitions:
+    """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
+    plan = QRPlan.of(env, source, partitions_def)
+    names = plan.names
+    step: dict[str, Any] = {
+        "partitions_def": partitions_def,
+        "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
+        "pool": names.pool,
+        "retry_policy": retry_policy,
+        "group_name": names.group,
+    }
+
+    @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
+    @with_dimse_metadata
+    def inventory(
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> MaterializeResult:
+        return materialize_inventory(context, plan, dicom, backup_storage)
+
+    # The inventory reaches `archived` as a handle file on disk (inventory.handle.json), not through an
+    # IO manager: manifests of millions of UIDs stay out of Dagster's storage.
+    @asset(
+        key=names.archived,
+        deps=[names.inventory],
+        kinds={"dicom", "orthanc"},
+        description=archived_description(plan),
+        **step,
+    )
+    @with_dimse_metadata
+    def archived(
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> MaterializeResult:
+        return materialize_archived(context, plan, dicom, backup_storage)
+
+    @asset_check(
+        asset=names.archived,
+        name="complete_in_archive",
+        blocking=True,
+        description=complete_in_archive_description(plan),
+    )
+    @with_dimse_metadata
+    def complete_in_archive(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        return evaluate_complete_in_archive(context, plan, dicom, backup_storage)
+
+    @asset_check(
+        asset=names.archived,
+        name="content_verified",
+        pool=names.pool,
+        description=content_verified_description(plan),
+    )
+    @with_dimse_metadata
+    def content_verified(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> AssetCheckResult:
+        return evaluate_content_verified(context, plan, dicom, backup_storage)
+
+    baselines = baseline_checks(
+        names.archived,
+        partitions_def,
+        rules,
+        volume_key="instances_dated",
+        volume_noun="instances dated on the day",
+    )
+    return Definitions.merge(
+        Definitions(
+            assets=[inventory, archived], asset_checks=[complete_in_archive, content_verified, *baselines]
+        ),
+        backup_job_and_schedule(
+            names,
+            [names.inventory, names.archived],
+            (
+                f"Back up one day of {source.alias} ({plan.what}) into {plan.archive_alias} and verify it. "
+                "Launch it for a date (partition) or backfill a date range."
+            ),
+            env.settings,
+            partitions_def,
+        ),
+    )
+
+
 def build_qr_backup_defs(
     env: EnvironmentConfig,
     *,
     start_date: str | dt.date = DEFAULT_START_DATE,
-    storage: BackupStorage | None = None,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
-    """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone.
+    """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone. Their
+    resources (`dicom`, `backup_storage`) come from defs/resources.build_resources.
 
     `rules`: thresholds of volume_vs_baseline and duration_vs_baseline (config.py has no keys for them
     yet; a caller can build them from site settings)."""
     partitions_def = daily_partitions(env, start_date)
-    base_dir = os.environ.get("DICOM_BACKUP_STORAGE_DIR", "")
-    per_source = [
-        build_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
-        for source in env.qr_sources.values()
-    ]
     return Definitions.merge(
-        *per_source,
-        Definitions(resources={STORAGE_RESOURCE_KEY: storage or BackupStorage(base_dir=base_dir)}),
+        *(
+            build_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
+            for source in env.qr_sources.values()
+        )
     )

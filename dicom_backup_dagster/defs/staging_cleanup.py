@@ -23,10 +23,8 @@ import datetime as dt
 from typing import Any
 
 from dagster import (
-    ConfigurableResource,
     DefaultScheduleStatus,
     Definitions,
-    EnvVar,
     Failure,
     OpExecutionContext,
     ScheduleDefinition,
@@ -36,46 +34,22 @@ from dagster import (
 
 from dicom_backup_dagster.backup.inventory import archived_sop_uids
 from dicom_backup_dagster.backup.records import read_verified
-from dicom_backup_dagster.backup.staging import clean_staging, staging_client
+from dicom_backup_dagster.backup.staging import clean_staging
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig
 from dicom_backup_dagster.defs.common import STORAGE_RESOURCE_KEY, BackupStorage, find_session, uids_metadata
-from dicom_backup_dagster.defs.resources import DicomNetwork
+from dicom_backup_dagster.defs.resources import (
+    DicomNetwork,
+    OrthancRestApi,
+    rest_resource_key,
+    staging_targets,
+)
 from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.errors import DicomError
-from dicom_backup_dagster.orthanc import OrthancClient, OrthancRestError
+from dicom_backup_dagster.orthanc import OrthancRestError
 
 JOB_NAME = "staging_cleanup"
 #: Daily, after the nightly backups (settings.schedule defaults to 01:30) have verified the previous day.
 CLEANUP_CRON = "0 7 * * *"
-
-
-class OrthancRestApi(ConfigurableResource):
-    """An Orthanc REST API with HTTP basic auth; the password is an EnvVar (the UI shows its name only)."""
-
-    url: str
-    username: str = ""
-    password: str = ""
-    label: str = "Orthanc"
-    timeout_s: float = 30.0
-
-    def client(self) -> OrthancClient:
-        return staging_client(
-            self.url, self.username or None, self.password or None, label=self.label, timeout_s=self.timeout_s
-        )
-
-
-def rest_resource_key(alias: str) -> str:
-    return "orthanc_rest_" + "".join(c if c.isalnum() else "_" for c in alias.lower())
-
-
-def _staging_targets(env: EnvironmentConfig) -> dict[str, tuple[BackupTarget, list[str]]]:
-    """Staging target alias -> (target, aliases of the Mosaiq sources staging to it), REST-capable only."""
-    out: dict[str, tuple[BackupTarget, list[str]]] = {}
-    for source in env.mosaiq_sources.values():
-        target = env.staging_target(source)
-        if target.type == "orthanc" and target.rest_url:
-            out.setdefault(target.alias, (target, []))[1].append(source.alias)
-    return out
 
 
 def _build_op(env: EnvironmentConfig, target: BackupTarget, sources: list[str]) -> Any:
@@ -166,27 +140,13 @@ def _build_op(env: EnvironmentConfig, target: BackupTarget, sources: list[str]) 
     return clean
 
 
-def build_staging_cleanup_defs(
-    env: EnvironmentConfig, *, storage: BackupStorage | None = None
-) -> Definitions:
-    """The staging_cleanup job, its schedule and the REST resources, or nothing when no Mosaiq source stages
-    to an Orthanc with a REST API. `storage`: only when used without build_qr_backup_defs (which registers
-    the shared `backup_storage` resource)."""
-    targets = _staging_targets(env)
+def build_staging_cleanup_defs(env: EnvironmentConfig) -> Definitions:
+    """The staging_cleanup job and its schedule, or nothing when no Mosaiq source stages to an Orthanc with
+    a REST API (its REST resources come from resources.build_resources, with every other resource)."""
+    targets = staging_targets(env)
     if not targets:
         return Definitions()
     ops = [_build_op(env, target, sources) for target, sources in targets.values()]
-    resources: dict[str, Any] = {
-        rest_resource_key(target.alias): OrthancRestApi(
-            url=target.rest_url or "",
-            username=target.rest_username or "",
-            password=EnvVar(target.rest_password_env) if target.rest_password_env else "",
-            label=f"{target.alias} REST API",
-        )
-        for target, _sources in targets.values()
-    }
-    if storage is not None:
-        resources[STORAGE_RESOURCE_KEY] = storage
 
     @job(
         name=JOB_NAME,
@@ -208,4 +168,4 @@ def build_staging_cleanup_defs(
         default_status=DefaultScheduleStatus.STOPPED,
         description=f"Runs {JOB_NAME} daily ({CLEANUP_CRON}, {env.settings.timezone}).",
     )
-    return Definitions(jobs=[staging_cleanup], schedules=[schedule], resources=resources)
+    return Definitions(jobs=[staging_cleanup], schedules=[schedule])

@@ -141,7 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for name, info in state.get("processes", {}).items():
         alive = pid_alive(int(info["pid"]))
         port = info.get("port") or port_of.get(name)
-        answering = bool(port) and port_open(int(port))
+        answering = port is not None and port_open(int(port))
         all_up &= alive and answering
         print(
             f"{name:14s} pid {info['pid']:>7}  {'alive' if alive else 'DEAD '}  "

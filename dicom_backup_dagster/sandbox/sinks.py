@@ -76,7 +76,7 @@ class _SmtpHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = message_from_bytes(envelope.content, policy=policy.default)
-        body = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+        body = message.get_body(preferencelist=("plain",))
         self.journal.write(
             "email.jsonl",
             {

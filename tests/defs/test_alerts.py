@@ -21,11 +21,10 @@ import dagster as dg
 import pytest
 
 from dicom_backup_dagster.config import EnvironmentConfig, load_config
-from dicom_backup_dagster.defs.alerts import build_alert_defs, notifier_resources
-from dicom_backup_dagster.defs.common import BackupStorage
+from dicom_backup_dagster.defs.alerts import build_alert_defs
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
-from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, notifier_resources
 from dicom_backup_dagster.notify import EmailSettings, NotificationSettings, PagerDutySettings, SlackSettings
 from dicom_backup_dagster.sandbox import synthetic
 from tests.notify.servers import Answer, CaptureServer, SmtpServer
@@ -99,14 +98,17 @@ def _env(sandbox: Any, monkeypatch: pytest.MonkeyPatch, channels: Channels) -> E
 
 def _defs(env: EnvironmentConfig, storage: Path) -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(env)),
-        build_qr_backup_defs(
-            env,
-            storage=BackupStorage(base_dir=str(storage)),
-            retry_policy=dg.RetryPolicy(max_retries=1, delay=1),
-        ),
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage)))),
+        build_qr_backup_defs(env, retry_policy=dg.RetryPolicy(max_retries=1, delay=1)),
         build_connectivity_defs(env),
         build_alert_defs(env),
+    )
+
+
+def _alert_defs(env: EnvironmentConfig) -> dg.Definitions:
+    """The alert definitions with the notifier resources they take (build_resources makes them)."""
+    return dg.Definitions.merge(
+        dg.Definitions(resources=notifier_resources(env.notifications)), build_alert_defs(env)
     )
 
 
@@ -304,7 +306,7 @@ def _check_defs(env: EnvironmentConfig, state: dict[str, bool]) -> dg.Definition
     )
     return dg.Definitions.merge(
         dg.Definitions(assets=[archived], asset_checks=[complete_in_archive, volume], jobs=[job]),
-        build_alert_defs(env),
+        _alert_defs(env),
     )
 
 
@@ -382,7 +384,7 @@ def test_peer_down_alerts_once_per_outage_not_every_check(sandbox, channels, mon
 
 def test_send_test_alert_reaches_every_channel_and_reports_a_broken_one(sandbox, channels, monkeypatch):
     env = _env(sandbox, monkeypatch, channels)
-    defs = build_alert_defs(env)
+    defs = _alert_defs(env)
     job = defs.resolve_job_def("send_test_alert")
     with dg.instance_for_test() as instance:
         channels.reset()
@@ -414,7 +416,7 @@ def test_exception_text_with_identifiers_never_reaches_a_message(sandbox, channe
         raise ValueError(canary)  # e.g. a pydicom error echoing a dataset
 
     job = dg.define_asset_job("MIM_backup", selection=[archived], tags={"dicom_backup/source": "MIM"})
-    defs = dg.Definitions.merge(dg.Definitions(assets=[archived], jobs=[job]), build_alert_defs(env))
+    defs = dg.Definitions.merge(dg.Definitions(assets=[archived], jobs=[job]), _alert_defs(env))
     with dg.instance_for_test() as instance:
         channels.reset()
         result = defs.resolve_job_def("MIM_backup").execute_in_process(
@@ -447,7 +449,7 @@ def test_staging_cleanup_failure_and_summary_go_to_email(sandbox, channels, monk
     def staging_cleanup() -> None:
         clean()
 
-    defs = dg.Definitions.merge(dg.Definitions(jobs=[staging_cleanup]), build_alert_defs(env))
+    defs = dg.Definitions.merge(dg.Definitions(jobs=[staging_cleanup]), _alert_defs(env))
     with dg.instance_for_test() as instance:
         channels.reset()
         sensors = Sensors(defs, env, instance)

@@ -13,13 +13,13 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from dicom_backup_dagster.backup.hours import parse_work_window
 from dicom_backup_dagster.backup.manifest import PENDING, InstanceEntry
 from dicom_backup_dagster.backup.transfer import transfer
 from dicom_backup_dagster.config import QRSource
 from dicom_backup_dagster.defs import hours
+from dicom_backup_dagster.defs.keys import BACKFILL_ID_TAG
 from dicom_backup_dagster.dicom.network import Timeouts
 from tests.defs.test_qr_backup import _defs, _env, _metadata, _sandbox_uids
 

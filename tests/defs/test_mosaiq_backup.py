@@ -24,9 +24,9 @@ from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
+from dicom_backup_dagster.defs.common import DEFAULT_START_DATE
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
-from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, mosaiq_resource_key
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.sandbox.processes import free_port
 from dicom_backup_dagster.sandbox.synthetic import patients
@@ -60,10 +60,8 @@ def _defs(
 ) -> dg.Definitions:
     extra = {"rules": rules} if rules is not None else {}
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(env)),
-        build_mosaiq_backup_defs(
-            env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=retry, **extra
-        ),
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage_dir)))),
+        build_mosaiq_backup_defs(env, retry_policy=retry, **extra),
     )
 
 
@@ -118,6 +116,16 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
         assert policy is not None and policy.backoff == dg.Backoff.EXPONENTIAL
         if name in ("staged", "archived"):
             assert asset.op.pool == pool
+    # Typed resources (the database's parameter is named after its key), manifests through deps and
+    # handle files on disk: no IO manager is needed.
+    needs = {  # every asset lists Dagster's default io_manager, which a MaterializeResult never calls
+        name: defs.resolve_assets_def(dg.AssetKey([ALIAS, name])).required_resource_keys - {"io_manager"}
+        for name in ASSETS
+    }
+    assert needs["deliveries"] == needs["rt_records"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
+    assert needs["staged"] == needs["archived"] == {"dicom", "backup_storage"}
+    rt_records = defs.resolve_assets_def(dg.AssetKey([ALIAS, "rt_records"]))
+    assert rt_records.asset_deps[rt_records.key] == {dg.AssetKey([ALIAS, "deliveries"])}
     schedule = defs.resolve_schedule_def(f"{ALIAS}_backup_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.execution_timezone == env.settings.timezone
@@ -257,8 +265,8 @@ def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, mon
     defs = _defs(env, tmp_path)
     eager = replace(env, settings=replace(env.settings, staging_retention_days=0))
     cleanup = dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(eager)),
-        build_staging_cleanup_defs(eager, storage=BackupStorage(base_dir=str(tmp_path))),
+        dg.Definitions(resources=build_resources(eager, storage=BackupStorage(base_dir=str(tmp_path)))),
+        build_staging_cleanup_defs(eager),
     ).resolve_job_def("staging_cleanup")
     with dg.instance_for_test() as instance:
         with sandbox.peer_stopped("ORTHANC_MAIN"):

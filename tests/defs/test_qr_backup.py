@@ -14,11 +14,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    BACKFILL_ID_TAG,
-)
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
@@ -26,9 +21,14 @@ from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import DEFERRED, MOVED, read_manifest
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, QRSource, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.common import DEFAULT_START_DATE, BackupStorage
+from dicom_backup_dagster.defs.common import DEFAULT_START_DATE
+from dicom_backup_dagster.defs.keys import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    BACKFILL_ID_TAG,
+)
 from dicom_backup_dagster.defs.qr_backup import DEFAULT_RULES, build_qr_backup_defs
-from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.sandbox.mim import MimSimulator
 from dicom_backup_dagster.sandbox.orthanc import OrthancServer
@@ -51,10 +51,8 @@ def _defs(env: EnvironmentConfig, storage_dir: Path, rules: BaselineRules = DEFA
     # an association, which is exactly what the retry is for.
     retry = dg.RetryPolicy(max_retries=1, delay=1)
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(env)),
-        build_qr_backup_defs(
-            env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=retry, rules=rules
-        ),
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage_dir)))),
+        build_qr_backup_defs(env, retry_policy=retry, rules=rules),
     )
 
 
@@ -411,10 +409,8 @@ def _fault_env(
 def _fault_defs(env: EnvironmentConfig, storage_dir: Path) -> dg.Definitions:
     # Retries without delay, so a test can see whether Dagster would retry (transient) or not (config).
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(env)),
-        build_qr_backup_defs(
-            env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=dg.RetryPolicy(max_retries=1)
-        ),
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage_dir)))),
+        build_qr_backup_defs(env, retry_policy=dg.RetryPolicy(max_retries=1)),
     )
 
 

@@ -17,9 +17,13 @@ from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.backup.records import VERIFIED_MANIFEST
 from dicom_backup_dagster.config import EnvironmentConfig, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.common import BackupStorage
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
-from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.resources import (
+    BackupStorage,
+    OrthancRestApi,
+    build_resources,
+    rest_resource_key,
+)
 from dicom_backup_dagster.defs.staging_cleanup import JOB_NAME, build_staging_cleanup_defs
 from tests.defs.test_mosaiq_backup import ALIAS, P1, _env, _logs
 
@@ -32,8 +36,8 @@ def _retention(env: EnvironmentConfig, days: int) -> EnvironmentConfig:
 
 def _defs(env: EnvironmentConfig, storage_dir: Path) -> dg.Definitions:
     return dg.Definitions.merge(
-        dg.Definitions(resources=build_resources(env)),
-        build_mosaiq_backup_defs(env, storage=BackupStorage(base_dir=str(storage_dir)), retry_policy=None),
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(storage_dir)))),
+        build_mosaiq_backup_defs(env, retry_policy=None),
         build_staging_cleanup_defs(env),
     )
 
@@ -73,8 +77,8 @@ def test_job_schedule_pool_and_rest_password_from_env(sandbox, monkeypatch):
     schedule = defs.resolve_schedule_def(f"{JOB_NAME}_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     assert schedule.execution_timezone == env.settings.timezone
-    cleanup = build_staging_cleanup_defs(env)
-    (resource,) = cleanup.resources.values()  # type: ignore[union-attr]
+    resource = build_resources(env)[rest_resource_key(stage.alias)]
+    assert isinstance(resource, OrthancRestApi)
     assert resource.url == stage.rest_url and resource.username == stage.rest_username
     assert stage.rest_password_env in repr(resource.password)  # an EnvVar, read in the run process
     no_rest = replace(

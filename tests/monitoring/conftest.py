@@ -20,18 +20,17 @@ from typing import Any
 import dagster as dg
 import pytest
 import yaml
-from dagster._daemon.types import DaemonHeartbeat
 from prometheus_client import generate_latest
 
 from dicom_backup_dagster.config import load_config
-from dicom_backup_dagster.defs.common import BackupStorage
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
-from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
 from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector, build_registry
 from dicom_backup_dagster.monitoring.orthanc import OrthancTarget
 from dicom_backup_dagster.sandbox.sandbox import ENVIRONMENT, Sandbox
+from tests.monitoring.daemon import beat
 
 REPO = Path(__file__).resolve().parents[2]
 PROMTOOL = shutil.which("promtool")
@@ -73,10 +72,12 @@ def monitored_night(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) 
             # The production definitions minus the step retry policy (30 s+ backoff): a failed run fails
             # at once.
             defs = dg.Definitions.merge(
-                dg.Definitions(resources=build_resources(env), executor=dg.in_process_executor),
+                dg.Definitions(
+                    resources=build_resources(env, storage=storage), executor=dg.in_process_executor
+                ),
                 build_connectivity_defs(env),
-                build_qr_backup_defs(env, storage=storage, retry_policy=None),
-                build_mosaiq_backup_defs(env, storage=storage, retry_policy=None),
+                build_qr_backup_defs(env, retry_policy=None),
+                build_mosaiq_backup_defs(env, retry_policy=None),
             )
 
             def run(name: str, job: str, partition: dt.date | None = None) -> None:
@@ -102,9 +103,7 @@ def monitored_night(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) 
             )
         # A daemon heartbeat as dagster-daemon writes it (the daemon itself is not started here).
         heartbeat = time.time()
-        instance.add_daemon_heartbeat(
-            DaemonHeartbeat(timestamp=heartbeat, daemon_type="SCHEDULER", daemon_id="test", errors=[])
-        )
+        beat(instance, "SCHEDULER", heartbeat, "test")
         yield Night(instance, results, log_file, days, orthanc, heartbeat)
 
 

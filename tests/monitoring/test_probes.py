@@ -15,7 +15,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import requests
-from dagster._daemon.types import DaemonHeartbeat
 from prometheus_client import start_http_server
 
 from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector, build_registry
@@ -27,6 +26,7 @@ from dicom_backup_dagster.monitoring.probes import (
 )
 from dicom_backup_dagster.sandbox.processes import free_port
 from tests.monitoring.conftest import REPO, Night
+from tests.monitoring.daemon import beat
 
 
 def test_orthanc_system(monitored_night: Night) -> None:
@@ -65,7 +65,7 @@ def test_daemon_liveness_check(tmp_path: Path) -> None:
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     try:  # what a running dagster-daemon writes every 30 s
         for daemon_type in instance.get_required_daemon_types():
-            instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), daemon_type, "probe-test", []))
+            beat(instance, daemon_type, time.time(), "probe-test")
     finally:
         instance.dispose()
     after = probe_daemon(tmp_path)
