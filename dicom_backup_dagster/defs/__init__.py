@@ -11,12 +11,13 @@ from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
+from dicom_backup_dagster.defs.summary import build_summary_defs
 from dicom_backup_dagster.defs.sweep import build_sweep_defs
 
 
 def build_definitions(site: SiteConfig) -> Definitions:
     env = site.environment
-    return Definitions.merge(
+    backups = Definitions.merge(
         # One process per run: a backup step spends its time waiting on DICOM peers, and a night's backfill
         # is dozens of runs, for which a process per step (the default) costs more than the work.
         Definitions(resources=build_resources(env), executor=in_process_executor),
@@ -27,3 +28,4 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_staging_cleanup_defs(env),
         build_alert_defs(env),
     )
+    return Definitions.merge(backups, build_summary_defs(env, backups))

@@ -210,7 +210,7 @@ class DagsterGraphQL:
             """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { __typename
                  ... on AssetNode { assetMaterializations(limit: 10000) { partition runId
                    metadataEntries { label __typename ... on IntMetadataEntry { intValue }
-                     ... on FloatMetadataEntry { floatValue } } } } } }""",
+                     ... on FloatMetadataEntry { floatValue } ... on TextMetadataEntry { text } } } } } }""",
             {"key": {"path": path}},
         )
         return data["assetNodeOrError"].get("assetMaterializations", [])
@@ -386,12 +386,36 @@ def _sweep_step(night: Night) -> None:
             night.lines.append(f"  check {evaluation['checkName']}: {mark}")
 
 
+def _summary_step(night: Night) -> None:
+    """nightly_summary for the last night, as its morning schedule would build it."""
+    if not night.dates:
+        return
+    day = max(night.dates).isoformat()
+    client = night.client
+    run_id = client.launch_job(
+        "summarize_night", tags={"dagster/partition": day, "dicom_backup/launched_by": "sandbox-night"}
+    )
+    run = client.wait_for_run(run_id, timeout_s=300)
+    night.runs.append(run)
+    night.lines.append(f"summarize_night {day}: {run['status']}  ({night.ui_url}/assets/nightly_summary)")
+    events = [e for e in client.materializations(["nightly_summary"]) if e["runId"] == run_id]
+    for event in events:
+        texts = {e["label"]: e.get("text") for e in event["metadataEntries"] if e.get("text") is not None}
+        night.lines.append(f"  {texts.get('summary')}")
+        night.lines += [
+            f"  {label[: -len('_status')]:<8} {text}"
+            for label, text in texts.items()
+            if label.endswith("_status")
+        ]
+
+
 # What one night runs, in order. Each later feature adds its step here.
 NIGHT_STEPS: list[Callable[[Night], None]] = [
     _sensors_step,
     _connectivity_step,
     _backup_backfill_step,
     _sweep_step,
+    _summary_step,
 ]
 
 

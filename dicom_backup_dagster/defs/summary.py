@@ -1,0 +1,251 @@
+"""The night at a glance: asset `nightly_summary`, one row per source for one day.
+
+Each daily partition's materialization holds a table with, per source: the day's counts (found, already
+archived, moved, deferred, failed), whether every check of that day passed (verified), a status in plain
+words, a link to the run that backed the day up and, for anything not green, the runbook page. It reads
+only Dagster's own records (materializations and check results), never a DICOM peer or Mosaiq, so it can
+run any time; the schedule `summarize_night_schedule` (RUNNING by default, read-only) runs it for the
+previous day at SUMMARY_CRON, and the sandbox night runs it after the backups.
+
+No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DefaultScheduleStatus,
+    Definitions,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+
+from dicom_backup_dagster.config import EnvironmentConfig
+from dicom_backup_dagster.defs.common import daily_partitions
+from dicom_backup_dagster.defs.keys import KIND_TAG, SourceNames
+
+SUMMARY_KEY = AssetKey("nightly_summary")
+SUMMARY_JOB = "summarize_night"
+SUMMARY_CRON_HOUR = 7  # after the nightly backups (01:30) and the sweep (04:30) of the previous day
+GREEN = "complete and verified"
+EMPTY = "nothing that day (source queried, 0 found), verified"  # a weekend: green too
+COUNTS = ("found", "already_archived", "moved", "deferred", "failed")
+# What each source kind calls "found" on its `archived` materialization.
+FOUND_KEYS = ("instances_found", "records")
+
+
+@dataclass(frozen=True)
+class SummaryPlan:
+    environment: str
+    checks: dict[str, tuple[AssetCheckKey, ...]]  # source -> the checks of its day-partitioned assets
+    ui_url: str  # "" : links relative to the UI that shows them
+    runbooks: str
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(self.checks)
+
+
+@dataclass
+class SourceDay:
+    """One row of the summary."""
+
+    source: str
+    counts: dict[str, int]
+    checks_passed: int
+    checks_failed: list[str]  # "complete_in_archive (ERROR)"
+    checks_missing: list[str]
+    run_id: str | None
+    status: str
+    runbook: str | None
+
+    @property
+    def green(self) -> bool:
+        return self.status in (GREEN, EMPTY)
+
+
+def day_metadata(instance: DagsterInstance, key: AssetKey, day: str) -> tuple[dict[str, Any], str | None]:
+    """The day's latest materialization of `key`: its metadata values and run id (empty: not materialized)."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=key, asset_partitions=[day]), limit=1
+    ).records
+    if not records:
+        return {}, None
+    entry = records[0].event_log_entry
+    event = entry.asset_materialization
+    values = {k: v.value for k, v in event.metadata.items()} if event else {}
+    return values, entry.run_id
+
+
+def day_check_results(instance: DagsterInstance, check: AssetCheckKey, day: str) -> tuple[bool, str] | None:
+    """(passed, severity) of the latest evaluation of `check` for `day`, or None when it has none."""
+    for record in instance.event_log_storage.get_asset_check_execution_history(check, limit=200):
+        if record.partition not in (day, None) or record.event is None or record.event.dagster_event is None:
+            continue
+        evaluation = record.event.dagster_event.event_specific_data
+        if not isinstance(evaluation, AssetCheckEvaluation):
+            continue  # planned, skipped or its step failed: no result
+        if record.partition is None and not _run_covers(instance, record.run_id, day):
+            continue  # an unpartitioned evaluation of another run
+        return evaluation.passed, evaluation.severity.value
+    return None
+
+
+def _run_covers(instance: DagsterInstance, run_id: str, day: str) -> bool:
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        return False
+    tags = run.tags
+    start = tags.get("dagster/asset_partition_range_start", tags.get("dagster/partition"))
+    end = tags.get("dagster/asset_partition_range_end", start)
+    return start is not None and end is not None and start <= day <= end
+
+
+def source_day(
+    instance: DagsterInstance, alias: str, checks: list[AssetCheckKey], day: str, runbooks: str
+) -> SourceDay:
+    names = SourceNames(alias)
+    values, run_id = day_metadata(instance, names.archived, day)
+    found = next((values[k] for k in FOUND_KEYS if isinstance(values.get(k), int)), 0)
+    counts = {"found": found, **{k: int(values.get(k) or 0) for k in COUNTS[1:]}}
+    passed, failed, missing = 0, [], []
+    for check in checks:
+        result = day_check_results(instance, check, day)
+        if result is None:
+            missing.append(check.name)
+        elif result[0]:
+            passed += 1
+        else:
+            failed.append(f"{check.name} ({result[1]})")
+    status, runbook = _status(run_id is not None, counts, failed, missing)
+    return SourceDay(
+        alias, counts, passed, failed, missing, run_id, status, f"{runbooks}/{runbook}" if runbook else None
+    )
+
+
+def _status(
+    materialized: bool, counts: dict[str, int], failed: list[str], missing: list[str]
+) -> tuple[str, str | None]:
+    """The row's status in an RT IT engineer's words, and the runbook page for anything not green."""
+    if not materialized:
+        return "not backed up (no successful run for this day)", "backup_failed.md"
+    if counts["failed"]:
+        return f"{counts['failed']} failed to transfer", "archive_incomplete.md"
+    errors = [f for f in failed if f.endswith("(ERROR)")]
+    if errors:
+        return "verification failed: " + ", ".join(errors), "check_failed.md"
+    if counts["deferred"]:
+        return f"{counts['deferred']} deferred to the next run (max_uids_per_run)", "archive_incomplete.md"
+    if missing:
+        return "backed up, not verified yet: " + ", ".join(missing), "check_failed.md"
+    if failed:
+        return "complete, with warnings: " + ", ".join(failed), "check_failed.md"
+    return (GREEN if counts["found"] else EMPTY), None
+
+
+def summary_table(rows: list[SourceDay], ui_url: str) -> str:
+    """Markdown: one row per source, links to the run and the runbook."""
+    head = "| source | status | found | already archived | moved | deferred | failed | checks passed | run |"
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        run = f"[{r.run_id[:8]}]({ui_url}/runs/{r.run_id})" if r.run_id else "-"
+        status = r.status if r.green else f"**{r.status}** ([runbook]({r.runbook}))"
+        c = r.counts
+        checks = f"{r.checks_passed} of {r.checks_passed + len(r.checks_failed) + len(r.checks_missing)}"
+        lines.append(
+            f"| {r.source} | {status} | {c['found']} | {c['already_archived']} | {c['moved']} "
+            f"| {c['deferred']} | {c['failed']} | {checks} | {run} |"
+        )
+    return "\n".join(lines)
+
+
+def materialize_summary(context: AssetExecutionContext, plan: SummaryPlan) -> MaterializeResult:
+    day = context.partition_key
+    rows = [
+        source_day(context.instance, alias, list(checks), day, plan.runbooks)
+        for alias, checks in plan.checks.items()
+    ]
+    green = sum(r.green for r in rows)
+    sentence = f"{plan.environment} {day}: {green} of {len(rows)} sources complete and verified"
+    not_green = [f"{r.source}: {r.status}" for r in rows if not r.green]
+    context.log.info(sentence + ("; " + "; ".join(not_green) if not_green else ""))
+    return MaterializeResult(
+        metadata={
+            "summary": sentence,
+            "sources": MetadataValue.md(summary_table(rows, plan.ui_url)),
+            "sources_green": green,
+            "sources_not_green": len(rows) - green,
+            **{f"{r.source}_status": r.status for r in rows},
+        }
+    )
+
+
+def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definitions:
+    """Asset `nightly_summary` (daily partitions, like the backups), its job and its schedule; `backups`
+    holds the sources' assets and checks it summarizes."""
+    sources = tuple(sorted([*env.qr_sources, *env.mosaiq_sources]))
+    if not sources:
+        return Definitions()
+    notifications = env.notifications
+    check_keys = backups.resolve_asset_graph().asset_check_keys
+    plan = SummaryPlan(
+        environment=env.name,
+        # The day's checks of each source's backup assets (the sweep's `reconciled` has no day partitions).
+        checks={
+            alias: tuple(
+                sorted(
+                    (
+                        k
+                        for k in check_keys
+                        if k.asset_key.path[:1] == [alias] and k.asset_key != SourceNames(alias).reconciled
+                    ),
+                    key=lambda k: (k.asset_key.to_user_string(), k.name),
+                )
+            )
+            for alias in sources
+        },
+        ui_url=(notifications.dagster_ui_url or "").rstrip("/"),
+        runbooks=notifications.runbook_base_url,
+    )
+    partitions = daily_partitions(env)
+
+    @asset(
+        key=SUMMARY_KEY,
+        partitions_def=partitions,
+        group_name="summary",
+        deps=[SourceNames(alias).archived for alias in sources],
+        kinds={"dagster"},
+        description=(
+            f"Was the night complete and verified? One row per source of {env.name} for the day: instances "
+            "(or Mosaiq records) found, already archived, moved, deferred and failed, how many of the day's "
+            "checks passed, a link to the run and, for anything not green, the runbook. Reads Dagster's own "
+            "records only; runs every morning for the previous day."
+        ),
+    )
+    def nightly_summary(context: AssetExecutionContext) -> MaterializeResult:
+        return materialize_summary(context, plan)
+
+    job = define_asset_job(
+        SUMMARY_JOB,
+        selection=[SUMMARY_KEY],
+        tags={KIND_TAG: "summary"},
+        description="Builds nightly_summary for a day (read-only: Dagster's records of the backups).",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        job,
+        hour_of_day=SUMMARY_CRON_HOUR,
+        minute_of_hour=0,
+        default_status=DefaultScheduleStatus.RUNNING,
+        name=f"{SUMMARY_JOB}_schedule",
+        description=f"Summarizes the previous day at {SUMMARY_CRON_HOUR:02d}:00 ({env.settings.timezone}).",
+    )
+    return Definitions(assets=[nightly_summary], jobs=[job], schedules=[schedule])

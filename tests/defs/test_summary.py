@@ -1,0 +1,46 @@
+"""nightly_summary: one row per source for a day, read from Dagster's own records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import replace
+
+import dagster as dg
+
+from dicom_backup_dagster.config import load_config
+from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+from dicom_backup_dagster.defs.summary import SUMMARY_JOB, build_summary_defs
+
+
+def test_summary_says_which_source_is_complete_and_verified_and_links_the_runbook(
+    sandbox, monkeypatch, tmp_path
+):
+    for name, value in sandbox.env_vars().items():
+        monkeypatch.setenv(name, value)
+    env = load_config(sandbox.config_path, "SANDBOX").environment
+    env = replace(env, notifications=replace(env.notifications, dagster_ui_url="http://ui.example:3000"))
+    day = "2026-01-12"  # ARIA data on a weekday
+    backups = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(tmp_path)))),
+        build_qr_backup_defs(env, retry_policy=None),
+    )
+    defs = dg.Definitions.merge(backups, build_summary_defs(env, backups))
+    with dg.instance_for_test() as instance:
+        backup = defs.resolve_job_def("ARIA_backup").execute_in_process(partition_key=day, instance=instance)
+        assert backup.success
+        result = defs.resolve_job_def(SUMMARY_JOB).execute_in_process(partition_key=day, instance=instance)
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        metadata = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert metadata["summary"] == "SANDBOX 2026-01-12: 1 of 3 sources complete and verified"
+    assert metadata["ARIA_status"] == "complete and verified"
+    assert metadata["MIM_status"].startswith("not backed up")  # MIM's job never ran in this instance
+    assert metadata["sources_green"] == 1 and metadata["sources_not_green"] == 2
+    table = metadata["sources"]
+    aria_row = next(line for line in table.splitlines() if line.startswith("| ARIA |"))
+    assert f"](http://ui.example:3000/runs/{backup.run_id})" in aria_row
+    assert "4 of 4" in aria_row  # every check of the day passed
+    mosaiq_row = next(line for line in table.splitlines() if line.startswith("| MOSAIQ |"))
+    assert "([runbook](docs/runbooks/backup_failed.md))" in mosaiq_row
+    assert dt.date.fromisoformat(day).weekday() < 5
