@@ -30,7 +30,6 @@ from dicom_backup_dagster.dicom.network import Peer
 __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.py / keys.py
     "DEFAULT_RETRY_POLICY",
     "DEFAULT_RULES",
-    "DEFAULT_START_DATE",
     "STORAGE_RESOURCE_KEY",
     "BackupStorage",
     "SourceNames",
@@ -43,7 +42,6 @@ __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.
     "uids_metadata",
 ]
 
-DEFAULT_START_DATE = "2020-01-01"
 # volume_vs_baseline warns below 0.5 x and duration_vs_baseline above 2 x the trailing median of the
 # previous 7 partitions (backup/baseline.py)
 DEFAULT_RULES = baseline.BaselineRules()
@@ -57,8 +55,12 @@ DEFAULT_RETRY_POLICY = RetryPolicy(
 KEEP_UIDS = 20  # failing UIDs shown in metadata (the manifest on disk has all of them)
 
 
-def daily_partitions(env: EnvironmentConfig, start_date: str | dt.date) -> DailyPartitionsDefinition:
-    """One partition per day in the site's timezone (StudyDate for Q/R sources, treatment day for Mosaiq)."""
+def daily_partitions(
+    env: EnvironmentConfig, start_date: str | dt.date | None = None
+) -> DailyPartitionsDefinition:
+    """One partition per day in the site's timezone (StudyDate for Q/R sources, treatment day for Mosaiq),
+    from `settings.first_day` unless `start_date` is given."""
+    start_date = start_date or env.settings.first_day
     start = start_date if isinstance(start_date, str) else start_date.isoformat()
     return DailyPartitionsDefinition(start_date=start, timezone=env.settings.timezone)
 

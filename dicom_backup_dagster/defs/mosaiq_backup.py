@@ -92,7 +92,6 @@ from dicom_backup_dagster.defs.checks import baseline_checks, peer_unreachable_r
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
-    DEFAULT_START_DATE,
     backup_failure,
     check_partition,
     daily_partitions,
@@ -846,7 +845,7 @@ CONFORMANCE_DESCRIPTION = (
 def build_mosaiq_backup_defs(
     env: EnvironmentConfig,
     *,
-    start_date: str | dt.date = DEFAULT_START_DATE,
+    start_date: str | dt.date | None = None,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:

@@ -70,7 +70,6 @@ from dicom_backup_dagster.defs.checks import (
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
-    DEFAULT_START_DATE,
     backup_failure,
     check_partitions,
     daily_partitions,
@@ -645,7 +644,7 @@ def build_source_backup(
 def build_qr_backup_defs(
     env: EnvironmentConfig,
     *,
-    start_date: str | dt.date = DEFAULT_START_DATE,
+    start_date: str | dt.date | None = None,
     retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:

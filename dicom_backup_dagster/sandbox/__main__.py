@@ -66,7 +66,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         span_days=args.span_days,
         seed=args.seed,
     )
-    options = SandboxOptions(data=data, cache_dir=args.cache_dir, alert_sinks=True)
+    options = SandboxOptions(data=data, cache_dir=args.cache_dir, alert_sinks=True, partitions_from_data=True)
     if args.start_date is not None:
         start = args.start_date
     else:  # the UI's latest partition is then last night, with data

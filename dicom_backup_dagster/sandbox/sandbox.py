@@ -75,6 +75,9 @@ class SandboxOptions:
     # that alerts can be seen and tried; the CLI turns them on, tests that bring their own channels don't.
     alert_sinks: bool = False
     dagster_ui_url: str | None = None  # run links in the alerts (the night's UI, when its port is known)
+    # settings.first_day = the first day with data (the UI then shows no "missing" days before it); off for
+    # tests that back up days before the synthetic data.
+    partitions_from_data: bool = False
 
 
 @dataclass
@@ -440,7 +443,7 @@ class Sandbox:
             f"[{e}.settings]",
             "max_uids_per_run = 5000",
             f"timezone = {_toml_str(o.timezone)}",
-            f"first_day = {self.dates[0].isoformat()}",  # the partitions start with the sandbox's data
+            *([f"first_day = {self.dates[0].isoformat()}"] if o.partitions_from_data else []),
             'schedule = "30 1 * * *"',
             "lookback_days = 3",
             "verification_fraction = 0.0",

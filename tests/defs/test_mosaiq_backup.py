@@ -24,7 +24,6 @@ from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.config import EnvironmentConfig, MosaiqSource, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.common import DEFAULT_START_DATE
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, mosaiq_resource_key
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
@@ -98,7 +97,7 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
     job = defs.resolve_job_def(f"{ALIAS}_backup")
     assert job.partitions_def is not None
     assert job.partitions_def.timezone == env.settings.timezone
-    assert job.partitions_def.get_first_partition_key() == DEFAULT_START_DATE
+    assert job.partitions_def.get_first_partition_key() == env.settings.first_day.isoformat()
     graph = defs.resolve_asset_graph()
     checks = {(k.asset_key.path[-1], k.name) for k in graph.asset_check_keys if k.asset_key.path[0] == ALIAS}
     assert checks == {

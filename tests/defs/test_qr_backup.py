@@ -21,7 +21,6 @@ from dicom_backup_dagster.backup.baseline import BaselineRules
 from dicom_backup_dagster.backup.manifest import DEFERRED, MOVED, read_manifest
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, QRSource, load_config
 from dicom_backup_dagster.defs import build_definitions
-from dicom_backup_dagster.defs.common import DEFAULT_START_DATE
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -85,7 +84,7 @@ def test_definitions_have_assets_checks_job_schedule_per_source(sandbox, monkeyp
         job = defs.resolve_job_def(f"{alias}_backup")
         assert job.partitions_def is not None
         assert job.partitions_def.timezone == env.settings.timezone
-        assert job.partitions_def.get_first_partition_key() == DEFAULT_START_DATE
+        assert job.partitions_def.get_first_partition_key() == env.settings.first_day.isoformat()
         archived = defs.resolve_assets_def(dg.AssetKey([alias, "archived"]))
         assert archived.backfill_policy == dg.BackfillPolicy.multi_run(env.settings.backfill_days_per_run)
         pool = f"dicom_{env.sources[alias].aet}"
