@@ -12,7 +12,16 @@ from dicom_backup_dagster.rtrecord.builder import RecordOptions
 
 
 def _plan(staging_type: str) -> MosaiqPlan:
-    source = MosaiqSource("MOSAIQ", "db", None, "MOSAIQ", "ro", "MOSAIQ_PW", "ODBC Driver 18 for SQL Server")
+    source = MosaiqSource(
+        alias="MOSAIQ",
+        db_server="db",
+        db_port=None,
+        db_database="MOSAIQ",
+        db_username="ro",
+        db_password_env="MOSAIQ_PW",
+        odbc_driver="ODBC Driver 18 for SQL Server",
+        staging_target_alias="STAGE",
+    )
     staging = BackupTarget("STAGE", staging_type, "STAGE_AE", "127.0.0.1", 4243)
     return MosaiqPlan(
         names=SourceNames("MOSAIQ", "STAGE_AE"),
