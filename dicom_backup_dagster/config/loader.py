@@ -1,41 +1,40 @@
 """load_config: TOML -> EnvironmentConfig, every problem of the file reported at once.
 
-Per environment: unknown keys (with "did you mean"), then pydantic's validation (each error becomes one
-ConfigIssue), then the cross-references between entries (aliases, staging, AE titles). Those run on the
-tables as written, so a broken source table does not also produce a misleading "unknown alias" error.
-Environment variables (secrets) are read only for the selected environment.
+Per environment, pydantic validates the tables (unknown keys included) and each of its errors becomes one
+ConfigIssue through one table of messages; then the cross-references between entries (aliases, staging,
+AE titles) run as a second pass on the tables as written, so they are reported even when a table is
+broken, and a broken source table does not also produce a misleading "unknown alias" error. Environment
+variables (secrets) are read only for the selected environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from dicom_backup_dagster.config.models import (
     NAME_RE,
     SOURCE_TYPES,
-    TARGET_TYPES,
-    BackupTarget,
     ConfigError,
     ConfigIssue,
     EnvironmentConfig,
-    MosaiqSource,
-    QRSource,
-    Secret,
     SiteConfig,
     ae_title_problem,
     close_match,
     hint,
 )
-from dicom_backup_dagster.notify.settings import ENV_VAR_RE, shown, type_name
+from dicom_backup_dagster.notify.settings import shown, type_name
 
 CONFIG_ENV_VAR = "DICOM_BACKUP_CONFIG"
 ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
@@ -43,36 +42,58 @@ ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
 Add = Callable[[str | None, str, str, str], None]
 
 # Keys of the original (pre-Dagster) environments.toml and their replacements here.
-# fmt: off
 _RENAMED_KEYS = {
-    "dicom_query_level": "query_level", "dicom_query_keys": "query_keys", "ae_title": "aet", "host": "ip",
+    "dicom_query_level": "query_level",
+    "dicom_query_keys": "query_keys",
+    "ae_title": "aet",
+    "host": "ip",
     "mosaiq_backup_sql_query": "mosaiq_queries",
     "modality_to_query": 'query_keys (e.g. query_keys = { Modality = "CT" } on the source)',
 }
-# Examples for the fix of a missing key (by "section.key", then by key) and of a missing table.
-_EXAMPLES = {
-    "sources.type": "one of 'aria', 'mim', 'mosaiq'", "backup_targets.type": "one of 'orthanc', 'dicom_scp'",
-    "aet": '"<ALIAS>"', "ip": '"10.0.0.20"', "port": "104", "db_database": '"MOSAIQ"',
-    "db_username": '"backup_ro"', "db_server": '"mosaiq-sql.example.org"', "odbc_driver": '"FreeTDS"',
-    "db_password_env": '"<ENV>_<ALIAS>_PASSWORD"', "routing_key_env": '"<ENV>_PAGERDUTY_ROUTING_KEY"',
-    "default_source": '"ARIA_MAIN"', "default_backup": '"ORTHANC_MAIN"', "smtp_host": '"smtp.example.org"',
-    "from": '"dicom-backup@example.org"', "to": '["radonc-it@example.org"]',
-}
+# Examples of a table (the fix when it is missing or not a table), and of the keys of notify/settings.py.
 _TABLES = {
-    "script_ae": 'aet = "DICOM_BACKUP"', "settings": "max_uids_per_run = 5000", "timeouts": "acse = 30",
+    "script_ae": 'aet = "DICOM_BACKUP"',
+    "settings": "max_uids_per_run = 5000",
     "sources": '[<ENV>.sources.ARIA_MAIN] type = "aria" ...',
     "backup_targets": '[<ENV>.backup_targets.ORTHANC_MAIN] type = "orthanc" ...',
     "notifications": 'dagster_ui_url = "http://dagster.example.org:3000"',
-    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"', "email": 'smtp_host = "smtp.example.org"',
+    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"',
+    "email": 'smtp_host = "smtp.example.org"',
     "pagerduty": 'routing_key_env = "<ENV>_PAGERDUTY_ROUTING_KEY"',
 }
-# fmt: on
+_EXAMPLES = {
+    "routing_key_env": "<ENV>_PAGERDUTY_ROUTING_KEY",
+    "smtp_host": "smtp.example.org",
+    "from": "dicom-backup@example.org",
+    "to": ["radonc-it@example.org"],
+}
+# pydantic's error types (numbers and dates by the field's type) -> (problem, fix). {name}: the key, {got}:
+# the value (or {a}: its type), {what}: what it must be, {example}: a valid value, {choices}: the valid ones.
+_MESSAGES = {
+    "missing": ("missing required key {name!r}", "add {name} = {example}{export}"),
+    "union_tag_not_found": ("missing required key 'type'", "add type = one of {choices}"),
+    "union_tag_invalid": ("unknown source type {got}{hint}", "set type to one of {choices}"),
+    "literal_error": ("unknown {what} {got}{hint}", "set {name} to one of {choices}"),
+    "int": (
+        "must be {what}, got {got}",
+        "set {name} to an integer {range} (no quotes), e.g. {name} = {example}",
+    ),
+    "float": (
+        "must be {what}, got {got}",
+        "set {name} to a number {range} (no quotes), e.g. {name} = {example}",
+    ),
+    "bool_type": ("must be {what}, got {a}", "write {name} = true or {name} = false (no quotes)"),
+    "string_type": ("must be a string, got {got}", "write it as {name} = {example}"),
+    "date": ("{got} is not a date", "write it as {name} = {example} (YYYY-MM-DD)"),
+    "table": ("must be a table, got {a}", "write it as [<KEY>] {table}"),
+}
+_TABLE_ERRORS = ("dataclass_type", "dataclass_exact_type", "dict_type", "model_attributes_type")
+_RANGE_ERRORS = ("int_type", "float_type", "greater_than", "greater_than_equal", "less_than_equal")
 _SECRET_KEY_FIX = (
     "never put a password in the file: export it as an environment variable and name that variable "
     'with {new} (e.g. {new} = "<SITE>_<ALIAS>_PASSWORD")'
 )
 _NOT_KEYS = {"alias", "name", "password_secret", "rest_password_secret"}  # set by the loader, not the file
-_REST_KEYS = {"rest_url", "rest_username", "rest_password_env"}
 _ADAPTER = TypeAdapter(EnvironmentConfig)
 
 
@@ -95,77 +116,139 @@ def _suggest(key: str, allowed: set[str]) -> tuple[str, str]:
     return "", f"remove it (valid keys here: {listing})"
 
 
-def _keys(tp: type) -> dict[str, str]:
-    """TOML key -> field name of a model."""
-    infos = getattr(tp, "__pydantic_fields__", {})
-    names = [f.name for f in dataclasses.fields(tp) if f.name not in _NOT_KEYS]
-    return {(getattr(infos.get(n), "alias", None) or n): n for n in names}
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The types of a union without None, else (tp,)."""
+    union = get_origin(tp) in (Union, types.UnionType)
+    return tuple(m for m in get_args(tp) if m is not type(None)) if union else (tp,)
 
 
-def _pick(tp: Any, raw: Any) -> Any:
-    """The model a value is validated as: through Annotated, Optional and the sources' type union."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        members = [_pick(m, raw) for m in get_args(tp) if m is not type(None)]
-        if QRSource in members:
-            kind = raw.get("type") if isinstance(raw, dict) else None
-            return MosaiqSource if kind == "mosaiq" else QRSource if kind in SOURCE_TYPES else None
-        return members[0]
-    return tp
+def _keys(model: Any) -> set[str]:
+    infos = getattr(model, "__pydantic_fields__", {})
+    names = [f.name for f in dataclasses.fields(model) if f.name not in _NOT_KEYS]
+    return {getattr(infos.get(n), "alias", None) or n for n in names}
 
 
-def _unknown_keys(tp: Any, raw: Any, path: str, env: str, add: Add) -> None:
-    tp = _pick(tp, raw)
-    if get_origin(tp) is dict and isinstance(raw, dict):
-        for key, value in raw.items():
-            _unknown_keys(get_args(tp)[1], value, f"{path}.{key}", env, add)
-    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(raw, dict)):
-        return
-    keys, kind, where = _keys(tp), raw.get("type"), ""
-    if tp is BackupTarget:
-        if kind not in TARGET_TYPES:
-            return  # reported as an unknown type
-        keys = {k: n for k, n in keys.items() if kind == "orthanc" or k not in _REST_KEYS}
-        where = f" for a backup target of type {kind!r}"
-    elif tp in (QRSource, MosaiqSource):
-        where = f" for a source of type {kind!r}"
-    elif tp is EnvironmentConfig:
-        where = " in an environment"
-    hints = get_type_hints(tp, include_extras=True)
-    for key, value in raw.items():
-        if key in keys:
-            _unknown_keys(hints[keys[key]], value, f"{path}.{key}", env, add)
+def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
+    """Where a pydantic error is: (the keys without the union tag, that tag (a source's type), the model
+    holding the last key, the field's infos: its own and those of an ``Annotated`` type inside it)."""
+    tp: Any = EnvironmentConfig
+    keys, tag, model, infos = [], "", None, []
+    for part in map(str, loc):
+        while get_origin(tp) is Annotated or (len(_members(tp)) == 1 and _members(tp)[0] is not tp):
+            tp = get_args(tp)[0] if get_origin(tp) is Annotated else _members(tp)[0]
+        if len(_members(tp)) > 1:  # the sources' union: this part is the tag, the type of the source
+            tag, tp = (
+                part,
+                next(m for m in _members(tp) if part in get_args(m.__pydantic_fields__["type"].annotation)),
+            )
+            continue
+        keys.append(part)
+        if dataclasses.is_dataclass(tp):
+            fields = {(f.alias or n): f for n, f in getattr(tp, "__pydantic_fields__", {}).items()}
+            model, info = tp, fields.get(part)
+            infos = (
+                [
+                    info,
+                    *(
+                        FieldInfo.from_annotation(a)
+                        for a in _members(info.annotation)
+                        if get_origin(a) is Annotated
+                    ),
+                ]
+                if info
+                else []
+            )
+            tp = info.annotation if info else None
         else:
-            suffix, fix = _suggest(key, set(keys))
-            add(env, f"{path}.{key}", f"unknown key {key!r}{where}{suffix}", fix)
+            tp, infos = get_args(tp)[-1] if get_origin(tp) is dict else None, []
+    return keys, tag, model, infos
 
 
-def _explain(error: Mapping[str, Any], loc: list[str]) -> tuple[str, str]:
+def _toml(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
+
+
+def _example(name: str, infos: list[FieldInfo]) -> str:
+    """A valid value for the key, as TOML: the field's example or default, else one of its choices."""
+    for info in infos:
+        if info.examples:
+            return _toml(info.examples[0])
+    default = infos[0].default if infos else None
+    if default not in (None, PydanticUndefined, "", ()):
+        return _toml(default)
+    choices = _choices(infos)
+    if choices:
+        return f"one of {choices}"
+    return _toml(_EXAMPLES.get(name, "..."))
+
+
+def _choices(infos: list[FieldInfo]) -> str:
+    literals = [m for info in infos[:1] for m in _members(info.annotation) if get_origin(m) is Literal]
+    return ", ".join(repr(c) for m in literals for c in get_args(m))
+
+
+def _explain(
+    error: Mapping[str, Any], keys: list[str], tag: str, model: Any, infos: list[FieldInfo]
+) -> tuple[str, str]:
     """(problem, fix) for one pydantic error."""
-    kind, name = error["type"], loc[-1] if loc else ""
+    kind, name, given = error["type"], keys[-1] if keys else "", error["input"]
     if kind == "config":
         return error["ctx"]["problem"], error["ctx"]["fix"]
-    if kind.startswith("missing") and name in _TABLES:
-        return "missing required table", f"add a [<KEY>] table, e.g. {_TABLES[name]}"
-    if kind.startswith("missing"):
-        example = _EXAMPLES.get(f"{loc[0]}.{name}") or _EXAMPLES.get(name) or '"..."'
-        export = f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else ""
-        return f"missing required key {name!r}", f"add {name} = {example}{export}"
-    if kind.endswith(("dataclass_type", "dataclass_exact_type", "dict_type", "model_type")):
-        return (
-            f"must be a table, got {type_name(error['input'])}",
-            f"write it as [<KEY>] {_TABLES.get(name, '')}",
+    if kind == "unexpected_keyword_argument":
+        where = (
+            " in an environment"
+            if model is EnvironmentConfig
+            else f" for a source of type {tag!r}"
+            if tag
+            else ""
         )
-    return f"{error['msg']}, got {shown(error['input'])}", "see docs/configuration.md for this key"
+        suffix, fix = _suggest(name, _keys(model))
+        return f"unknown key {name!r}{where}{suffix}", fix
+    if kind == "missing" and name in _TABLES:
+        return "missing required table", f"add a [<KEY>] table, e.g. {_TABLES[name]}"
+    base = _members(infos[0].annotation)[0] if infos else None
+    bounds = {
+        k: getattr(m, k) for i in infos for m in i.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
+    }
+    low = f"above {bounds['gt']}" if "gt" in bounds else bounds.get("ge")
+    span = {int: f"between {low} and {bounds.get('le')}", float: f"from {low} to {bounds.get('le')}"}.get(
+        base, ""
+    )
+    kind = base.__name__ if kind in _RANGE_ERRORS and base in (int, float) else kind
+    kind = "date" if kind.startswith("date") else "table" if kind in _TABLE_ERRORS else kind
+    if kind not in _MESSAGES:
+        return f"{error['msg']}, got {shown(given)}", "see docs/configuration.md for this key"
+    example = _example(name, infos)
+    what = next((i.description for i in infos if i.description), None)
+    defaults = {int: f"an integer {span}", float: f"a number {span}", bool: "true or false"}
+    choices = (
+        error.get("ctx", {}).get("expected_tags") or _choices(infos) or ", ".join(map(repr, SOURCE_TYPES))
+    )
+    values = {
+        "name": name,
+        "got": shown(error.get("ctx", {}).get("tag", given)),
+        "a": type_name(given),
+        "what": what or defaults.get(base, name),
+        "example": example,
+        "choices": choices,
+        "hint": hint(str(error.get("ctx", {}).get("tag", given)), re.findall(r"'([^']*)'", choices), 0.5),
+        "range": span,
+        "table": _TABLES.get(name, ""),
+        "export": f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else "",
+    }
+    problem, fix = _MESSAGES[kind]
+    return problem.format(**values), fix.format(**values)
 
 
 def _add_validation_errors(exc: ValidationError, env: str, add: Add) -> None:
     for error in exc.errors(include_url=False):
-        loc = [str(p) for p in error["loc"] if not str(p).startswith("<")]  # "<qr>": the union's tag
-        key = ".".join([env, *loc])
-        problem, fix = _explain(error, loc)
-        alias = loc[1] if len(loc) > 1 and loc[0] in ("sources", "backup_targets") else "DICOM_BACKUP"
+        keys, tag, model, infos = _locate(error["loc"])
+        if error["type"].startswith("union_tag"):
+            keys.append("type")
+        key = ".".join([env, *keys])
+        problem, fix = _explain(error, keys, tag, model, infos)
+        alias = keys[1] if len(keys) > 1 and keys[0] in ("sources", "backup_targets") else "DICOM_BACKUP"
+        fix = fix.replace("<EXAMPLE>", _example(keys[-1] if keys else "", infos))
         add(env, key, problem, fix.replace("<KEY>", key).replace("<ENV>", env).replace("<ALIAS>", alias))
 
 
@@ -194,8 +277,6 @@ _FIXES = {
     "path": f"set {CONFIG_ENV_VAR}=/path/to/environments.toml or pass the path (CLI: --config PATH); "
     "config/environments.example.toml is a template",
     "top": "the top level holds only default_environment and one [ENVIRONMENT] table per site",
-    "unset": "export {var}=<password> in the environment of the Dagster code server, daemon and run workers "
-    "(e.g. the systemd unit's EnvironmentFile or .env)",
 }
 
 
@@ -218,7 +299,7 @@ def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
     main_raw = targets.get(main) if isinstance(main, str) else None
     if isinstance(main, str) and main.strip() and main not in targets:
         _unknown_alias(env, f"{env}.default_backup", main, targets, "backup target", add)
-    elif isinstance(main_raw, dict) and main_raw.get("type") in TARGET_TYPES[1:]:
+    elif isinstance(main_raw, dict) and main_raw.get("type") == "dicom_scp":
         problem = f"the main backup target {main!r} is of type {main_raw['type']!r}"
         add(env, f"{env}.default_backup", problem, _FIXES["main"])
 
@@ -272,39 +353,6 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
         if folded in seen:
             add(env, key, f"AE title {aet.strip(' ')!r} is already used by {seen[folded]}", _FIXES["aet"])
         seen.setdefault(folded, key)
-
-
-# ------------------------------------------------------------------------------------------ secrets
-
-
-def _secret(env: str, key: str, var: str, add: Add) -> Secret | None:
-    value = os.environ.get(var)
-    if value is None:
-        add(env, key, f"environment variable {var} is not set", _FIXES["unset"].format(var=var))
-    elif not value:
-        add(env, key, f"environment variable {var} is empty", f"set {var} to the password")
-    return Secret(var, value) if value else None
-
-
-def _resolve_secrets(cfg: EnvironmentConfig, add: Add) -> EnvironmentConfig:
-    env, sources, targets = cfg.name, dict(cfg.sources), dict(cfg.backup_targets)
-    for a, s in cfg.mosaiq_sources.items():
-        secret = _secret(env, f"{env}.sources.{a}.db_password_env", s.db_password_env, add)
-        sources[a] = dataclasses.replace(s, password_secret=secret)
-    for a, t in cfg.backup_targets.items():
-        if t.rest_password_env:
-            secret = _secret(env, f"{env}.backup_targets.{a}.rest_password_env", t.rest_password_env, add)
-            targets[a] = dataclasses.replace(t, rest_password_secret=secret)
-    return dataclasses.replace(cfg, sources=sources, backup_targets=targets)
-
-
-def _check_raw_secrets(env: str, raw: Mapping[str, Any], add: Add) -> None:
-    """When the selected environment has structural errors, still report its unset variables."""
-    for section, key in (("sources", "db_password_env"), ("backup_targets", "rest_password_env")):
-        for alias, table in _tables(raw, section).items():
-            var = table.get(key) if isinstance(table, dict) else None
-            if isinstance(var, str) and ENV_VAR_RE.match(var):
-                _secret(env, f"{env}.{section}.{alias}.{key}", var, add)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -364,14 +412,18 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
     return None
 
 
-def _environment(name: str, raw: dict[str, Any], folder: Path, add: Add) -> EnvironmentConfig | None:
+def _environment(
+    name: str, raw: dict[str, Any], folder: Path, selected: bool, add: Add
+) -> EnvironmentConfig | None:
     if not NAME_RE.match(name):
         fix = "use letters, digits and underscores, starting with a letter"
         add(name, name, f"environment name {name!r} is not a valid name", fix)
-    _unknown_keys(EnvironmentConfig, raw, name, name, add)
+    if "name" in raw:  # the table's name is the environment's
+        add(name, f"{name}.name", "unknown key 'name' in an environment", "remove it")
     model = None
     try:
-        model = _ADAPTER.validate_python({"description": "", **raw, "name": name}, context={"dir": folder})
+        context = {"dir": folder, "secrets": selected}
+        model = _ADAPTER.validate_python({**raw, "name": name}, context=context, by_name=False)
     except ValidationError as exc:
         _add_validation_errors(exc, name, add)
     for rule in (_check_aliases, _check_staging, _check_duplicate_aets):
@@ -408,12 +460,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     if not names:
         add(None, "(file)", "no environments defined", "add at least one [ENVIRONMENT] table, e.g. [UCLA]")
     selected = _select_environment(data, names, environment, add)
-    parsed = {name: _environment(name, data[name], file.parent, add) for name in names}
+    parsed = {name: _environment(name, data[name], file.parent, name == selected, add) for name in names}
     result = parsed.get(selected) if selected else None
-    if result is not None:
-        result = _resolve_secrets(result, add)
-    elif selected in parsed:
-        _check_raw_secrets(selected, data[selected], add)
     if issues or result is None:
         fallback = ConfigIssue(str(file), selected, "(file)", "invalid configuration", "see the errors above")
         raise ConfigError(issues or [fallback])
