@@ -67,7 +67,8 @@ def _summary(site: SiteConfig) -> list[str]:
         peer = f" {src.peer}" if isinstance(src, QRSource) else ""
         hours = ""
         if isinstance(src, QRSource) and src.bulk_hours:
-            hours = f"; backfills, sweeps and manual runs only {src.bulk_window(env.settings.timezone).describe()}"
+            window = src.bulk_window(env.settings.timezone).describe()
+            hours = f"; backfills, sweeps and manual runs only {window}"
         lines.append(f"  {alias}{mark}: {src.type}{peer} {_fields(src, _IDENTITY)}{hours}")
     lines.append("backup targets:")
     for alias, tgt in env.backup_targets.items():
@@ -109,32 +110,27 @@ def _warnings(site: SiteConfig) -> list[str]:
 def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
     """Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
     nightly tick outside bulk_hours may then wait for the window like the backfill does."""
-    minutes, hours, _dom, _month, weekdays = env.settings.schedule.split()
-    cron_days = {d % 7 for d in cron_values(weekdays, 4)}  # cron: 0 and 7 are Sunday
+    s = env.settings
+    minutes, hours, _dom, _month, weekdays = (cron_values(p, i) for i, p in enumerate(s.schedule.split()))
     out = []
-    for alias, src in env.qr_sources.items():
-        if not src.bulk_hours:
-            continue
-        window = src.bulk_window(env.settings.timezone)
+    for alias, src in ((a, q) for a, q in env.qr_sources.items() if q.bulk_hours):
+        window = src.bulk_window(s.timezone)
         monday = dt.datetime(2026, 1, 5, tzinfo=window.tzinfo)  # a week without DST changes (north)
-        outside = next(
-            (
-                tick
-                for day in range(7)
-                if (day + 1) % 7 in cron_days
-                for hour in sorted(cron_values(hours, 1))
-                for minute in sorted(cron_values(minutes, 0))
-                if not window.allows(tick := monday + dt.timedelta(days=day, hours=hour, minutes=minute))
-            ),
-            None,
-        )
+        ticks = [
+            monday + dt.timedelta(days=day, hours=hour, minutes=minute)
+            for day in range(7)
+            if (day + 1) % 7 in {d % 7 for d in weekdays}  # cron: 0 and 7 are Sunday
+            for hour in sorted(hours)
+            for minute in sorted(minutes)
+        ]
+        outside = next((tick for tick in ticks if not window.allows(tick)), None)
         if outside is not None:
             out.append(
-                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule "
-                f"{env.settings.schedule!r} ({env.settings.timezone}) fires outside {alias}'s bulk hours "
-                f"(e.g. {outside:%a %H:%M}); nightly runs are never paused, but backfill or manual runs "
-                f"paused then hold {alias}'s pool slots and can delay the nightly run until the window "
-                "opens: move settings.schedule into the window or widen bulk_hours"
+                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule {s.schedule!r} "
+                f"({s.timezone}) fires outside {alias}'s bulk hours (e.g. {outside:%a %H:%M}); nightly runs "
+                f"are never paused, but backfill or manual runs paused then hold {alias}'s pool slots and "
+                "can delay the nightly run until the window opens: move settings.schedule into the window "
+                "or widen bulk_hours"
             )
     return out
 

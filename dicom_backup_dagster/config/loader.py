@@ -122,6 +122,13 @@ def _members(tp: Any) -> tuple[Any, ...]:
     return tuple(m for m in get_args(tp) if m is not type(None)) if union else (tp,)
 
 
+def _bare(tp: Any) -> Any:
+    """The type inside ``Annotated`` and ``Optional``; the members of any other union."""
+    while get_origin(tp) is Annotated or (len(_members(tp)) == 1 and _members(tp) != (tp,)):
+        tp = get_args(tp)[0] if get_origin(tp) is Annotated else _members(tp)[0]
+    return _members(tp) if len(_members(tp)) > 1 else tp
+
+
 def _keys(model: Any) -> set[str]:
     infos = getattr(model, "__pydantic_fields__", {})
     names = [f.name for f in dataclasses.fields(model) if f.name not in _NOT_KEYS]
@@ -129,38 +136,21 @@ def _keys(model: Any) -> set[str]:
 
 
 def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
-    """Where a pydantic error is: (the keys without the union tag, that tag (a source's type), the model
-    holding the last key, the field's infos: its own and those of an ``Annotated`` type inside it)."""
+    """Where a pydantic error is: the keys without the union's tag, the tag (the source's type), the model
+    holding the last key, and the infos of its field (also those of an ``Annotated`` type inside it)."""
     tp: Any = EnvironmentConfig
     keys, tag, model, infos = [], "", None, []
     for part in map(str, loc):
-        while get_origin(tp) is Annotated or (len(_members(tp)) == 1 and _members(tp)[0] is not tp):
-            tp = get_args(tp)[0] if get_origin(tp) is Annotated else _members(tp)[0]
-        if len(_members(tp)) > 1:  # the sources' union: this part is the tag, the type of the source
-            tag, tp = (
-                part,
-                next(m for m in _members(tp) if part in get_args(m.__pydantic_fields__["type"].annotation)),
-            )
+        tp = _bare(tp)
+        if isinstance(tp, tuple):  # the sources' union: this part is the tag
+            tag, tp = part, next(m for m in tp if part in get_args(m.__pydantic_fields__["type"].annotation))
             continue
         keys.append(part)
-        if dataclasses.is_dataclass(tp):
-            fields = {(f.alias or n): f for n, f in getattr(tp, "__pydantic_fields__", {}).items()}
-            model, info = tp, fields.get(part)
-            infos = (
-                [
-                    info,
-                    *(
-                        FieldInfo.from_annotation(a)
-                        for a in _members(info.annotation)
-                        if get_origin(a) is Annotated
-                    ),
-                ]
-                if info
-                else []
-            )
-            tp = info.annotation if info else None
-        else:
-            tp, infos = get_args(tp)[-1] if get_origin(tp) is dict else None, []
+        fields = {(f.alias or n): f for n, f in getattr(tp, "__pydantic_fields__", {}).items()}
+        model, info = (tp, fields.get(part)) if dataclasses.is_dataclass(tp) else (model, None)
+        inner = [a for a in _members(info.annotation) if get_origin(a) is Annotated] if info else []
+        infos = [info, *map(FieldInfo.from_annotation, inner)] if info else []
+        tp = info.annotation if info else get_args(tp)[-1] if get_origin(tp) is dict else None
     return keys, tag, model, infos
 
 
@@ -170,16 +160,13 @@ def _toml(value: Any) -> str:
 
 def _example(name: str, infos: list[FieldInfo]) -> str:
     """A valid value for the key, as TOML: the field's example or default, else one of its choices."""
-    for info in infos:
-        if info.examples:
-            return _toml(info.examples[0])
+    examples = [i.examples[0] for i in infos if i.examples]
     default = infos[0].default if infos else None
-    if default not in (None, PydanticUndefined, "", ()):
-        return _toml(default)
-    choices = _choices(infos)
-    if choices:
-        return f"one of {choices}"
-    return _toml(_EXAMPLES.get(name, "..."))
+    if not examples and default not in (None, PydanticUndefined, "", ()):
+        examples = [default]
+    if examples or not _choices(infos):
+        return _toml(examples[0] if examples else _EXAMPLES.get(name, "..."))
+    return f"one of {_choices(infos)}"
 
 
 def _choices(infos: list[FieldInfo]) -> str:
@@ -187,69 +174,67 @@ def _choices(infos: list[FieldInfo]) -> str:
     return ", ".join(repr(c) for m in literals for c in get_args(m))
 
 
+def _values(error: Mapping[str, Any], name: str, infos: list[FieldInfo]) -> dict[str, Any]:
+    """What the messages of _MESSAGES name, for one error."""
+    base = _members(infos[0].annotation)[0] if infos else None
+    bounds = {
+        k: getattr(m, k) for i in infos for m in i.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
+    }
+    low = f"above {bounds['gt']}" if "gt" in bounds else bounds.get("ge")
+    span = f"between {low} and {bounds.get('le')}" if base is int else f"from {low} to {bounds.get('le')}"
+    ctx, example = error.get("ctx", {}), _example(name, infos)
+    choices = ctx.get("expected_tags") or _choices(infos) or ", ".join(map(repr, SOURCE_TYPES))
+    what = {int: f"an integer {span}", float: f"a number {span}", bool: "true or false"}.get(base, name)
+    return {
+        "name": name,
+        "got": shown(ctx.get("tag", error["input"])),
+        "a": type_name(error["input"]),
+        "what": next((i.description for i in infos if i.description), what),
+        "example": example,
+        "choices": choices,
+        "hint": hint(str(ctx.get("tag", error["input"])), re.findall(r"'([^']*)'", choices), 0.5),
+        "range": span,
+        "table": _TABLES.get(name, ""),
+        "export": f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else "",
+        "kind": base.__name__ if error["type"] in _RANGE_ERRORS and base in (int, float) else error["type"],
+    }
+
+
 def _explain(
     error: Mapping[str, Any], keys: list[str], tag: str, model: Any, infos: list[FieldInfo]
 ) -> tuple[str, str]:
     """(problem, fix) for one pydantic error."""
-    kind, name, given = error["type"], keys[-1] if keys else "", error["input"]
+    kind, name = error["type"], keys[-1] if keys else ""
     if kind == "config":
         return error["ctx"]["problem"], error["ctx"]["fix"]
     if kind == "unexpected_keyword_argument":
         where = (
-            " in an environment"
-            if model is EnvironmentConfig
-            else f" for a source of type {tag!r}"
+            f" for a source of type {tag!r}"
             if tag
+            else " in an environment"
+            if model is EnvironmentConfig
             else ""
         )
         suffix, fix = _suggest(name, _keys(model))
         return f"unknown key {name!r}{where}{suffix}", fix
     if kind == "missing" and name in _TABLES:
         return "missing required table", f"add a [<KEY>] table, e.g. {_TABLES[name]}"
-    base = _members(infos[0].annotation)[0] if infos else None
-    bounds = {
-        k: getattr(m, k) for i in infos for m in i.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
-    }
-    low = f"above {bounds['gt']}" if "gt" in bounds else bounds.get("ge")
-    span = {int: f"between {low} and {bounds.get('le')}", float: f"from {low} to {bounds.get('le')}"}.get(
-        base, ""
-    )
-    kind = base.__name__ if kind in _RANGE_ERRORS and base in (int, float) else kind
-    kind = "date" if kind.startswith("date") else "table" if kind in _TABLE_ERRORS else kind
+    values = _values(error, name, infos)
+    kind = "date" if kind.startswith("date") else "table" if kind in _TABLE_ERRORS else values["kind"]
     if kind not in _MESSAGES:
-        return f"{error['msg']}, got {shown(given)}", "see docs/configuration.md for this key"
-    example = _example(name, infos)
-    what = next((i.description for i in infos if i.description), None)
-    defaults = {int: f"an integer {span}", float: f"a number {span}", bool: "true or false"}
-    choices = (
-        error.get("ctx", {}).get("expected_tags") or _choices(infos) or ", ".join(map(repr, SOURCE_TYPES))
-    )
-    values = {
-        "name": name,
-        "got": shown(error.get("ctx", {}).get("tag", given)),
-        "a": type_name(given),
-        "what": what or defaults.get(base, name),
-        "example": example,
-        "choices": choices,
-        "hint": hint(str(error.get("ctx", {}).get("tag", given)), re.findall(r"'([^']*)'", choices), 0.5),
-        "range": span,
-        "table": _TABLES.get(name, ""),
-        "export": f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else "",
-    }
-    problem, fix = _MESSAGES[kind]
-    return problem.format(**values), fix.format(**values)
+        return f"{error['msg']}, got {values['got']}", "see docs/configuration.md for this key"
+    return _MESSAGES[kind][0].format(**values), _MESSAGES[kind][1].format(**values)
 
 
 def _add_validation_errors(exc: ValidationError, env: str, add: Add) -> None:
     for error in exc.errors(include_url=False):
         keys, tag, model, infos = _locate(error["loc"])
-        if error["type"].startswith("union_tag"):
-            keys.append("type")
+        keys += ["type"] if error["type"].startswith("union_tag") else []
         key = ".".join([env, *keys])
         problem, fix = _explain(error, keys, tag, model, infos)
         alias = keys[1] if len(keys) > 1 and keys[0] in ("sources", "backup_targets") else "DICOM_BACKUP"
-        fix = fix.replace("<EXAMPLE>", _example(keys[-1] if keys else "", infos))
-        add(env, key, problem, fix.replace("<KEY>", key).replace("<ENV>", env).replace("<ALIAS>", alias))
+        fix = fix.replace("<EXAMPLE>", _example(keys[-1] if keys else "", infos)).replace("<KEY>", key)
+        add(env, key, problem, fix.replace("<ENV>", env).replace("<ALIAS>", alias))
 
 
 # ------------------------------------------------------------------------------- cross-references
@@ -327,9 +312,7 @@ def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
             problem = f"the staging target {staging!r} is the main backup target (default_backup)"
             add(env, key, problem, _FIXES["staging"])
         elif _same_address(targets[staging], targets.get(main) if isinstance(main, str) else None):
-            problem = (
-                f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}"
-            )
+            problem = f"the staging target {staging!r} has the same ip:port as the main target {main!r}"
             add(env, key, problem, _FIXES["address"])
 
 
@@ -364,12 +347,8 @@ def _select_environment(
     default = data.get("default_environment")
     choices = ", ".join(names) or "(none defined)"
     if default is not None and (not isinstance(default, str) or default not in names):
-        add(
-            None,
-            "default_environment",
-            f"{shown(default)} is not an environment in this file",
-            f"set it to one of: {choices}",
-        )
+        problem = f"{shown(default)} is not an environment in this file"
+        add(None, "default_environment", problem, f"set it to one of: {choices}")
     origin = "requested"
     if requested is None and os.environ.get(ENVIRONMENT_ENV_VAR):
         requested, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
@@ -397,12 +376,8 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
     except FileNotFoundError:
         add(environment, "(file)", "file not found", _FIXES["not_found"])
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        add(
-            environment,
-            "(file)",
-            f"cannot read the file ({type(exc).__name__})",
-            "point to a readable UTF-8 TOML file",
-        )
+        problem = f"cannot read the file ({type(exc).__name__})"
+        add(environment, "(file)", problem, "point to a readable UTF-8 TOML file")
     except tomllib.TOMLDecodeError as exc:
         where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line = f"line {where.group(1)}, column {where.group(2)}" if where else "an unknown line"
@@ -440,10 +415,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     """
     path = path if path is not None else (os.environ.get(CONFIG_ENV_VAR) or None)
     if path is None:
-        issue = ConfigIssue(
-            "(no file)", environment, CONFIG_ENV_VAR, "no configuration file given", _FIXES["path"]
-        )
-        raise ConfigError([issue])
+        problem = "no configuration file given"
+        raise ConfigError([ConfigIssue("(no file)", environment, CONFIG_ENV_VAR, problem, _FIXES["path"])])
     file = Path(path).expanduser().absolute()
     issues: list[ConfigIssue] = []
 

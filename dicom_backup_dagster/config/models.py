@@ -1,11 +1,9 @@
 """The typed, frozen model of one environment (site), as pydantic dataclasses.
 
-Types, bounds and choices are pydantic's (``Literal``, ``Field(ge=..., le=...)``, strict where TOML could
-give a string for a number); the loader turns pydantic's errors into problems and fixes, and takes a
-key's example from the field's ``examples`` or its default. The ``check(...)`` annotations run only when a
-validation context is given (load_config passes one), so models built in code skip them. A failed check
-raises a "config" error carrying the problem and the fix (notify/settings.py); ``<ENV>``, ``<ALIAS>`` and
-``<EXAMPLE>`` (the key's example) in a fix are filled in by the loader.
+Types, bounds and choices are pydantic's; the loader turns its errors into problems and fixes, a key's
+example being the field's ``examples`` or default. ``check(...)`` runs only with a validation context
+(load_config passes one), so models built in code skip it; it raises a "config" error with the problem and
+the fix, whose ``<ENV>``, ``<ALIAS>`` and ``<EXAMPLE>`` the loader fills in.
 """
 
 from __future__ import annotations
@@ -31,14 +29,7 @@ from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 from dicom_backup_dagster.notify import settings as checks
-from dicom_backup_dagster.notify.settings import (
-    MODEL_CONFIG,
-    NotificationSettings,
-    check,
-    fail,
-    fail_at,
-    type_name,
-)
+from dicom_backup_dagster.notify.settings import MODEL_CONFIG, NotificationSettings, check, fail, fail_at
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
@@ -74,13 +65,10 @@ class ConfigError(ValueError):
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
         self.issues: list[ConfigIssue] = list(issues)
-        if len(self.issues) == 1:
-            message = str(self.issues[0])
-        else:
-            files = ", ".join(sorted({i.file for i in self.issues}))
-            lines = [f"{len(self.issues)} configuration errors in {files}:"]
-            message = "\n".join(lines + [f"  {k}. {i}" for k, i in enumerate(self.issues, 1)])
-        super().__init__(message)
+        files = ", ".join(sorted({i.file for i in self.issues}))
+        lines = [f"{len(self.issues)} configuration errors in {files}:"]
+        lines += [f"  {k}. {i}" for k, i in enumerate(self.issues, 1)]
+        super().__init__(str(self.issues[0]) if len(self.issues) == 1 else "\n".join(lines))
 
 
 class Secret:
@@ -101,9 +89,9 @@ class Secret:
     __str__ = __repr__
 
 
-def _read_secret(env_var: str, owner: str) -> str:
-    """For models built in code rather than by load_config: read the variable now."""
-    value = os.environ.get(env_var)
+def _reveal(secret: Secret | None, env_var: str, owner: str) -> str:
+    """The secret load_config read; for models built in code, the variable read now."""
+    value = secret.reveal() if secret is not None else os.environ.get(env_var)
     if not value:
         problem = f"environment variable {env_var} is not set or empty"
         fix = f"export {env_var}=<password> before starting the process"
@@ -225,7 +213,7 @@ def _timezone(value: Any, key: str) -> Any:
 def _entries(value: Any, key: str, example: str, entry: Callable[[str, Any], object]) -> Any:
     """Check every entry of a table with ``entry(name, value)``, each failure reported at its own key."""
     if not isinstance(value, dict):
-        fail(f"must be a table, got {type_name(value)}", f"write it as [<KEY>] {example}")
+        fail(f"must be a table, got {checks.type_name(value)}", f"write it as [<KEY>] {example}")
     errors = []
     for name, given in value.items():
         try:
@@ -245,8 +233,6 @@ def _query_key(keyword: str, match: Any) -> None:
     if keyword not in keyword_dict:
         problem = f"{keyword!r} is not a DICOM keyword{hint(keyword, keyword_dict, 0.7)}"
         fail(problem, "use the attribute keyword from PS3.6 (e.g. Modality, StationName)")
-    if not isinstance(match, str):
-        fail(f"match value must be a string, got {type_name(match)}", f'quote it, e.g. {keyword} = "{match}"')
 
 
 def _odbc_option(name: str, option: Any) -> None:
@@ -257,7 +243,7 @@ def _odbc_option(name: str, option: Any) -> None:
         fail(f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
     if isinstance(option, bool) or not isinstance(option, (str, int)):
         fix = f'write it as {name} = "..." as the driver documents it'
-        fail(f"must be a string or integer, got {type_name(option)}", fix)
+        fail(f"must be a string or integer, got {checks.type_name(option)}", fix)
 
 
 def _odbc_options(value: Any, key: str) -> dict[str, str]:
@@ -270,10 +256,8 @@ def _timeout(name: str, given: Any) -> None:
 
 def _mosaiq_query(name: str, sql: Any) -> None:
     if not NAME_RE.match(name):
-        fail(
-            "query names are letters, digits and underscores",
-            "rename the query to the name the Mosaiq module documents",
-        )
+        fix = "rename the query to the name the Mosaiq module documents"
+        fail("query names are letters, digits and underscores", fix)
     if not isinstance(sql, str) or not sql.strip():
         fail("must be a non-empty SQL string", 'write it as a TOML string, e.g. name = """SELECT ..."""')
     try:
@@ -285,19 +269,13 @@ def _mosaiq_query(name: str, sql: Any) -> None:
 
 def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
     entries = [value] if isinstance(value, str) else value
-    where = "(times in settings.timezone)"
+    fix = f"write it as e.g. {BULK_HOURS_EXAMPLE} (times in settings.timezone)"
     if not isinstance(entries, list):
-        fail(
-            f"must be an array of strings, got {type_name(value)}",
-            f"write it as {BULK_HOURS_EXAMPLE} {where}",
-        )
+        fail(f"must be an array of strings, got {checks.type_name(value)}", fix)
     try:
         parse_work_window(entries)
     except WorkWindowError as error:
-        fail(
-            str(error),
-            f"write it as e.g. {BULK_HOURS_EXAMPLE} {where}, or remove it to allow backfills at any time",
-        )
+        fail(str(error), fix + ", or remove it to allow backfills at any time")
     return tuple(" ".join(e.split()) for e in entries)
 
 
@@ -342,9 +320,12 @@ def _exported(value: str, info: ValidationInfo) -> str:
 
 
 # Shared by several keys. ``strict``: TOML's 104 and "104" are different things, and only one is a port.
-PORT = Field(strict=True, ge=1, le=65535, description="a TCP port (integer 1..65535)")
-DAYS = Field(strict=True, ge=0, le=3650)
-NIGHTS = Field(strict=True, ge=1, le=366)
+def _int(ge: int, le: int, **info: Any) -> Any:
+    return Field(strict=True, ge=ge, le=le, **info)
+
+
+PORT = _int(1, 65535, description="a TCP port (integer 1..65535)")
+DAYS, NIGHTS = _int(0, 3650), _int(1, 366)
 AETitle = Annotated[str, Field(examples=["<ALIAS>"]), check(_aet)]
 Host = Annotated[str, Field(examples=["10.0.0.20"]), check(checks.host, "<EXAMPLE>", checks.host_problem)]
 Text = Annotated[str, check(checks.string, "<EXAMPLE>")]
@@ -368,6 +349,10 @@ class ScriptAE:
     port: Annotated[int | None, PORT, Field(examples=[11113])] = None
 
 
+_RELATIONAL = "true or false (true only for a source answering SERIES-level C-FINDs without StudyInstanceUID)"
+_LIMIT = "an integer >= 1 (the source's C-FIND match limit)"
+
+
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class QRSource:
     """A DICOM Query/Retrieve SCP we back up from (PS3.4 Annex C): ARIA or MIM."""
@@ -382,32 +367,16 @@ class QRSource:
         default_factory=dict, hash=False
     )
     transfer: Literal["c-move", "c-get"] = "c-move"
-    max_associations: Annotated[int, Field(strict=True, ge=1, le=64)] = 2
+    max_associations: Annotated[int, _int(1, 64)] = 2
     #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
     #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
     inventory: Literal["by-study", "walk"] = "by-study"
     #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
     #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
-    relational: Annotated[
-        bool,
-        Field(
-            strict=True,
-            description="true or false (true only if the source answers SERIES-level C-FINDs without a "
-            "StudyInstanceUID: MIM does, ARIA does not)",
-        ),
-    ] = False
+    relational: Annotated[bool, Field(strict=True, description=_RELATIONAL)] = False
     #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
     #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
-    max_find_results: Annotated[
-        int | None,
-        Field(
-            strict=True,
-            ge=1,
-            le=10_000_000,
-            examples=[1000],
-            description="an integer >= 1 (the source's C-FIND match limit)",
-        ),
-    ] = None
+    max_find_results: Annotated[int | None, _int(1, 10_000_000, examples=[1000], description=_LIMIT)] = None
     #: When backfills, sweeps and manual runs may load this source (backup/hours.py); () = any time.
     bulk_hours: Annotated[tuple[str, ...], check(_bulk_hours)] = ()
 
@@ -466,9 +435,7 @@ class MosaiqSource(MosaiqConnection):
 
     @property
     def password(self) -> str:
-        if self.password_secret is not None:
-            return self.password_secret.reveal()
-        return _read_secret(self.db_password_env, f"sources.{self.alias}.db_password_env")
+        return _reveal(self.password_secret, self.db_password_env, f"sources.{self.alias}.db_password_env")
 
 
 Source = QRSource | MosaiqSource
@@ -492,20 +459,10 @@ class BackupTarget:
     def _rest_keys(self, info: ValidationInfo) -> BackupTarget:
         if info.context is None:
             return self
-        rest = {
-            "rest_url": self.rest_url,
-            "rest_username": self.rest_username,
-            "rest_password_env": self.rest_password_env,
-        }
-        errors = [
-            (
-                (k,),
-                f"unknown key {k!r} for a backup target of type {self.type!r}",
-                "remove it (only orthanc targets have a REST API)",
-            )
-            for k, v in rest.items()
-            if v is not None and self.type != "orthanc"
-        ]
+        rest = [k for k in ("rest_url", "rest_username", "rest_password_env") if getattr(self, k) is not None]
+        problem = f"for a backup target of type {self.type!r}"
+        fix = "remove it (only orthanc targets have a REST API)"
+        errors = [((k,), f"unknown key {k!r} {problem}", fix) for k in rest if self.type != "orthanc"]
         if self.type == "orthanc" and self.rest_url is None:
             errors.append((("rest_url",), "missing required key 'rest_url'", "add rest_url = <EXAMPLE>"))
         if self.type == "orthanc" and (self.rest_username is None) != (self.rest_password_env is None):
@@ -527,16 +484,13 @@ class BackupTarget:
     def rest_password(self) -> str | None:
         if self.rest_password_env is None:
             return None
-        if self.rest_password_secret is not None:
-            return self.rest_password_secret.reveal()
-        return _read_secret(self.rest_password_env, f"backup_targets.{self.alias}.rest_password_env")
+        owner = f"backup_targets.{self.alias}.rest_password_env"
+        return _reveal(self.rest_password_secret, self.rest_password_env, owner)
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class Settings:
-    max_uids_per_run: Annotated[
-        int, Field(strict=True, ge=1, le=10_000_000, description="an integer >= 1")
-    ] = 5000
+    max_uids_per_run: Annotated[int, _int(1, 10_000_000, description="an integer >= 1")] = 5000
     timezone: Annotated[str, check(_timezone)] = "UTC"
     schedule: Cron = "30 1 * * *"
     lookback_days: Annotated[int, DAYS] = 3
@@ -560,7 +514,7 @@ class Settings:
     # `sweep_max_studies` studies a night; the sweep job runs on `sweep_schedule` (0 days: no sweep).
     sweep_days: Annotated[int, DAYS] = 180
     sweep_nights: Annotated[int, NIGHTS] = 30
-    sweep_max_studies: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] = 2000
+    sweep_max_studies: Annotated[int, _int(1, 1_000_000)] = 2000
     sweep_schedule: Cron = "30 4 * * *"
     # The first day the site's backups cover: every source's daily partitions start here, so the UI counts
     # no "missing" days before the backups began. Older days are backed up by moving it back. A TOML date
