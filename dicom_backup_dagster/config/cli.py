@@ -33,19 +33,12 @@ def _fields(obj: Any, skip: Iterable[str] = ()) -> str:
     """Every field of a model that is set (tables by their keys only: they may hold SQL)."""
     out = []
     for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if (
-            f.name in skip
-            or f.name.endswith("_secret")
-            or value is None
-            or value is False
-            or value in ("", (), {})
-        ):
+        value, unset = getattr(obj, f.name), f.name in skip or f.name.endswith("_secret")
+        if unset or value is None or value is False or value in ("", (), {}):
             continue
-        if dataclasses.is_dataclass(value):
-            value = f"({_fields(value)})"
-        shown = sorted(value) if isinstance(value, dict) else repr(value) if isinstance(value, str) else value
-        out.append(_SHOWN.get(f.name, f.name + "={}").format(value if f.name in _SHOWN else shown))
+        shown = repr(value) if isinstance(value, str) else sorted(value) if isinstance(value, dict) else value
+        shown = f"({_fields(value)})" if dataclasses.is_dataclass(value) else shown
+        out.append(_SHOWN[f.name].format(value) if f.name in _SHOWN else f"{f.name}={shown}")
     return " ".join(out)
 
 

@@ -176,7 +176,7 @@ def _choices(infos: list[FieldInfo]) -> str:
 
 def _values(error: Mapping[str, Any], name: str, infos: list[FieldInfo]) -> dict[str, Any]:
     """What the messages of _MESSAGES name, for one error."""
-    base = _members(infos[0].annotation)[0] if infos else None
+    base: Any = _members(infos[0].annotation)[0] if infos else None
     bounds = {
         k: getattr(m, k) for i in infos for m in i.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
     }

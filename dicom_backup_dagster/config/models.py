@@ -251,6 +251,9 @@ def _odbc_options(value: Any, key: str) -> dict[str, str]:
 
 
 def _timeout(name: str, given: Any) -> None:
+    known = [f.name for f in dataclasses.fields(Timeouts)]
+    if name not in known:
+        fail(f"unknown key {name!r}{hint(name, known)}", f"remove it (valid keys here: {', '.join(known)})")
     checks.number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
 
 
