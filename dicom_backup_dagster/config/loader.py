@@ -341,33 +341,31 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _select_environment(
-    data: dict[str, Any], names: list[str], requested: str | None, add: Add
-) -> str | None:
-    default = data.get("default_environment")
-    choices = ", ".join(names) or "(none defined)"
+def _select_environment(data: dict[str, Any], names: list[str], wanted: str | None, add: Add) -> str | None:
+    default, choices = data.get("default_environment"), ", ".join(names) or "(none defined)"
     if default is not None and (not isinstance(default, str) or default not in names):
         problem = f"{shown(default)} is not an environment in this file"
         add(None, "default_environment", problem, f"set it to one of: {choices}")
     origin = "requested"
-    if requested is None and os.environ.get(ENVIRONMENT_ENV_VAR):
-        requested, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
-    if requested is None and isinstance(default, str) and default in names:
-        return default
-    if requested is None and len(names) == 1:
-        return names[0]
-    if requested is None:
-        if names:
+    if wanted is None and os.environ.get(ENVIRONMENT_ENV_VAR):
+        wanted, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
+    if wanted is None:
+        wanted = (
+            default
+            if isinstance(default, str) and default in names
+            else names[0]
+            if len(names) == 1
+            else None
+        )
+        if wanted is None and names:
             problem = f"no environment selected and the file defines {len(names)}"
             add(None, "default_environment", problem, _FIXES["select"].format(choices=choices))
+        return wanted
+    if wanted not in names:
+        problem = f"unknown environment {wanted!r} ({origin}){hint(wanted, names)}"
+        add(wanted, "(environment)", problem, f"use one of the environments defined in the file: {choices}")
         return None
-    if requested not in names:
-        problem = f"unknown environment {requested!r} ({origin}){hint(requested, names)}"
-        add(
-            requested, "(environment)", problem, f"use one of the environments defined in the file: {choices}"
-        )
-        return None
-    return requested
+    return wanted
 
 
 def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] | None:

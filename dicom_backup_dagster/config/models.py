@@ -177,23 +177,21 @@ def cron_values(part: str, index: int) -> set[int]:
     return out
 
 
-def cron_problem(expr: str) -> str | None:
+def _cron(value: Any, key: str) -> Any:
     """Basic 5-field cron check (minute hour day-of-month month day-of-week), as Dagster schedules use."""
-    parts = expr.split()
-    if len(parts) != 5:
-        return f"{expr!r} has {len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
+    parts = value.split() if isinstance(value, str) else []
     try:
+        if isinstance(value, str) and len(parts) != 5:
+            raise ValueError(
+                f"{len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
+            )
         for index, part in enumerate(parts):
             cron_values(part, index)
     except ValueError as exc:
-        return f"{expr!r}: {exc}"
-    return None
-
-
-def _cron(value: Any, key: str) -> Any:
-    problem = cron_problem(value) if isinstance(value, str) else None
-    if problem:
-        fail(problem, f"write 5 cron fields (minute hour day month weekday), e.g. {key} = <EXAMPLE>")
+        fail(
+            f"{value!r}: {exc}",
+            f"write 5 cron fields (minute hour day month weekday), e.g. {key} = <EXAMPLE>",
+        )
     return value
 
 
