@@ -4,93 +4,73 @@ configuration and print a summary (never a secret) and warnings; exit status 2 w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
+from collections.abc import Iterable
+from typing import Any
 
 from dicom_backup_dagster.config.loader import CONFIG_ENV_VAR, ENVIRONMENT_ENV_VAR, load_config
 from dicom_backup_dagster.config.models import (
-    CRON_FIELDS,
     ConfigError,
     EnvironmentConfig,
     QRSource,
     SiteConfig,
-    cron_value,
+    cron_values,
 )
+
+# How a field is shown in the summary, when not as key=value; secrets themselves are never fields.
+_SHOWN = {
+    "db_password_env": "password from ${}",
+    "rest_password_env": "password from ${}",
+    "staging_target_alias": "staging -> {}",
+}
+_IDENTITY = {"alias", "type", "aet", "ip", "port", "bulk_hours"}  # shown before the other fields
+
+
+def _fields(obj: Any, skip: Iterable[str] = ()) -> str:
+    """Every field of a model that is set (tables by their keys only: they may hold SQL)."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value, unset = getattr(obj, f.name), f.name in skip or f.name.endswith("_secret")
+        if unset or value is None or value is False or value in ("", (), {}):
+            continue
+        shown = repr(value) if isinstance(value, str) else sorted(value) if isinstance(value, dict) else value
+        shown = f"({_fields(value)})" if dataclasses.is_dataclass(value) else shown
+        out.append(_SHOWN[f.name].format(value) if f.name in _SHOWN else f"{f.name}={shown}")
+    return " ".join(out)
 
 
 def _summary(site: SiteConfig) -> list[str]:
-    env = site.environment
-    s = env.settings
-    others = [n for n in site.environment_names if n != env.name]
+    env, n = site.environment, site.environment.notifications
+    others = ", ".join(x for x in site.environment_names if x != env.name)
+    port = env.script_ae.port
     lines = [
         f"config: {site.path}",
         f"environment: {env.name}"
         + (f" ({env.description})" if env.description else "")
-        + (f"; also defined: {', '.join(others)}" if others else ""),
+        + (f"; also defined: {others}" if others else ""),
         f"script AE: {env.script_ae.aet}"
-        + (f" listening on port {env.script_ae.port}" if env.script_ae.port else " (no listening port)"),
+        + (f" listening on port {port}" if port else " (no listening port)"),
         "sources:",
     ]
     for alias, src in env.sources.items():
         mark = " (default)" if alias == env.default_source else ""
-        if isinstance(src, QRSource):
-            lines.append(
-                f"  {alias}{mark}: {src.type} {src.peer} query_level={src.query_level} "
-                f"transfer={src.transfer} max_associations={src.max_associations}"
-                + (" relational" if src.relational else "")
-                + (f" max_find_results={src.max_find_results}" if src.max_find_results else "")
-                + (f" query_keys={sorted(src.query_keys)}" if src.query_keys else "")
-                + (
-                    f"; backfills, sweeps and manual runs only {src.bulk_window(s.timezone).describe()}"
-                    if src.bulk_hours
-                    else ""
-                )
-            )
-        else:
-            where = (
-                src.db_database
-                if src.is_sqlite
-                else (f"{src.db_server}{':' + str(src.db_port) if src.db_port else ''}/{src.db_database}")
-            )
-            lines.append(
-                f"  {alias}{mark}: mosaiq via ODBC driver {src.odbc_driver!r} {where} as "
-                f"{src.db_username}, password from ${src.db_password_env}; staging -> "
-                f"{src.staging_target_alias}"
-            )
+        peer = f" {src.peer}" if isinstance(src, QRSource) else ""
+        hours = ""
+        if isinstance(src, QRSource) and src.bulk_hours:
+            window = src.bulk_window(env.settings.timezone).describe()
+            hours = f"; backfills, sweeps and manual runs only {window}"
+        lines.append(f"  {alias}{mark}: {src.type}{peer} {_fields(src, _IDENTITY)}{hours}")
     lines.append("backup targets:")
     for alias, tgt in env.backup_targets.items():
         mark = " (main)" if alias == env.default_backup else ""
-        rest = ""
-        if tgt.rest_url:
-            rest = f" REST {tgt.rest_url}" + (
-                f" as {tgt.rest_username}, password from ${tgt.rest_password_env}"
-                if tgt.rest_username
-                else ""
-            )
-        lines.append(f"  {alias}{mark}: {tgt.type} {tgt.peer}{rest}")
-    lines.append(
-        f"settings: schedule {s.schedule!r} ({s.timezone}), connectivity {s.connectivity_schedule!r}, "
-        f"lookback_days={s.lookback_days}, max_uids_per_run={s.max_uids_per_run}, "
-        f"backfill_days_per_run={s.backfill_days_per_run}, "
-        f"staging_retention_days={s.staging_retention_days}, late_series_days={s.late_series_days}, "
-        f"sweep: {s.sweep_days} days within {s.sweep_nights} nights, at most {s.sweep_max_studies} "
-        f"studies a night, {s.sweep_schedule!r}, "
-        f"verification_fraction={s.verification_fraction}, timeouts acse={s.timeouts.acse} "
-        f"dimse={s.timeouts.dimse} network={s.timeouts.network} connect={s.timeouts.connect}"
-        + (f", mosaiq_queries={sorted(s.mosaiq_queries)}" if s.mosaiq_queries else "")
-    )
-    n = env.notifications
-    lines.append(
-        "notifications: "
-        + (
-            ", ".join(f"{sev} -> {'+'.join(n.routes.get(sev, ())) or 'nobody'}" for sev in n.routes)
-            + f" (configured: {', '.join(n.configured_channels)}; Dagster UI {n.dagster_ui_url or 'not set'})"
-            if n.enabled
-            else "none configured (alerts are only logged)"
-        )
-    )
-    return lines
+        lines.append(f"  {alias}{mark}: {tgt.type} {tgt.peer} {_fields(tgt, _IDENTITY)}")
+    routes = ", ".join(f"{sev} -> {'+'.join(n.routes.get(sev, ())) or 'nobody'}" for sev in n.routes)
+    channels = f"configured: {', '.join(n.configured_channels)}; Dagster UI {n.dagster_ui_url or 'not set'}"
+    alerts = f"{routes} ({channels})" if n.enabled else "none configured (alerts are only logged)"
+    return [*lines, f"settings: {_fields(env.settings)}", f"notifications: {alerts}"]
 
 
 def _warnings(site: SiteConfig) -> list[str]:
@@ -120,50 +100,30 @@ def _warnings(site: SiteConfig) -> list[str]:
     return out
 
 
-def _cron_values(part: str, index: int) -> set[int]:
-    """The values one field of a cron expression (already checked by cron_problem) matches."""
-    out: set[int] = set()
-    for item in part.split(","):
-        base, _, step = item.partition("/")
-        first, dash, last = base.partition("-")
-        if base == "*":
-            low, high = CRON_FIELDS[index][1], CRON_FIELDS[index][2]
-        else:  # "5/15": from 5 every 15
-            low = cron_value(first, index)
-            high = cron_value(last, index) if dash else (CRON_FIELDS[index][2] if step else low)
-        out.update(range(low, high + 1, int(step or 1)))
-    return out
-
-
 def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
     """Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
     nightly tick outside bulk_hours may then wait for the window like the backfill does."""
-    minutes, hours, _dom, _month, weekdays = env.settings.schedule.split()
-    cron_days = {d % 7 for d in _cron_values(weekdays, 4)}  # cron: 0 and 7 are Sunday
+    s = env.settings
+    minutes, hours, _dom, _month, weekdays = (cron_values(p, i) for i, p in enumerate(s.schedule.split()))
     out = []
-    for alias, src in env.qr_sources.items():
-        if not src.bulk_hours:
-            continue
-        window = src.bulk_window(env.settings.timezone)
+    for alias, src in ((a, q) for a, q in env.qr_sources.items() if q.bulk_hours):
+        window = src.bulk_window(s.timezone)
         monday = dt.datetime(2026, 1, 5, tzinfo=window.tzinfo)  # a week without DST changes (north)
-        outside = next(
-            (
-                tick
-                for day in range(7)
-                if (day + 1) % 7 in cron_days
-                for hour in sorted(_cron_values(hours, 1))
-                for minute in sorted(_cron_values(minutes, 0))
-                if not window.allows(tick := monday + dt.timedelta(days=day, hours=hour, minutes=minute))
-            ),
-            None,
-        )
+        ticks = [
+            monday + dt.timedelta(days=day, hours=hour, minutes=minute)
+            for day in range(7)
+            if (day + 1) % 7 in {d % 7 for d in weekdays}  # cron: 0 and 7 are Sunday
+            for hour in sorted(hours)
+            for minute in sorted(minutes)
+        ]
+        outside = next((tick for tick in ticks if not window.allows(tick)), None)
         if outside is not None:
             out.append(
-                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule "
-                f"{env.settings.schedule!r} ({env.settings.timezone}) fires outside {alias}'s bulk hours "
-                f"(e.g. {outside:%a %H:%M}); nightly runs are never paused, but backfill or manual runs "
-                f"paused then hold {alias}'s pool slots and can delay the nightly run until the window "
-                "opens: move settings.schedule into the window or widen bulk_hours"
+                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule {s.schedule!r} "
+                f"({s.timezone}) fires outside {alias}'s bulk hours (e.g. {outside:%a %H:%M}); nightly runs "
+                f"are never paused, but backfill or manual runs paused then hold {alias}'s pool slots and "
+                "can delay the nightly run until the window opens: move settings.schedule into the window "
+                "or widen bulk_hours"
             )
     return out
 

@@ -1,41 +1,40 @@
 """load_config: TOML -> EnvironmentConfig, every problem of the file reported at once.
 
-Per environment: unknown keys (with "did you mean"), then pydantic's validation (each error becomes one
-ConfigIssue), then the cross-references between entries (aliases, staging, AE titles). Those run on the
-tables as written, so a broken source table does not also produce a misleading "unknown alias" error.
-Environment variables (secrets) are read only for the selected environment.
+Per environment, pydantic validates the tables (unknown keys included) and each of its errors becomes one
+ConfigIssue through one table of messages; then the cross-references between entries (aliases, staging,
+AE titles) run as a second pass on the tables as written, so they are reported even when a table is
+broken, and a broken source table does not also produce a misleading "unknown alias" error. Environment
+variables (secrets) are read only for the selected environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from dicom_backup_dagster.config.models import (
     NAME_RE,
     SOURCE_TYPES,
-    TARGET_TYPES,
-    BackupTarget,
     ConfigError,
     ConfigIssue,
     EnvironmentConfig,
-    MosaiqSource,
-    QRSource,
-    Secret,
     SiteConfig,
     ae_title_problem,
     close_match,
     hint,
 )
-from dicom_backup_dagster.notify.settings import ENV_VAR_RE, shown, type_name
+from dicom_backup_dagster.notify.settings import shown, type_name
 
 CONFIG_ENV_VAR = "DICOM_BACKUP_CONFIG"
 ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
@@ -43,36 +42,58 @@ ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
 Add = Callable[[str | None, str, str, str], None]
 
 # Keys of the original (pre-Dagster) environments.toml and their replacements here.
-# fmt: off
 _RENAMED_KEYS = {
-    "dicom_query_level": "query_level", "dicom_query_keys": "query_keys", "ae_title": "aet", "host": "ip",
+    "dicom_query_level": "query_level",
+    "dicom_query_keys": "query_keys",
+    "ae_title": "aet",
+    "host": "ip",
     "mosaiq_backup_sql_query": "mosaiq_queries",
     "modality_to_query": 'query_keys (e.g. query_keys = { Modality = "CT" } on the source)',
 }
-# Examples for the fix of a missing key (by "section.key", then by key) and of a missing table.
-_EXAMPLES = {
-    "sources.type": "one of 'aria', 'mim', 'mosaiq'", "backup_targets.type": "one of 'orthanc', 'dicom_scp'",
-    "aet": '"<ALIAS>"', "ip": '"10.0.0.20"', "port": "104", "db_database": '"MOSAIQ"',
-    "db_username": '"backup_ro"', "db_server": '"mosaiq-sql.example.org"', "odbc_driver": '"FreeTDS"',
-    "db_password_env": '"<ENV>_<ALIAS>_PASSWORD"', "routing_key_env": '"<ENV>_PAGERDUTY_ROUTING_KEY"',
-    "default_source": '"ARIA_MAIN"', "default_backup": '"ORTHANC_MAIN"', "smtp_host": '"smtp.example.org"',
-    "from": '"dicom-backup@example.org"', "to": '["radonc-it@example.org"]',
-}
+# Examples of a table (the fix when it is missing or not a table), and of the keys of notify/settings.py.
 _TABLES = {
-    "script_ae": 'aet = "DICOM_BACKUP"', "settings": "max_uids_per_run = 5000", "timeouts": "acse = 30",
+    "script_ae": 'aet = "DICOM_BACKUP"',
+    "settings": "max_uids_per_run = 5000",
     "sources": '[<ENV>.sources.ARIA_MAIN] type = "aria" ...',
     "backup_targets": '[<ENV>.backup_targets.ORTHANC_MAIN] type = "orthanc" ...',
     "notifications": 'dagster_ui_url = "http://dagster.example.org:3000"',
-    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"', "email": 'smtp_host = "smtp.example.org"',
+    "slack": 'webhook_url_env = "<ENV>_SLACK_WEBHOOK_URL"',
+    "email": 'smtp_host = "smtp.example.org"',
     "pagerduty": 'routing_key_env = "<ENV>_PAGERDUTY_ROUTING_KEY"',
 }
-# fmt: on
+_EXAMPLES = {
+    "routing_key_env": "<ENV>_PAGERDUTY_ROUTING_KEY",
+    "smtp_host": "smtp.example.org",
+    "from": "dicom-backup@example.org",
+    "to": ["radonc-it@example.org"],
+}
+# pydantic's error types (numbers and dates by the field's type) -> (problem, fix). {name}: the key, {got}:
+# the value (or {a}: its type), {what}: what it must be, {example}: a valid value, {choices}: the valid ones.
+_MESSAGES = {
+    "missing": ("missing required key {name!r}", "add {name} = {example}{export}"),
+    "union_tag_not_found": ("missing required key 'type'", "add type = one of {choices}"),
+    "union_tag_invalid": ("unknown source type {got}{hint}", "set type to one of {choices}"),
+    "literal_error": ("unknown {what} {got}{hint}", "set {name} to one of {choices}"),
+    "int": (
+        "must be {what}, got {got}",
+        "set {name} to an integer {range} (no quotes), e.g. {name} = {example}",
+    ),
+    "float": (
+        "must be {what}, got {got}",
+        "set {name} to a number {range} (no quotes), e.g. {name} = {example}",
+    ),
+    "bool_type": ("must be {what}, got {a}", "write {name} = true or {name} = false (no quotes)"),
+    "string_type": ("must be a string, got {got}", "write it as {name} = {example}"),
+    "date": ("{got} is not a date", "write it as {name} = {example} (YYYY-MM-DD)"),
+    "table": ("must be a table, got {a}", "write it as [<KEY>] {table}"),
+}
+_TABLE_ERRORS = ("dataclass_type", "dataclass_exact_type", "dict_type", "model_attributes_type")
+_RANGE_ERRORS = ("int_type", "float_type", "greater_than", "greater_than_equal", "less_than_equal")
 _SECRET_KEY_FIX = (
     "never put a password in the file: export it as an environment variable and name that variable "
     'with {new} (e.g. {new} = "<SITE>_<ALIAS>_PASSWORD")'
 )
 _NOT_KEYS = {"alias", "name", "password_secret", "rest_password_secret"}  # set by the loader, not the file
-_REST_KEYS = {"rest_url", "rest_username", "rest_password_env"}
 _ADAPTER = TypeAdapter(EnvironmentConfig)
 
 
@@ -95,78 +116,125 @@ def _suggest(key: str, allowed: set[str]) -> tuple[str, str]:
     return "", f"remove it (valid keys here: {listing})"
 
 
-def _keys(tp: type) -> dict[str, str]:
-    """TOML key -> field name of a model."""
-    infos = getattr(tp, "__pydantic_fields__", {})
-    names = [f.name for f in dataclasses.fields(tp) if f.name not in _NOT_KEYS]
-    return {(getattr(infos.get(n), "alias", None) or n): n for n in names}
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The types of a union without None, else (tp,)."""
+    union = get_origin(tp) in (Union, types.UnionType)
+    return tuple(m for m in get_args(tp) if m is not type(None)) if union else (tp,)
 
 
-def _pick(tp: Any, raw: Any) -> Any:
-    """The model a value is validated as: through Annotated, Optional and the sources' type union."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        members = [_pick(m, raw) for m in get_args(tp) if m is not type(None)]
-        if QRSource in members:
-            kind = raw.get("type") if isinstance(raw, dict) else None
-            return MosaiqSource if kind == "mosaiq" else QRSource if kind in SOURCE_TYPES else None
-        return members[0]
-    return tp
+def _bare(tp: Any) -> Any:
+    """The type inside ``Annotated`` and ``Optional``; the members of any other union."""
+    while get_origin(tp) is Annotated or (len(_members(tp)) == 1 and _members(tp) != (tp,)):
+        tp = get_args(tp)[0] if get_origin(tp) is Annotated else _members(tp)[0]
+    return _members(tp) if len(_members(tp)) > 1 else tp
 
 
-def _unknown_keys(tp: Any, raw: Any, path: str, env: str, add: Add) -> None:
-    tp = _pick(tp, raw)
-    if get_origin(tp) is dict and isinstance(raw, dict):
-        for key, value in raw.items():
-            _unknown_keys(get_args(tp)[1], value, f"{path}.{key}", env, add)
-    if not (isinstance(tp, type) and dataclasses.is_dataclass(tp) and isinstance(raw, dict)):
-        return
-    keys, kind, where = _keys(tp), raw.get("type"), ""
-    if tp is BackupTarget:
-        if kind not in TARGET_TYPES:
-            return  # reported as an unknown type
-        keys = {k: n for k, n in keys.items() if kind == "orthanc" or k not in _REST_KEYS}
-        where = f" for a backup target of type {kind!r}"
-    elif tp in (QRSource, MosaiqSource):
-        where = f" for a source of type {kind!r}"
-    elif tp is EnvironmentConfig:
-        where = " in an environment"
-    hints = get_type_hints(tp, include_extras=True)
-    for key, value in raw.items():
-        if key in keys:
-            _unknown_keys(hints[keys[key]], value, f"{path}.{key}", env, add)
-        else:
-            suffix, fix = _suggest(key, set(keys))
-            add(env, f"{path}.{key}", f"unknown key {key!r}{where}{suffix}", fix)
+def _keys(model: Any) -> set[str]:
+    infos = getattr(model, "__pydantic_fields__", {})
+    names = [f.name for f in dataclasses.fields(model) if f.name not in _NOT_KEYS]
+    return {getattr(infos.get(n), "alias", None) or n for n in names}
 
 
-def _explain(error: Mapping[str, Any], loc: list[str]) -> tuple[str, str]:
+def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
+    """Where a pydantic error is: the keys without the union's tag, the tag (the source's type), the model
+    holding the last key, and the infos of its field (also those of an ``Annotated`` type inside it)."""
+    tp: Any = EnvironmentConfig
+    keys, tag, model, infos = [], "", None, []
+    for part in map(str, loc):
+        tp = _bare(tp)
+        if isinstance(tp, tuple):  # the sources' union: this part is the tag
+            tag, tp = part, next(m for m in tp if part in get_args(m.__pydantic_fields__["type"].annotation))
+            continue
+        keys.append(part)
+        fields = {(f.alias or n): f for n, f in getattr(tp, "__pydantic_fields__", {}).items()}
+        model, info = (tp, fields.get(part)) if dataclasses.is_dataclass(tp) else (model, None)
+        inner = [a for a in _members(info.annotation) if get_origin(a) is Annotated] if info else []
+        infos = [info, *map(FieldInfo.from_annotation, inner)] if info else []
+        tp = info.annotation if info else get_args(tp)[-1] if get_origin(tp) is dict else None
+    return keys, tag, model, infos
+
+
+def _toml(value: Any) -> str:
+    return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
+
+
+def _example(name: str, infos: list[FieldInfo]) -> str:
+    """A valid value for the key, as TOML: the field's example or default, else one of its choices."""
+    examples = [i.examples[0] for i in infos if i.examples]
+    default = infos[0].default if infos else None
+    if not examples and default not in (None, PydanticUndefined, "", ()):
+        examples = [default]
+    if examples or not _choices(infos):
+        return _toml(examples[0] if examples else _EXAMPLES.get(name, "..."))
+    return f"one of {_choices(infos)}"
+
+
+def _choices(infos: list[FieldInfo]) -> str:
+    literals = [m for info in infos[:1] for m in _members(info.annotation) if get_origin(m) is Literal]
+    return ", ".join(repr(c) for m in literals for c in get_args(m))
+
+
+def _values(error: Mapping[str, Any], name: str, infos: list[FieldInfo]) -> dict[str, Any]:
+    """What the messages of _MESSAGES name, for one error."""
+    base: Any = _members(infos[0].annotation)[0] if infos else None
+    bounds = {
+        k: getattr(m, k) for i in infos for m in i.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
+    }
+    low = f"above {bounds['gt']}" if "gt" in bounds else bounds.get("ge")
+    span = f"between {low} and {bounds.get('le')}" if base is int else f"from {low} to {bounds.get('le')}"
+    ctx, example = error.get("ctx", {}), _example(name, infos)
+    choices = ctx.get("expected_tags") or _choices(infos) or ", ".join(map(repr, SOURCE_TYPES))
+    what = {int: f"an integer {span}", float: f"a number {span}", bool: "true or false"}.get(base, name)
+    return {
+        "name": name,
+        "got": shown(ctx.get("tag", error["input"])),
+        "a": type_name(error["input"]),
+        "what": next((i.description for i in infos if i.description), what),
+        "example": example,
+        "choices": choices,
+        "hint": hint(str(ctx.get("tag", error["input"])), re.findall(r"'([^']*)'", choices), 0.5),
+        "range": span,
+        "table": _TABLES.get(name, ""),
+        "export": f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else "",
+        "kind": base.__name__ if error["type"] in _RANGE_ERRORS and base in (int, float) else error["type"],
+    }
+
+
+def _explain(
+    error: Mapping[str, Any], keys: list[str], tag: str, model: Any, infos: list[FieldInfo]
+) -> tuple[str, str]:
     """(problem, fix) for one pydantic error."""
-    kind, name = error["type"], loc[-1] if loc else ""
+    kind, name = error["type"], keys[-1] if keys else ""
     if kind == "config":
         return error["ctx"]["problem"], error["ctx"]["fix"]
-    if kind.startswith("missing") and name in _TABLES:
-        return "missing required table", f"add a [<KEY>] table, e.g. {_TABLES[name]}"
-    if kind.startswith("missing"):
-        example = _EXAMPLES.get(f"{loc[0]}.{name}") or _EXAMPLES.get(name) or '"..."'
-        export = f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else ""
-        return f"missing required key {name!r}", f"add {name} = {example}{export}"
-    if kind.endswith(("dataclass_type", "dataclass_exact_type", "dict_type", "model_type")):
-        return (
-            f"must be a table, got {type_name(error['input'])}",
-            f"write it as [<KEY>] {_TABLES.get(name, '')}",
+    if kind == "unexpected_keyword_argument":
+        where = (
+            f" for a source of type {tag!r}"
+            if tag
+            else " in an environment"
+            if model is EnvironmentConfig
+            else ""
         )
-    return f"{error['msg']}, got {shown(error['input'])}", "see docs/configuration.md for this key"
+        suffix, fix = _suggest(name, _keys(model))
+        return f"unknown key {name!r}{where}{suffix}", fix
+    if kind == "missing" and name in _TABLES:
+        return "missing required table", f"add a [<KEY>] table, e.g. {_TABLES[name]}"
+    values = _values(error, name, infos)
+    kind = "date" if kind.startswith("date") else "table" if kind in _TABLE_ERRORS else values["kind"]
+    if kind not in _MESSAGES:
+        return f"{error['msg']}, got {values['got']}", "see docs/configuration.md for this key"
+    return _MESSAGES[kind][0].format(**values), _MESSAGES[kind][1].format(**values)
 
 
 def _add_validation_errors(exc: ValidationError, env: str, add: Add) -> None:
     for error in exc.errors(include_url=False):
-        loc = [str(p) for p in error["loc"] if not str(p).startswith("<")]  # "<qr>": the union's tag
-        key = ".".join([env, *loc])
-        problem, fix = _explain(error, loc)
-        alias = loc[1] if len(loc) > 1 and loc[0] in ("sources", "backup_targets") else "DICOM_BACKUP"
-        add(env, key, problem, fix.replace("<KEY>", key).replace("<ENV>", env).replace("<ALIAS>", alias))
+        keys, tag, model, infos = _locate(error["loc"])
+        keys += ["type"] if error["type"].startswith("union_tag") else []
+        key = ".".join([env, *keys])
+        problem, fix = _explain(error, keys, tag, model, infos)
+        alias = keys[1] if len(keys) > 1 and keys[0] in ("sources", "backup_targets") else "DICOM_BACKUP"
+        fix = fix.replace("<EXAMPLE>", _example(keys[-1] if keys else "", infos)).replace("<KEY>", key)
+        add(env, key, problem, fix.replace("<ENV>", env).replace("<ALIAS>", alias))
 
 
 # ------------------------------------------------------------------------------- cross-references
@@ -194,8 +262,6 @@ _FIXES = {
     "path": f"set {CONFIG_ENV_VAR}=/path/to/environments.toml or pass the path (CLI: --config PATH); "
     "config/environments.example.toml is a template",
     "top": "the top level holds only default_environment and one [ENVIRONMENT] table per site",
-    "unset": "export {var}=<password> in the environment of the Dagster code server, daemon and run workers "
-    "(e.g. the systemd unit's EnvironmentFile or .env)",
 }
 
 
@@ -218,7 +284,7 @@ def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
     main_raw = targets.get(main) if isinstance(main, str) else None
     if isinstance(main, str) and main.strip() and main not in targets:
         _unknown_alias(env, f"{env}.default_backup", main, targets, "backup target", add)
-    elif isinstance(main_raw, dict) and main_raw.get("type") in TARGET_TYPES[1:]:
+    elif isinstance(main_raw, dict) and main_raw.get("type") == "dicom_scp":
         problem = f"the main backup target {main!r} is of type {main_raw['type']!r}"
         add(env, f"{env}.default_backup", problem, _FIXES["main"])
 
@@ -246,9 +312,7 @@ def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
             problem = f"the staging target {staging!r} is the main backup target (default_backup)"
             add(env, key, problem, _FIXES["staging"])
         elif _same_address(targets[staging], targets.get(main) if isinstance(main, str) else None):
-            problem = (
-                f"the staging target {staging!r} has the same ip:port as the main backup target {main!r}"
-            )
+            problem = f"the staging target {staging!r} has the same ip:port as the main target {main!r}"
             add(env, key, problem, _FIXES["address"])
 
 
@@ -274,73 +338,34 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
         seen.setdefault(folded, key)
 
 
-# ------------------------------------------------------------------------------------------ secrets
-
-
-def _secret(env: str, key: str, var: str, add: Add) -> Secret | None:
-    value = os.environ.get(var)
-    if value is None:
-        add(env, key, f"environment variable {var} is not set", _FIXES["unset"].format(var=var))
-    elif not value:
-        add(env, key, f"environment variable {var} is empty", f"set {var} to the password")
-    return Secret(var, value) if value else None
-
-
-def _resolve_secrets(cfg: EnvironmentConfig, add: Add) -> EnvironmentConfig:
-    env, sources, targets = cfg.name, dict(cfg.sources), dict(cfg.backup_targets)
-    for a, s in cfg.mosaiq_sources.items():
-        secret = _secret(env, f"{env}.sources.{a}.db_password_env", s.db_password_env, add)
-        sources[a] = dataclasses.replace(s, password_secret=secret)
-    for a, t in cfg.backup_targets.items():
-        if t.rest_password_env:
-            secret = _secret(env, f"{env}.backup_targets.{a}.rest_password_env", t.rest_password_env, add)
-            targets[a] = dataclasses.replace(t, rest_password_secret=secret)
-    return dataclasses.replace(cfg, sources=sources, backup_targets=targets)
-
-
-def _check_raw_secrets(env: str, raw: Mapping[str, Any], add: Add) -> None:
-    """When the selected environment has structural errors, still report its unset variables."""
-    for section, key in (("sources", "db_password_env"), ("backup_targets", "rest_password_env")):
-        for alias, table in _tables(raw, section).items():
-            var = table.get(key) if isinstance(table, dict) else None
-            if isinstance(var, str) and ENV_VAR_RE.match(var):
-                _secret(env, f"{env}.{section}.{alias}.{key}", var, add)
-
-
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _select_environment(
-    data: dict[str, Any], names: list[str], requested: str | None, add: Add
-) -> str | None:
-    default = data.get("default_environment")
-    choices = ", ".join(names) or "(none defined)"
+def _select_environment(data: dict[str, Any], names: list[str], wanted: str | None, add: Add) -> str | None:
+    default, choices = data.get("default_environment"), ", ".join(names) or "(none defined)"
     if default is not None and (not isinstance(default, str) or default not in names):
-        add(
-            None,
-            "default_environment",
-            f"{shown(default)} is not an environment in this file",
-            f"set it to one of: {choices}",
-        )
+        problem = f"{shown(default)} is not an environment in this file"
+        add(None, "default_environment", problem, f"set it to one of: {choices}")
     origin = "requested"
-    if requested is None and os.environ.get(ENVIRONMENT_ENV_VAR):
-        requested, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
-    if requested is None and isinstance(default, str) and default in names:
-        return default
-    if requested is None and len(names) == 1:
-        return names[0]
-    if requested is None:
-        if names:
+    if wanted is None and os.environ.get(ENVIRONMENT_ENV_VAR):
+        wanted, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
+    if wanted is None:
+        wanted = (
+            default
+            if isinstance(default, str) and default in names
+            else names[0]
+            if len(names) == 1
+            else None
+        )
+        if wanted is None and names:
             problem = f"no environment selected and the file defines {len(names)}"
             add(None, "default_environment", problem, _FIXES["select"].format(choices=choices))
+        return wanted
+    if wanted not in names:
+        problem = f"unknown environment {wanted!r} ({origin}){hint(wanted, names)}"
+        add(wanted, "(environment)", problem, f"use one of the environments defined in the file: {choices}")
         return None
-    if requested not in names:
-        problem = f"unknown environment {requested!r} ({origin}){hint(requested, names)}"
-        add(
-            requested, "(environment)", problem, f"use one of the environments defined in the file: {choices}"
-        )
-        return None
-    return requested
+    return wanted
 
 
 def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] | None:
@@ -349,12 +374,8 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
     except FileNotFoundError:
         add(environment, "(file)", "file not found", _FIXES["not_found"])
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        add(
-            environment,
-            "(file)",
-            f"cannot read the file ({type(exc).__name__})",
-            "point to a readable UTF-8 TOML file",
-        )
+        problem = f"cannot read the file ({type(exc).__name__})"
+        add(environment, "(file)", problem, "point to a readable UTF-8 TOML file")
     except tomllib.TOMLDecodeError as exc:
         where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         line = f"line {where.group(1)}, column {where.group(2)}" if where else "an unknown line"
@@ -364,14 +385,18 @@ def _read_toml(file: Path, environment: str | None, add: Add) -> dict[str, Any] 
     return None
 
 
-def _environment(name: str, raw: dict[str, Any], folder: Path, add: Add) -> EnvironmentConfig | None:
+def _environment(
+    name: str, raw: dict[str, Any], folder: Path, selected: bool, add: Add
+) -> EnvironmentConfig | None:
     if not NAME_RE.match(name):
         fix = "use letters, digits and underscores, starting with a letter"
         add(name, name, f"environment name {name!r} is not a valid name", fix)
-    _unknown_keys(EnvironmentConfig, raw, name, name, add)
+    if "name" in raw:  # the table's name is the environment's
+        add(name, f"{name}.name", "unknown key 'name' in an environment", "remove it")
     model = None
     try:
-        model = _ADAPTER.validate_python({"description": "", **raw, "name": name}, context={"dir": folder})
+        context = {"dir": folder, "secrets": selected}
+        model = _ADAPTER.validate_python({**raw, "name": name}, context=context, by_name=False)
     except ValidationError as exc:
         _add_validation_errors(exc, name, add)
     for rule in (_check_aliases, _check_staging, _check_duplicate_aets):
@@ -388,10 +413,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     """
     path = path if path is not None else (os.environ.get(CONFIG_ENV_VAR) or None)
     if path is None:
-        issue = ConfigIssue(
-            "(no file)", environment, CONFIG_ENV_VAR, "no configuration file given", _FIXES["path"]
-        )
-        raise ConfigError([issue])
+        problem = "no configuration file given"
+        raise ConfigError([ConfigIssue("(no file)", environment, CONFIG_ENV_VAR, problem, _FIXES["path"])])
     file = Path(path).expanduser().absolute()
     issues: list[ConfigIssue] = []
 
@@ -408,12 +431,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environment: str | N
     if not names:
         add(None, "(file)", "no environments defined", "add at least one [ENVIRONMENT] table, e.g. [UCLA]")
     selected = _select_environment(data, names, environment, add)
-    parsed = {name: _environment(name, data[name], file.parent, add) for name in names}
+    parsed = {name: _environment(name, data[name], file.parent, name == selected, add) for name in names}
     result = parsed.get(selected) if selected else None
-    if result is not None:
-        result = _resolve_secrets(result, add)
-    elif selected in parsed:
-        _check_raw_secrets(selected, data[selected], add)
     if issues or result is None:
         fallback = ConfigIssue(str(file), selected, "(file)", "invalid configuration", "see the errors above")
         raise ConfigError(issues or [fallback])

@@ -1,8 +1,9 @@
 """The typed, frozen model of one environment (site), as pydantic dataclasses.
 
-The checks in the annotations run only when a validation context is given (load_config passes one);
-models built in code are taken as written. A failed check raises a "config" error carrying the problem
-and the fix (notify/settings.py); ``<ENV>`` and ``<ALIAS>`` in a fix are filled in by the loader.
+Types, bounds and choices are pydantic's; the loader turns its errors into problems and fixes, a key's
+example being the field's ``examples`` or default. ``check(...)`` runs only with a validation context
+(load_config passes one), so models built in code skip it; it raises a "config" error with the problem and
+the fix, whose ``<ENV>``, ``<ALIAS>`` and ``<EXAMPLE>`` the loader fills in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Tag, ValidationInfo, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
@@ -28,24 +29,12 @@ from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 from dicom_backup_dagster.notify import settings as checks
-from dicom_backup_dagster.notify.settings import (
-    MODEL_CONFIG,
-    NotificationSettings,
-    check,
-    fail,
-    fail_at,
-    shown,
-    type_name,
-)
+from dicom_backup_dagster.notify.settings import MODEL_CONFIG, NotificationSettings, check, fail, fail_at
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SOURCE_TYPES = ("aria", "mim", "mosaiq")
-TARGET_TYPES = ("orthanc", "dicom_scp")
-QUERY_LEVELS = ("STUDY", "SERIES", "IMAGE")
-TRANSFERS = ("c-move", "c-get")
-INVENTORY_MODES = ("by-study", "walk")
 # Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
 # fmt: off
 _MANAGED_ODBC = {
@@ -76,13 +65,10 @@ class ConfigError(ValueError):
 
     def __init__(self, issues: Iterable[ConfigIssue]) -> None:
         self.issues: list[ConfigIssue] = list(issues)
-        if len(self.issues) == 1:
-            message = str(self.issues[0])
-        else:
-            files = ", ".join(sorted({i.file for i in self.issues}))
-            lines = [f"{len(self.issues)} configuration errors in {files}:"]
-            message = "\n".join(lines + [f"  {k}. {i}" for k, i in enumerate(self.issues, 1)])
-        super().__init__(message)
+        files = ", ".join(sorted({i.file for i in self.issues}))
+        lines = [f"{len(self.issues)} configuration errors in {files}:"]
+        lines += [f"  {k}. {i}" for k, i in enumerate(self.issues, 1)]
+        super().__init__(str(self.issues[0]) if len(self.issues) == 1 else "\n".join(lines))
 
 
 class Secret:
@@ -103,18 +89,13 @@ class Secret:
     __str__ = __repr__
 
 
-def _read_secret(env_var: str, owner: str) -> str:
-    """For models built in code rather than by load_config: read the variable now."""
-    value = os.environ.get(env_var)
+def _reveal(secret: Secret | None, env_var: str, owner: str) -> str:
+    """The secret load_config read; for models built in code, the variable read now."""
+    value = secret.reveal() if secret is not None else os.environ.get(env_var)
     if not value:
-        issue = ConfigIssue(
-            "(not loaded from a file)",
-            None,
-            owner,
-            f"environment variable {env_var} is not set or empty",
-            f"export {env_var}=<password> before starting the process",
-        )
-        raise ConfigError([issue])
+        problem = f"environment variable {env_var} is not set or empty"
+        fix = f"export {env_var}=<password> before starting the process"
+        raise ConfigError([ConfigIssue("(not loaded from a file)", None, owner, problem, fix)])
     return value
 
 
@@ -149,114 +130,90 @@ def ae_title_problem(aet: str) -> str | None:
     return None
 
 
-def _aet(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        fail(f"must be a string, got {type_name(value)}", 'write it as aet = "<ALIAS>"')
-    problem = ae_title_problem(value)
+def _aet(value: Any, key: str) -> Any:
+    problem = ae_title_problem(value) if isinstance(value, str) else None  # not a string: pydantic says so
     if problem:
         fail(
             problem,
             "use 1 to 16 printable ASCII characters without backslash (PS3.5 6.2, VR AE), matching the AE "
             'title configured on the peer, e.g. aet = "<ALIAS>"',
         )
-    return value.strip(" ")
+    return value.strip(" ") if isinstance(value, str) else value
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...], what: str) -> Any:
-    if value in choices:
-        return value
-    found = ""
-    if isinstance(value, str):
-        folded = [c for c in choices if c.lower() == value.strip().lower().replace("_", "-")]
-        found = f", did you mean {folded[0]!r}?" if folded else hint(value, choices, 0.5)
-    fail(f"unknown {what} {shown(value)}{found}", f"set {key} to one of {', '.join(map(repr, choices))}")
+CRON_LABELS = ("minute", "hour", "day of month", "month", "day of week")
+CRON_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_NAMES = {
+    3: ["", "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
+    4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+}
 
 
-CRON_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
-_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-CRON_NAMES = {3: {m: i for i, m in enumerate(_MONTHS, 1)}}
-CRON_NAMES[4] = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-
-
-def cron_value(token: str, index: int) -> int:
-    label, low, high = CRON_FIELDS[index]
-    value = int(token) if token.isdigit() else CRON_NAMES.get(index, {}).get(token.lower())
+def _cron_number(token: str, index: int) -> int:
+    label, (low, high) = CRON_LABELS[index], CRON_BOUNDS[index]
+    names = _CRON_NAMES.get(index, [])
+    value = int(token) if token.isdigit() else names.index(token.lower()) if token.lower() in names else None
     if value is None or not low <= value <= high:
         raise ValueError(f"{label} value {token!r} is outside {low}-{high}")
     return value
 
 
-def cron_problem(expr: str) -> str | None:
+def cron_values(part: str, index: int) -> set[int]:
+    """The values one field of a 5-field cron expression matches; a ValueError says what is wrong."""
+    label, (low, high) = CRON_LABELS[index], CRON_BOUNDS[index]
+    out: set[int] = set()
+    for item in part.split(","):
+        base, _, step = item.partition("/")
+        first, dash, last = base.partition("-")
+        if step and (not step.isdigit() or int(step) < 1):
+            raise ValueError(f"step {step!r} in the {label} field must be a positive integer")
+        if base != "*" and (not first or (dash and not last)):
+            raise ValueError(f"{label} field item {item!r} is malformed")
+        start = low if base == "*" else _cron_number(first, index)
+        end = high if base == "*" or (step and not dash) else _cron_number(last if dash else first, index)
+        if start > end:
+            raise ValueError(f"{label} range {base!r} runs backwards")
+        out.update(range(start, end + 1, int(step or 1)))  # "5/15": from 5 every 15
+    return out
+
+
+def _cron(value: Any, key: str) -> Any:
     """Basic 5-field cron check (minute hour day-of-month month day-of-week), as Dagster schedules use."""
-    parts = expr.split()
-    if len(parts) != 5:
-        return f"{expr!r} has {len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
-    for index, part in enumerate(parts):
-        label = CRON_FIELDS[index][0]
-        for item in part.split(","):
-            base, _, step = item.partition("/")
-            first, dash, last = base.partition("-")
-            try:
-                if step and (not step.isdigit() or int(step) < 1):
-                    raise ValueError(f"step {step!r} in the {label} field must be a positive integer")
-                if base != "*" and (not first or (dash and not last)):
-                    raise ValueError(f"{label} field item {item!r} is malformed")
-                if base != "*" and dash and cron_value(first, index) > cron_value(last, index):
-                    raise ValueError(f"{label} range {base!r} runs backwards")
-                if base != "*":
-                    cron_value(first, index)
-            except ValueError as exc:
-                return f"{expr!r}: {exc}"
-    return None
-
-
-def _cron(value: Any, key: str, default: str) -> str:
-    problem = cron_problem(value) if isinstance(value, str) else f"must be a string, got {type_name(value)}"
-    if problem:
-        fail(problem, f'write 5 cron fields (minute hour day month weekday), e.g. {key} = "{default}"')
+    parts = value.split() if isinstance(value, str) else []
+    try:
+        if isinstance(value, str) and len(parts) != 5:
+            raise ValueError(
+                f"{len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
+            )
+        for index, part in enumerate(parts):
+            cron_values(part, index)
+    except ValueError as exc:
+        fail(
+            f"{value!r}: {exc}",
+            f"write 5 cron fields (minute hour day month weekday), e.g. {key} = <EXAMPLE>",
+        )
     return value
 
 
-def _timezone(value: Any, key: str) -> str:
+def _timezone(value: Any, key: str) -> Any:
     try:
-        if isinstance(value, str) and value:
-            zoneinfo.ZoneInfo(value)
+        if not isinstance(value, str) or zoneinfo.ZoneInfo(value):
             return value
     except (ValueError, zoneinfo.ZoneInfoNotFoundError):
         pass
-    found = difflib.get_close_matches(str(value), sorted(zoneinfo.available_timezones()), n=1)
+    found = hint(value, sorted(zoneinfo.available_timezones()))
     fail(
-        f"unknown time zone {shown(value)}" + (f", did you mean {found[0]!r}?" if found else ""),
+        f"unknown time zone {value!r}{found}",
         'use an IANA time zone name, e.g. timezone = "America/Los_Angeles"',
     )
 
 
-def _day(value: Any, key: str) -> dt.date:
-    """A TOML date (first_day = 2024-07-01) or the same as a string."""
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    try:
-        return dt.date.fromisoformat(value)
-    except (TypeError, ValueError):
-        fail(f"{shown(value)} is not a date", f"write it as {key} = 2024-07-01 (YYYY-MM-DD)")
-
-
-def _table(value: Any, key: str, example: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        fail(f"must be a table, got {type_name(value)}", f"write it as [<KEY>] {example}")
-    return value
-
-
-def _entries(value: Any, key: str, example: str, entry: Callable[[str, Any], object]) -> dict[str, Any]:
+def _entries(value: Any, key: str, example: str, entry: Callable[[str, Any], object]) -> Any:
     """Check every entry of a table with ``entry(name, value)``, each failure reported at its own key."""
+    if not isinstance(value, dict):
+        fail(f"must be a table, got {checks.type_name(value)}", f"write it as [<KEY>] {example}")
     errors = []
-    for name, given in _table(value, key, example).items():
+    for name, given in value.items():
         try:
             entry(name, given)
         except PydanticCustomError as error:
@@ -274,8 +231,6 @@ def _query_key(keyword: str, match: Any) -> None:
     if keyword not in keyword_dict:
         problem = f"{keyword!r} is not a DICOM keyword{hint(keyword, keyword_dict, 0.7)}"
         fail(problem, "use the attribute keyword from PS3.6 (e.g. Modality, StationName)")
-    if not isinstance(match, str):
-        fail(f"match value must be a string, got {type_name(match)}", f'quote it, e.g. {keyword} = "{match}"')
 
 
 def _odbc_option(name: str, option: Any) -> None:
@@ -286,7 +241,7 @@ def _odbc_option(name: str, option: Any) -> None:
         fail(f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
     if isinstance(option, bool) or not isinstance(option, (str, int)):
         fix = f'write it as {name} = "..." as the driver documents it'
-        fail(f"must be a string or integer, got {type_name(option)}", fix)
+        fail(f"must be a string or integer, got {checks.type_name(option)}", fix)
 
 
 def _odbc_options(value: Any, key: str) -> dict[str, str]:
@@ -294,15 +249,16 @@ def _odbc_options(value: Any, key: str) -> dict[str, str]:
 
 
 def _timeout(name: str, given: Any) -> None:
+    known = [f.name for f in dataclasses.fields(Timeouts)]
+    if name not in known:
+        fail(f"unknown key {name!r}{hint(name, known)}", f"remove it (valid keys here: {', '.join(known)})")
     checks.number(given, name, 0.0, 86400.0, str(int(getattr(Timeouts, name, 10))), True)
 
 
 def _mosaiq_query(name: str, sql: Any) -> None:
     if not NAME_RE.match(name):
-        fail(
-            "query names are letters, digits and underscores",
-            "rename the query to the name the Mosaiq module documents",
-        )
+        fix = "rename the query to the name the Mosaiq module documents"
+        fail("query names are letters, digits and underscores", fix)
     if not isinstance(sql, str) or not sql.strip():
         fail("must be a non-empty SQL string", 'write it as a TOML string, e.g. name = """SELECT ..."""')
     try:
@@ -314,42 +270,73 @@ def _mosaiq_query(name: str, sql: Any) -> None:
 
 def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
     entries = [value] if isinstance(value, str) else value
+    fix = f"write it as e.g. {BULK_HOURS_EXAMPLE} (times in settings.timezone)"
     if not isinstance(entries, list):
-        fail(
-            f"must be an array of strings, got {type_name(value)}",
-            f"write it as {BULK_HOURS_EXAMPLE} (times in settings.timezone)",
-        )
+        fail(f"must be an array of strings, got {checks.type_name(value)}", fix)
     try:
         parse_work_window(entries)
     except WorkWindowError as error:
-        fail(
-            str(error),
-            f"write it as e.g. {BULK_HOURS_EXAMPLE} (times in settings.timezone), or remove it to allow "
-            "backfills at any time",
-        )
+        fail(str(error), fix + ", or remove it to allow backfills at any time")
     return tuple(" ".join(e.split()) for e in entries)
 
 
 def _rest_url(value: Any, key: str) -> str:
-    problem = checks.url_problem(checks.string(value, key, '"http://10.0.0.30:8042"'))
+    problem = checks.url_problem(checks.string(value, key, "<EXAMPLE>"))
     if problem and "password" in problem:
-        fail(
-            problem,
-            "remove them from the URL; set rest_username and name the password's environment variable in "
-            "rest_password_env",
-        )
+        fix = "remove them from the URL; set rest_username and name the password's environment variable in "
+        fail(problem, fix + "rest_password_env")
     if problem:
-        fail(problem, 'set it to Orthanc\'s REST base URL, e.g. rest_url = "http://10.0.0.30:8042"')
+        fail(problem, "set it to Orthanc's REST base URL, e.g. rest_url = <EXAMPLE>")
     return value.rstrip("/")
 
 
-_QUERY_KEYS = check(_entries, '{ Modality = "CT" }', _query_key)
-_QUERIES = check(_entries, 'deliveries = "SELECT ..."', _mosaiq_query)
+class _Absent(str):
+    """A SQLite source needs no server: db_server's value when the key is absent."""
 
 
-def _int(low: int, high: int, example: str, what: str = "") -> Any:
-    return check(checks.integer, low, high, example, what)
+_NO_SERVER = _Absent()
 
+
+def _driver(value: Any, key: str) -> str:
+    return checks.string(value, key, "<EXAMPLE>").strip().strip("{}").strip()
+
+
+def _server(value: Any, key: str) -> Any:
+    return value if value is _NO_SERVER else checks.host(value, key, "<EXAMPLE>", checks.host_problem)
+
+
+_UNSET = (
+    "export {var}=<password> in the environment of the Dagster code server, daemon and run workers (e.g. "
+    "the systemd unit's EnvironmentFile or .env)"
+)
+
+
+def _exported(value: str, info: ValidationInfo) -> str:
+    """The variable a password key names must be set, in the selected environment only (the loader says
+    which: secrets are read for it alone)."""
+    if (info.context or {}).get("secrets") and not os.environ.get(value):
+        state = "is empty" if value in os.environ else "is not set"
+        fail(f"environment variable {value} {state}", _UNSET.format(var=value))
+    return value
+
+
+# Shared by several keys. ``strict``: TOML's 104 and "104" are different things, and only one is a port.
+def _int(ge: int, le: int, **info: Any) -> Any:
+    return Field(strict=True, ge=ge, le=le, **info)
+
+
+PORT = _int(1, 65535, description="a TCP port (integer 1..65535)")
+DAYS, NIGHTS = _int(0, 3650), _int(1, 366)
+AETitle = Annotated[str, Field(examples=["<ALIAS>"]), check(_aet)]
+Host = Annotated[str, Field(examples=["10.0.0.20"]), check(checks.host, "<EXAMPLE>", checks.host_problem)]
+Text = Annotated[str, check(checks.string, "<EXAMPLE>")]
+PasswordEnv = Annotated[
+    str,
+    Field(examples=["<ENV>_<ALIAS>_PASSWORD"]),
+    AfterValidator(_exported),
+    check(checks.env_var, "<EXAMPLE>"),
+]
+Cron = Annotated[str, check(_cron)]
 
 # ------------------------------------------------------------------------------------------- models
 
@@ -359,14 +346,12 @@ class ScriptAE:
     """Our own AE: the calling AE title, and optionally the port we listen on (C-MOVE destination,
     N-EVENT-REPORT for Storage Commitment, PS3.4 J.3)."""
 
-    aet: Annotated[str, check(_aet)]
-    port: Annotated[int | None, check(checks.port, "11113")] = None
+    aet: AETitle
+    port: Annotated[int | None, PORT, Field(examples=[11113])] = None
 
 
-_RELATIONAL_FIX = (
-    "set relational = true only if the source answers SERIES-level C-FINDs without a StudyInstanceUID "
-    "(MIM does; ARIA does not)"
-)
+_RELATIONAL = "true or false (true only for a source answering SERIES-level C-FINDs without StudyInstanceUID)"
+_LIMIT = "an integer >= 1 (the source's C-FIND match limit)"
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
@@ -374,29 +359,25 @@ class QRSource:
     """A DICOM Query/Retrieve SCP we back up from (PS3.4 Annex C): ARIA or MIM."""
 
     alias: str
-    type: Annotated[Literal["aria", "mim"], check(_choice, SOURCE_TYPES, "source type")]
-    aet: Annotated[str, check(_aet)]
-    ip: Annotated[str, check(_host, '"10.0.0.20"')]
-    port: Annotated[int, check(checks.port, "104")]
-    query_level: Annotated[
-        Literal["STUDY", "SERIES", "IMAGE"], check(_choice, QUERY_LEVELS, "query_level")
-    ] = "IMAGE"
-    query_keys: Annotated[dict[str, str], _QUERY_KEYS] = field(default_factory=dict, hash=False)
-    transfer: Annotated[Literal["c-move", "c-get"], check(_choice, TRANSFERS, "transfer")] = "c-move"
-    max_associations: Annotated[int, _int(1, 64, "2")] = 2
+    type: Literal["aria", "mim"]
+    aet: AETitle
+    ip: Host
+    port: Annotated[int, PORT, Field(examples=[104])]
+    query_level: Literal["STUDY", "SERIES", "IMAGE"] = "IMAGE"
+    query_keys: Annotated[dict[str, str], check(_entries, '{ Modality = "CT" }', _query_key)] = field(
+        default_factory=dict, hash=False
+    )
+    transfer: Literal["c-move", "c-get"] = "c-move"
+    max_associations: Annotated[int, _int(1, 64)] = 2
     #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
     #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
-    inventory: Annotated[Literal["by-study", "walk"], check(_choice, INVENTORY_MODES, "inventory")] = (
-        "by-study"
-    )
+    inventory: Literal["by-study", "walk"] = "by-study"
     #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
     #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
-    relational: Annotated[bool, check(checks.boolean, _RELATIONAL_FIX)] = False
+    relational: Annotated[bool, Field(strict=True, description=_RELATIONAL)] = False
     #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
     #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
-    max_find_results: Annotated[
-        int | None, _int(1, 10_000_000, "1000", "an integer >= 1 (the source's C-FIND match limit)")
-    ] = None
+    max_find_results: Annotated[int | None, _int(1, 10_000_000, examples=[1000], description=_LIMIT)] = None
     #: When backfills, sweeps and manual runs may load this source (backup/hours.py); () = any time.
     bulk_hours: Annotated[tuple[str, ...], check(_bulk_hours)] = ()
 
@@ -405,8 +386,7 @@ class QRSource:
         if info.context is not None and self.type == "aria" and self.transfer == "c-get":
             problem = "ARIA sources are retrieved with C-MOVE only; 'c-get' is not supported"
             fix = 'set transfer = "c-move" (or remove the key) and register the backup target as a move '
-            fix += "destination in ARIA"
-            fail_at([(("transfer",), problem, fix)])
+            fail_at([(("transfer",), problem, fix + "destination in ARIA")])
         return self
 
     @property
@@ -418,36 +398,18 @@ class QRSource:
         return parse_work_window(self.bulk_hours, timezone)
 
 
-def _host(value: Any, key: str, example: str) -> str:
-    return checks.host(value, key, example, checks.host_problem)
-
-
-class _Absent(str):
-    """A SQLite source needs no server: db_server's value when the key is absent."""
-
-
-_NO_SERVER = _Absent()
-
-
-def _driver(value: Any, key: str) -> str:
-    return checks.string(value, key, '"FreeTDS"').strip().strip("{}").strip()
-
-
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class MosaiqSource(MosaiqConnection):
     """The Mosaiq SQL database, read through ODBC. ``password`` is resolved from ``db_password_env``."""
 
-    db_server: Annotated[
-        str,
-        check(lambda v, k: v if v is _NO_SERVER else _host(v, k, '"mosaiq-sql.example.org"')),
-    ]
-    db_port: Annotated[int | None, check(checks.port, "1433")]
-    db_database: Annotated[str, check(checks.string, '"MOSAIQ"')]
-    db_username: Annotated[str, check(checks.string, '"backup_ro"')]
-    odbc_driver: Annotated[str, check(_driver)]
+    db_server: Annotated[str, Field(examples=["mosaiq-sql.example.org"]), check(_server)]
+    db_port: Annotated[int | None, PORT, Field(examples=[1433])]
+    db_database: Annotated[Text, Field(examples=["MOSAIQ"])]
+    db_username: Annotated[Text, Field(examples=["backup_ro"])]
+    odbc_driver: Annotated[str, Field(examples=["FreeTDS"]), check(_driver)]
     odbc_options: Annotated[dict[str, str], check(_odbc_options)] = field(default_factory=dict, hash=False)
-    db_password_env: Annotated[str, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = field(kw_only=True)
-    staging_target_alias: Annotated[str, check(checks.string, '"MOSAIQ_STAGE"')] = ""
+    db_password_env: PasswordEnv = field(kw_only=True)
+    staging_target_alias: Annotated[Text, Field(examples=["MOSAIQ_STAGE"])] = ""
     password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
     type: Literal["mosaiq"] = field(default="mosaiq", kw_only=True)
 
@@ -461,32 +423,23 @@ class MosaiqSource(MosaiqConnection):
         return {"db_port": None, **({"db_server": _NO_SERVER} if sqlite else {}), **data}
 
     @model_validator(mode="after")
-    def _anchor_sqlite_path(self, info: ValidationInfo) -> MosaiqSource:
+    def _loaded(self, info: ValidationInfo) -> MosaiqSource:
+        if info.context is None:
+            return self
+        changes: dict[str, Any] = {}
         # Dagster starts processes in different working directories; anchor relative paths to the file.
-        if info.context is not None and self.is_sqlite and not Path(self.db_database).is_absolute():
-            return dataclasses.replace(
-                self, db_database=str((info.context["dir"] / self.db_database).resolve())
-            )
-        return self
+        if self.is_sqlite and not Path(self.db_database).is_absolute():
+            changes["db_database"] = str((info.context["dir"] / self.db_database).resolve())
+        if info.context["secrets"]:
+            changes["password_secret"] = Secret(self.db_password_env, os.environ[self.db_password_env])
+        return dataclasses.replace(self, **changes)
 
     @property
     def password(self) -> str:
-        if self.password_secret is not None:
-            return self.password_secret.reveal()
-        return _read_secret(self.db_password_env, f"sources.{self.alias}.db_password_env")
+        return _reveal(self.password_secret, self.db_password_env, f"sources.{self.alias}.db_password_env")
 
 
 Source = QRSource | MosaiqSource
-
-
-def _source_tag(data: Any) -> str:
-    kind = data.get("type") if isinstance(data, dict) else getattr(data, "type", None)
-    return "<mosaiq>" if kind == "mosaiq" else "<qr>"
-
-
-_SourceField = Annotated[
-    Annotated[QRSource, Tag("<qr>")] | Annotated[MosaiqSource, Tag("<mosaiq>")], Discriminator(_source_tag)
-]
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
@@ -494,30 +447,34 @@ class BackupTarget:
     """A DICOM Storage SCP we write to: the main Orthanc archive, or a staging SCP."""
 
     alias: str
-    type: Annotated[Literal["orthanc", "dicom_scp"], check(_choice, TARGET_TYPES, "backup target type")]
-    aet: Annotated[str, check(_aet)]
-    ip: Annotated[str, check(_host, '"10.0.0.30"')]
-    port: Annotated[int, check(checks.port, "4242")]
-    rest_url: Annotated[str | None, check(_rest_url)] = None
-    rest_username: Annotated[str | None, check(checks.string, '"backup"')] = None
-    rest_password_env: Annotated[str | None, check(checks.env_var, '"<ENV>_<ALIAS>_PASSWORD"')] = None
+    type: Annotated[Literal["orthanc", "dicom_scp"], Field(description="backup target type")]
+    aet: AETitle
+    ip: Annotated[Host, Field(examples=["10.0.0.30"])]
+    port: Annotated[int, PORT, Field(examples=[4242])]
+    rest_url: Annotated[str | None, Field(examples=["http://10.0.0.30:8042"]), check(_rest_url)] = None
+    rest_username: Annotated[Text | None, Field(examples=["backup"])] = None
+    rest_password_env: PasswordEnv | None = None
     rest_password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
 
     @model_validator(mode="after")
     def _rest_keys(self, info: ValidationInfo) -> BackupTarget:
-        if info.context is None or self.type != "orthanc":
+        if info.context is None:
             return self
-        errors = []
-        if self.rest_url is None:
-            errors.append(
-                (("rest_url",), "missing required key 'rest_url'", 'add rest_url = "http://10.0.0.30:8042"')
-            )
-        if (self.rest_username is None) != (self.rest_password_env is None):
+        rest = [k for k in ("rest_url", "rest_username", "rest_password_env") if getattr(self, k) is not None]
+        problem = f"for a backup target of type {self.type!r}"
+        fix = "remove it (only orthanc targets have a REST API)"
+        errors = [((k,), f"unknown key {k!r} {problem}", fix) for k in rest if self.type != "orthanc"]
+        if self.type == "orthanc" and self.rest_url is None:
+            errors.append((("rest_url",), "missing required key 'rest_url'", "add rest_url = <EXAMPLE>"))
+        if self.type == "orthanc" and (self.rest_username is None) != (self.rest_password_env is None):
             missing = "rest_password_env" if self.rest_username else "rest_username"
             fix = f"add {missing} (or remove the other one if Orthanc's REST API has no authentication)"
             errors.append(((missing,), "rest_username and rest_password_env go together", fix))
         if errors:
             fail_at(errors)
+        if info.context["secrets"] and self.rest_password_env:
+            secret = Secret(self.rest_password_env, os.environ[self.rest_password_env])
+            return dataclasses.replace(self, rest_password_secret=secret)
         return self
 
     @property
@@ -528,40 +485,42 @@ class BackupTarget:
     def rest_password(self) -> str | None:
         if self.rest_password_env is None:
             return None
-        if self.rest_password_secret is not None:
-            return self.rest_password_secret.reveal()
-        return _read_secret(self.rest_password_env, f"backup_targets.{self.alias}.rest_password_env")
+        owner = f"backup_targets.{self.alias}.rest_password_env"
+        return _reveal(self.rest_password_secret, self.rest_password_env, owner)
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class Settings:
-    max_uids_per_run: Annotated[int, _int(1, 10_000_000, "5000", "an integer >= 1")] = 5000
+    max_uids_per_run: Annotated[int, _int(1, 10_000_000, description="an integer >= 1")] = 5000
     timezone: Annotated[str, check(_timezone)] = "UTC"
-    schedule: Annotated[str, check(_cron, "30 1 * * *")] = "30 1 * * *"
-    lookback_days: Annotated[int, _int(0, 3650, "3")] = 3
+    schedule: Cron = "30 1 * * *"
+    lookback_days: Annotated[int, DAYS] = 3
     timeouts: Annotated[Timeouts, check(_entries, "acse = 30", _timeout)] = field(default_factory=Timeouts)
-    verification_fraction: Annotated[float, check(checks.number, 0.0, 1.0, "0.1")] = 0.0
-    mosaiq_queries: Annotated[dict[str, str], _QUERIES] = field(default_factory=dict, hash=False)
-    connectivity_schedule: Annotated[str, check(_cron, "*/15 * * * *")] = "*/15 * * * *"
+    verification_fraction: Annotated[float, Field(strict=True, ge=0.0, le=1.0, examples=[0.1])] = 0.0
+    mosaiq_queries: Annotated[dict[str, str], check(_entries, 'deliveries = "SELECT ..."', _mosaiq_query)] = (
+        field(default_factory=dict, hash=False)
+    )
+    connectivity_schedule: Cron = "*/15 * * * *"
     # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
     # runs always cover one day. Per-day figures stay per partition (backup/partitions.py).
-    backfill_days_per_run: Annotated[int, _int(1, 366, "7")] = 7
+    backfill_days_per_run: Annotated[int, NIGHTS] = 7
     # The staging cleanup job deletes a staged Mosaiq RT record only once it is verified on main AND was
     # received by staging at least this many days ago (defs/staging_cleanup.py).
-    staging_retention_days: Annotated[int, _int(0, 3650, "7")] = 7
+    staging_retention_days: Annotated[int, DAYS] = 7
     # Late data (backup/late.py): the nightly inventory compares the studies dated this many days before
     # its window with the archive and inventories those that grew (0: off).
-    late_series_days: Annotated[int, _int(0, 3650, "30")] = 30
+    late_series_days: Annotated[int, DAYS] = 30
     # The reconciliation sweep (backup/sweep.py): every study dated in the last `sweep_days` days is
     # re-inventoried and compared with the archive at least once every `sweep_nights` nights, at most
     # `sweep_max_studies` studies a night; the sweep job runs on `sweep_schedule` (0 days: no sweep).
-    sweep_days: Annotated[int, _int(0, 3650, "180")] = 180
-    sweep_nights: Annotated[int, _int(1, 366, "30")] = 30
-    sweep_max_studies: Annotated[int, _int(1, 1_000_000, "2000")] = 2000
-    sweep_schedule: Annotated[str, check(_cron, "30 4 * * *")] = "30 4 * * *"
+    sweep_days: Annotated[int, DAYS] = 180
+    sweep_nights: Annotated[int, NIGHTS] = 30
+    sweep_max_studies: Annotated[int, _int(1, 1_000_000)] = 2000
+    sweep_schedule: Cron = "30 4 * * *"
     # The first day the site's backups cover: every source's daily partitions start here, so the UI counts
-    # no "missing" days before the backups began. Older days are backed up by moving it back.
-    first_day: Annotated[dt.date, check(_day)] = dt.date(2020, 1, 1)
+    # no "missing" days before the backups began. Older days are backed up by moving it back. A TOML date
+    # (first_day = 2024-07-01) or the same as a string.
+    first_day: Annotated[dt.date, Field(examples=[dt.date(2024, 7, 1)])] = dt.date(2020, 1, 1)
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
@@ -569,23 +528,32 @@ class Settings:
 
 
 def _aliases(value: Any, key: str, what: str) -> Any:
-    """Each entry learns its alias (the table's key); an empty table is refused."""
+    """Each entry learns its alias (the table's key); an empty table, or a key the loader sets, is refused."""
     if isinstance(value, dict) and not value:
         fail(f"no {what} defined", f"add at least one [<ENV>.{key}.<ALIAS>] table")
-    if not isinstance(value, dict):
-        return value
-    return {a: {**t, "alias": a} if isinstance(t, dict) else t for a, t in value.items()}
+    tables = {a: t for a, t in value.items() if isinstance(t, dict)} if isinstance(value, dict) else {}
+    set_here = [
+        ((a, k), f"unknown key {k!r}", "remove it") for a, t in tables.items() for k in t if k in _SET_HERE
+    ]
+    if set_here:
+        fail_at(set_here)
+    return {**value, **{a: {**t, "alias": a} for a, t in tables.items()}} if tables else value
+
+
+_SET_HERE = {"alias", "password_secret", "rest_password_secret"}  # set by the loader, not by the file
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class EnvironmentConfig:
     name: str
-    description: Annotated[str, check(lambda v, k: v and checks.string(v, k, '"..."'))]
-    default_source: Annotated[str, check(checks.string, '"ARIA_MAIN"')]
-    default_backup: Annotated[str, check(checks.string, '"ORTHANC_MAIN"')]
+    default_source: Annotated[Text, Field(examples=["ARIA_MAIN"])]
+    default_backup: Annotated[Text, Field(examples=["ORTHANC_MAIN"])]
     script_ae: ScriptAE
-    sources: Annotated[dict[str, _SourceField], check(_aliases, "sources")] = field(hash=False)
+    sources: Annotated[
+        dict[str, Annotated[Source, Field(discriminator="type")]], check(_aliases, "sources")
+    ] = field(hash=False)
     backup_targets: Annotated[dict[str, BackupTarget], check(_aliases, "backup targets")] = field(hash=False)
+    description: str = ""
     settings: Settings = field(default_factory=Settings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings, hash=False)
 

@@ -41,7 +41,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
-MODEL_CONFIG = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+MODEL_CONFIG = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
 # ------------------------------------------------------------------------------------------- checks
 
