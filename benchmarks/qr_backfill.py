@@ -6,9 +6,10 @@
    least --min-instances instances (default options: 40 patients x 125 instances = 5,000, 240 studies,
    which the "auto" ARIA backend serves with dcmqrscp).
 2. Baseline: for every ARIA study, one `movescu -S` process (= one association, one STUDY-level C-MOVE)
-   from ARIA_SIM to ORTHANC_MAIN, TCP_NODELAY=1 in its environment (Orthanc and dcmqrscp run with it too,
-   research/dicom.md 0.1/3). Wall time over all studies; instances counted on main by REST; peak RSS of
-   the movescu processes (GNU time's %M).
+   from ARIA_SIM to ORTHANC_MAIN, TCP_NODELAY=1 in its environment (Orthanc and dcmqrscp run with it too:
+   without it every DIMSE message waits ~40 ms for a delayed ACK; docs/decisions/dicom-peers.md).
+   Wall time over all studies; instances counted on main by REST; peak RSS of the movescu processes
+   (GNU time's %M).
 3. Clear main, start `dagster dev` against the sandbox environment, launch ONE asset backfill of
    [ARIA, inventory] + [ARIA, archived] over every sandbox date through GraphQL (as the UI does), wait for
    it. Wall time from launch to the backfill's completion; instances on main by REST; the RSS high-water
