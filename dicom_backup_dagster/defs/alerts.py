@@ -485,7 +485,7 @@ def read_check_history(
     not passed since: only those can resolve the check's incident."""
     after, seen = (known["after"], set(known["seen"])) if known else (0, set())
     alerted = CheckDays(
-        set(known.get("open", ())) if known else set(), legacy=bool(known) and "open" not in known
+        set(known.get("open", ())) if known else set(), legacy=known is not None and "open" not in known
     )
     history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=CHECK_BATCH)
     pending: list[int] = []
