@@ -34,6 +34,7 @@ from dagster import (
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetExecutionContext,
     BackfillPolicy,
     DailyPartitionsDefinition,
@@ -588,55 +589,9 @@ def content_description(result: ContentResult, sampled: int) -> str:
 # The wiring
 
 
-def build_source_backup(
-    env: EnvironmentConfig,
-    source: QRSource,
-    partitions_def: DailyPartitionsDefinition,
-    *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
-    rules: baseline.BaselineRules = DEFAULT_RULES,
-) -> Definitions:
-    """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
-    plan = QRPlan.of(env, source, partitions_def)
+def qr_checks(plan: QRPlan, partitions_def: DailyPartitionsDefinition) -> list[AssetChecksDefinition]:
+    """`complete_in_archive` (blocking) and `content_verified` on archived, per day."""
     names = plan.names
-    step: dict[str, Any] = {
-        "partitions_def": partitions_def,
-        "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
-        "pool": names.pool,
-        "retry_policy": retry_policy,
-        "group_name": names.group,
-        # checks the failed run planned for days it did not materialize keep their earlier results
-        "hooks": {
-            not_run_hook(
-                f"{names.archived.to_python_identifier()}_checks_not_run",
-                [AssetCheckKey(names.archived, n) for n in QR_CHECKS],
-                partitions_def,
-            )
-        },
-    }
-
-    @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
-    @with_dimse_metadata
-    def inventory(
-        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> MaterializeResult:
-        return materialize_inventory(context, plan, dicom, backup_storage)
-
-    # The inventory reaches `archived` as a handle file on disk (inventory.handle.json), not through an
-    # IO manager: manifests of millions of UIDs stay out of Dagster's storage.
-    @asset(
-        key=names.archived,
-        deps=[names.inventory],
-        kinds={"dicom", "orthanc"},
-        description=archived_description(plan),
-        **step,
-    )
-    @with_dimse_metadata
-    def archived(
-        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> MaterializeResult:
-        return materialize_archived(context, plan, dicom, backup_storage)
-
     complete_spec = day_check_spec(
         names.archived,
         "complete_in_archive",
@@ -672,6 +627,57 @@ def build_source_backup(
         results = evaluate_content_verified(context, plan, dicom, backup_storage)
         return log_day_results(context, content_spec, results)
 
+    return [complete_in_archive, content_verified]
+
+
+def build_source_backup(
+    env: EnvironmentConfig,
+    source: QRSource,
+    partitions_def: DailyPartitionsDefinition,
+    *,
+    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    rules: baseline.BaselineRules = DEFAULT_RULES,
+) -> Definitions:
+    """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
+    plan = QRPlan.of(env, source, partitions_def)
+    names = plan.names
+    check_keys = [AssetCheckKey(names.archived, n) for n in QR_CHECKS]
+    step: dict[str, Any] = {
+        "partitions_def": partitions_def,
+        "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
+        "pool": names.pool,
+        "retry_policy": retry_policy,
+        "group_name": names.group,
+        # checks the failed run planned for days it did not materialize keep their earlier results
+        "hooks": {
+            not_run_hook(
+                f"{names.archived.to_python_identifier()}_checks_not_run", check_keys, partitions_def
+            )
+        },
+    }
+
+    @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
+    @with_dimse_metadata
+    def inventory(
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> MaterializeResult:
+        return materialize_inventory(context, plan, dicom, backup_storage)
+
+    # The inventory reaches `archived` as a handle file on disk (inventory.handle.json), not through an
+    # IO manager: manifests of millions of UIDs stay out of Dagster's storage.
+    @asset(
+        key=names.archived,
+        deps=[names.inventory],
+        kinds={"dicom", "orthanc"},
+        description=archived_description(plan),
+        **step,
+    )
+    @with_dimse_metadata
+    def archived(
+        context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> MaterializeResult:
+        return materialize_archived(context, plan, dicom, backup_storage)
+
     baselines = baseline_checks(
         names.archived,
         partitions_def,
@@ -681,7 +687,7 @@ def build_source_backup(
     )
     return Definitions.merge(
         Definitions(
-            assets=[inventory, archived], asset_checks=[complete_in_archive, content_verified, *baselines]
+            assets=[inventory, archived], asset_checks=[*qr_checks(plan, partitions_def), *baselines]
         ),
         backup_job_and_schedule(
             names,
