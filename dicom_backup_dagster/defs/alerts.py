@@ -54,7 +54,7 @@ from dagster import (
 from dagster import DagsterRunStatus as RunStatus
 
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.checks import BLOCKING_CHECK, JUDGED, RESTATED_FROM_RUN
+from dicom_backup_dagster.defs.checks import JUDGED, RESTATED_FROM_RUN
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -225,9 +225,8 @@ class _FailedStep:
 
     @property
     def blocking_check_only(self) -> bool:
-        # A blocking check failing with ERROR fails its step (Dagster's class for a returned result, our
-        # Failure with BLOCKING_CHECK for per-day evaluations); the check sensor reports it.
-        return self.error_type == "DagsterAssetCheckFailedError" or BLOCKING_CHECK in self.metadata
+        # A blocking check failing with ERROR fails its step with this class; the check sensor reports it.
+        return self.error_type == "DagsterAssetCheckFailedError"
 
 
 def _failed_steps(instance: DagsterInstance, run_id: str) -> list[_FailedStep]:

@@ -7,10 +7,10 @@ source that answers queries but lost or hides data, a duration far above it a sl
 PACS (backup/baseline.py holds the rules and thresholds).
 
 One evaluation per day: every check is a partitioned check (`AssetCheckSpec(partitions_def=...)`) in a
-`multi_asset_check` that logs one `AssetCheckEvaluation(partition=day)` per day of its run and yields
-nothing. Measured in Dagster 1.13.27: that records a SUCCEEDED/FAILED execution per day, for ranged
-(backfill) runs and single-day runs alike, whereas a plain `@asset_check` returning one result records
-partition None in a ranged run and leaves the days' executions PLANNED ("Skipped" in the UI). Each
+`multi_asset_check` that returns one `AssetCheckEvaluation(partition=day)` per day of its run. Measured
+in Dagster 1.13.27: that records a SUCCEEDED/FAILED execution per day, for ranged (backfill) runs and
+single-day runs alike, whereas a plain `@asset_check` returning one result records partition None in a
+ranged run and leaves the days' executions PLANNED ("Skipped" in the UI). Each
 evaluation names the materialization it judged (`target_materialization_data`); without it the UI's
 per-partition status treats the result as stale and shows the day as never checked.
 
@@ -42,7 +42,6 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     DailyPartitionsDefinition,
-    Failure,
     HookContext,
     HookDefinition,
     MetadataValue,
@@ -75,7 +74,6 @@ from dicom_backup_dagster.dicom.network import Peer
 # pass that was not judged resolves nothing.
 RESTATED_FROM_RUN = "restated_from_run"
 JUDGED = "judged"
-BLOCKING_CHECK = "blocking_check"  # in the Failure a blocking check raises: the check sensor reports it
 _HISTORY_LIMIT = 50
 Results = dict[str, AssetCheckResult]  # day -> that day's result
 
@@ -144,14 +142,14 @@ def entries_by_day(
 
 def log_day_results(
     context: AssetCheckExecutionContext, spec: AssetCheckSpec, results: Mapping[str, AssetCheckResult]
-) -> Iterator[Any]:
-    """One evaluation per day of `results`; a blocking check with a day failed at ERROR then fails its
-    step (after every day is recorded), so that nothing downstream runs."""
-    op_context = context.op_execution_context
-    for day, result in results.items():
-        # log_event's annotation omits AssetCheckEvaluation, which it records (one execution per day)
-        op_context.log_event(
-            AssetCheckEvaluation(  # type: ignore[arg-type]
+) -> Iterator[AssetCheckEvaluation]:
+    """One evaluation per day of `results`, for the check function to yield. Dagster records each one
+    as that day's execution and, for a blocking check with a day failed at ERROR, fails the step after
+    all of them (DagsterAssetCheckFailedError), so that nothing downstream runs. (Yielded, not `log_event`-ed:
+    Dagster counts blocking failures among yielded evaluations only.)"""
+    return iter(
+        [
+            AssetCheckEvaluation(
                 asset_key=spec.asset_key,
                 check_name=spec.name,
                 passed=result.passed,
@@ -164,18 +162,9 @@ def log_day_results(
                 partition=day,
                 blocking=spec.blocking,
             )
-        )
-    failed = [d for d, r in results.items() if not r.passed and r.severity == AssetCheckSeverity.ERROR]
-    if spec.blocking and failed:
-        raise Failure(
-            description=(
-                f"{spec.asset_key.to_user_string()} {spec.name} failed for {len(failed)} of {len(results)} "
-                f"days, first {failed[0]}: {results[failed[0]].description}"
-            ),
-            metadata={BLOCKING_CHECK: spec.name, "failed_days": MetadataValue.json(failed)},
-            allow_retries=False,
-        )
-    return iter(())
+            for day, result in results.items()
+        ]
+    )
 
 
 def peer_unreachable_result(what: str, error: DicomError, partition: str, compared: str) -> AssetCheckResult:
@@ -378,9 +367,9 @@ class BaselineCheck:
         spec = self.spec()
 
         @multi_asset_check(specs=[spec], can_subset=True, name=check_op_name(self.asset_key, self.name))
-        def _check(context: AssetCheckExecutionContext) -> Iterator[Any]:
+        def _check(context: AssetCheckExecutionContext) -> Iterator[AssetCheckEvaluation]:
             days = check_partitions(context, self.asset_key)
-            return log_day_results(context, spec, {d: self.day_result(context.instance, d) for d in days})
+            yield from log_day_results(context, spec, {d: self.day_result(context.instance, d) for d in days})
 
         return _check
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
@@ -758,8 +759,12 @@ def mosaiq_checks(plan: MosaiqPlan, partitions_def: DailyPartitionsDefinition) -
     @multi_asset_check(
         specs=[conformance_spec], can_subset=True, name=check_op_name(names.rt_records, "conformance")
     )
-    def conformance(context: AssetCheckExecutionContext, backup_storage: BackupStorage) -> Iterator[Any]:
-        return log_day_results(context, conformance_spec, evaluate_conformance(context, plan, backup_storage))
+    def conformance(
+        context: AssetCheckExecutionContext, backup_storage: BackupStorage
+    ) -> Iterator[AssetCheckEvaluation]:
+        yield from log_day_results(
+            context, conformance_spec, evaluate_conformance(context, plan, backup_storage)
+        )
 
     complete_spec = day_check_spec(
         names.archived,
@@ -775,9 +780,9 @@ def mosaiq_checks(plan: MosaiqPlan, partitions_def: DailyPartitionsDefinition) -
     )
     def complete_in_archive(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> Iterator[Any]:
+    ) -> Iterator[AssetCheckEvaluation]:
         results = evaluate_complete_in_archive(context, plan, dicom, backup_storage)
-        return log_day_results(context, complete_spec, results)
+        yield from log_day_results(context, complete_spec, results)
 
     content_spec = day_check_spec(
         names.archived,
@@ -792,9 +797,9 @@ def mosaiq_checks(plan: MosaiqPlan, partitions_def: DailyPartitionsDefinition) -
     )
     def content_verified(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> Iterator[Any]:
+    ) -> Iterator[AssetCheckEvaluation]:
         results = evaluate_content_verified(context, plan, dicom, backup_storage)
-        return log_day_results(context, content_spec, results)
+        yield from log_day_results(context, content_spec, results)
 
     return [conformance, complete_in_archive, content_verified]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
@@ -603,12 +604,11 @@ def qr_checks(plan: QRPlan, partitions_def: DailyPartitionsDefinition) -> list[A
     @multi_asset_check(
         specs=[complete_spec], can_subset=True, name=check_op_name(names.archived, "complete_in_archive")
     )
-    @with_dimse_metadata
     def complete_in_archive(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> Iterator[Any]:
-        results = evaluate_complete_in_archive(context, plan, dicom, backup_storage)
-        return log_day_results(context, complete_spec, results)
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = with_dimse_metadata(evaluate_complete_in_archive)(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, complete_spec, results)
 
     content_spec = day_check_spec(
         names.archived, "content_verified", partitions_def, content_verified_description(plan)
@@ -620,12 +620,11 @@ def qr_checks(plan: QRPlan, partitions_def: DailyPartitionsDefinition) -> list[A
         name=check_op_name(names.archived, "content_verified"),
         pool=names.pool,
     )
-    @with_dimse_metadata
     def content_verified(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> Iterator[Any]:
-        results = evaluate_content_verified(context, plan, dicom, backup_storage)
-        return log_day_results(context, content_spec, results)
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = with_dimse_metadata(evaluate_content_verified)(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, content_spec, results)
 
     return [complete_in_archive, content_verified]
 

@@ -374,7 +374,7 @@ def _day_check_defs(env: EnvironmentConfig, verdicts: dict[str, tuple[bool, bool
                 description=f"{day}: test",
                 metadata={"current": 0 if not passed else 40, JUDGED: judged},
             )
-        return log_day_results(context, spec, results)
+        yield from log_day_results(context, spec, results)
 
     job = dg.define_asset_job(
         "ARIA_backup",
@@ -419,6 +419,54 @@ def test_check_alerts_name_the_day_and_resolve_only_what_they_raised(sandbox, ch
         assert (
             "RESOLVED" in resolved and "volume back within baseline" in resolved and "2026-01-05" in resolved
         )
+
+
+def test_a_blocking_per_day_check_pages_once_through_the_check_sensor(sandbox, channels, monkeypatch):
+    """complete_in_archive failing at ERROR for a day fails its step after recording the day's evaluation
+    (Dagster's blocking-check failure): the run-failure sensor leaves it to asset_check_alerts, which pages
+    once, naming the day."""
+    env = _env(sandbox, monkeypatch, channels)
+    key = dg.AssetKey(["ARIA", "archived"])
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+
+    @dg.asset(key=key, partitions_def=days)
+    def archived() -> None:
+        return None
+
+    spec = day_check_spec(key, "complete_in_archive", days, "test presence", blocking=True)
+
+    @dg.multi_asset_check(specs=[spec], can_subset=True)
+    def presence(context):  # type: ignore[no-untyped-def]
+        results = {
+            day: dg.AssetCheckResult(passed=False, description=f"{day}: 2 missing", metadata={"missing": 2})
+            for day in context.op_execution_context.partition_keys
+        }
+        yield from log_day_results(context, spec, results)
+
+    job = dg.define_asset_job(
+        "ARIA_backup",
+        selection=dg.AssetSelection.assets(key) | dg.AssetSelection.checks_for_assets(key),
+        partitions_def=days,
+        tags={"dicom_backup/source": "ARIA"},
+    )
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[archived], asset_checks=[presence], jobs=[job]), _alert_defs(env)
+    )
+    with dg.instance_for_test() as instance:
+        channels.reset()
+        sensors = Sensors(defs, env, instance)
+        failed = defs.resolve_job_def("ARIA_backup").execute_in_process(
+            partition_key="2026-01-05", instance=instance, raise_on_error=False
+        )
+        assert not failed.success
+        (evaluation,) = failed.get_asset_check_evaluations()
+        assert evaluation.partition == "2026-01-05" and not evaluation.passed
+        sensors.after(failed)
+        assert channels.pd() == []
+        sensors.check_tick()
+        (trig,) = channels.pd()
+        assert trig["dedup_key"] == "dicom-backup/SANDBOX/ARIA/check/complete_in_archive"
+        assert trig["payload"]["custom_details"]["partition"] == "2026-01-05"
 
 
 # --------------------------------------------------------------------------------------------------------
