@@ -10,8 +10,10 @@ defs/resources.py).
   connectivity check) resolves the open incident with the same dedup key and tells the channels that
   heard about it, plus the `low` route.
 - `asset_check_alerts` (polling sensor with a cursor over ASSET_CHECK_EVALUATION events; open-source
-  Dagster has no check alerts): every failed evaluation alerts once; a later passing evaluation of the
-  same check resolves it.
+  Dagster has no check alerts): every failed evaluation alerts once, naming its day; the check's incident
+  is resolved only by a passing evaluation of a day it alerted for, once no alerted day of that check is
+  still failing. A pass that was not judged (a baseline without history, an empty day) and a result
+  restated for a check that did not run (defs/checks.py) resolve nothing and alert nothing.
 - `send_test_alert` job: one test message on every configured channel, from the UI.
 
 Messages are `notify.Alert`s: names, counts, DICOM status meanings, run links. Never exception text,
@@ -52,6 +54,7 @@ from dagster import (
 from dagster import DagsterRunStatus as RunStatus
 
 from dicom_backup_dagster.config import EnvironmentConfig
+from dicom_backup_dagster.defs.checks import JUDGED, RESTATED_FROM_RUN
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -476,8 +479,13 @@ def read_check_history(
     known: dict[str, Any] | None,
     tally: CheckPass,
 ) -> dict[str, Any]:
-    """Handle one check's evaluations after its cursor entry `known`; its new cursor entry."""
+    """Handle one check's evaluations after its cursor entry `known`; its new cursor entry. The entry also
+    keeps the days (partitions; "" for an unpartitioned evaluation) this sensor alerted for and that have
+    not passed since: only those can resolve the check's incident."""
     after, seen = (known["after"], set(known["seen"])) if known else (0, set())
+    alerted = CheckDays(
+        set(known.get("open", ())) if known else set(), legacy=known is not None and "open" not in known
+    )
     history = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=CHECK_BATCH)
     pending: list[int] = []
     for record in sorted(history, key=lambda r: r.id):
@@ -497,17 +505,53 @@ def read_check_history(
             continue
         if known is None and record.create_timestamp < tally.oldest:
             continue  # first look at this check: do not replay old history
-        alert = check_alert(plan, instance, evaluation, entry.run_id, entry.step_key)
-        if evaluation.passed:
-            tally.resolved += resolve(tally.d, tally.book, alert) is not None
-        else:
-            trigger(tally.d, tally.book, alert, once_per_outage=False)
-            tally.sent += 1
+        handle_evaluation(instance, plan, evaluation, entry.run_id, entry.step_key, alerted, tally)
     if pending:
         after = max([after, *(i for i in seen if i < min(pending))])
     elif seen:
         after = max(after, *seen)
-    return {"after": after, "seen": sorted(i for i in seen if i > after)}
+    return {"after": after, "seen": sorted(i for i in seen if i > after), "open": sorted(alerted.days)}
+
+
+@dataclass
+class CheckDays:
+    """The days of one check with an alert sent and no pass since. `legacy`: a cursor entry written
+    before days were kept, whose first judged pass resolves as it used to."""
+
+    days: set[str]
+    legacy: bool = False
+
+
+def _meta(evaluation: AssetCheckEvaluation, key: str) -> Any:
+    entry = evaluation.metadata.get(key)
+    return getattr(entry, "value", entry)
+
+
+def handle_evaluation(
+    instance: DagsterInstance,
+    plan: AlertPlan,
+    evaluation: AssetCheckEvaluation,
+    run_id: str,
+    step_key: str | None,
+    alerted: CheckDays,
+    tally: CheckPass,
+) -> None:
+    """Alert on a failed evaluation; resolve on a judged pass of an alerted day once none is left."""
+    if _meta(evaluation, RESTATED_FROM_RUN) is not None:
+        return  # the check did not run: its earlier result, already handled, was restated
+    day = evaluation.partition or ""
+    alert = check_alert(plan, instance, evaluation, run_id, step_key)
+    if not evaluation.passed:
+        trigger(tally.d, tally.book, alert, once_per_outage=False)
+        alerted.days.add(day)
+        tally.sent += 1
+        return
+    if _meta(evaluation, JUDGED) is False or not (day in alerted.days or alerted.legacy):
+        return  # not judged, or a day this sensor never alerted for: nothing of ours to resolve
+    alerted.days.discard(day)
+    alerted.legacy = False
+    if not alerted.days:
+        tally.resolved += resolve(tally.d, tally.book, alert) is not None
 
 
 # ------------------------------------------------------------------------------------------------------

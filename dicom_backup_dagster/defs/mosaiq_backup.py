@@ -41,13 +41,15 @@ import datetime as dt
 import functools
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
@@ -61,7 +63,7 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
     asset,
-    asset_check,
+    multi_asset_check,
 )
 
 from dicom_backup_dagster.backup import baseline
@@ -88,12 +90,21 @@ from dicom_backup_dagster.backup.records import (
 )
 from dicom_backup_dagster.backup.transfer import RetrieveSession
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, MosaiqSource, Settings
-from dicom_backup_dagster.defs.checks import baseline_checks, peer_unreachable_result, presence_check_result
+from dicom_backup_dagster.defs.checks import (
+    baseline_checks,
+    check_op_name,
+    day_check_spec,
+    log_day_results,
+    not_run_hook,
+    nothing_to_verify,
+    peer_unreachable_result,
+    presence_results,
+)
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
     backup_failure,
-    check_partition,
+    check_partitions,
     daily_partitions,
     find_session,
     uids_metadata,
@@ -575,15 +586,14 @@ def materialize_archived(
 # Checks
 
 
-def check_manifest(
+def check_manifests(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, storage: BackupStorage, asset: str
-) -> tuple[str | None, Path | None]:
-    """The partition the check judges and the manifest `<asset>.jsonl` of it (None when missing)."""
-    partition = check_partition(context, plan.names.key(asset))
-    if partition is None:
-        return None, None
-    path = plan.folder(storage, context.instance, partition) / f"{asset}.jsonl"
-    return partition, path if path.exists() else None
+) -> dict[str, Path | None]:
+    """The days the check judges (the run's, else the latest materialized one) and each day's manifest
+    `<asset>.jsonl` (None when missing). Mosaiq runs cover one day each (BackfillPolicy.multi_run(1))."""
+    days = check_partitions(context, plan.names.key(asset))
+    paths = {day: plan.folder(storage, context.instance, day) / f"{asset}.jsonl" for day in days}
+    return {day: path if path.exists() else None for day, path in paths.items()}
 
 
 def no_manifest(plan: MosaiqPlan, partition: str | None, name: str) -> AssetCheckResult:
@@ -596,14 +606,25 @@ def no_manifest(plan: MosaiqPlan, partition: str | None, name: str) -> AssetChec
 
 def evaluate_conformance(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, storage: BackupStorage
+) -> dict[str, AssetCheckResult]:
+    return {
+        day: conformance_day(context, plan, storage, day, path)
+        if path
+        else no_manifest(plan, day, "rt_records.jsonl")
+        for day, path in check_manifests(context, plan, storage, "rt_records").items()
+    }
+
+
+def conformance_day(
+    context: AssetCheckExecutionContext, plan: MosaiqPlan, storage: BackupStorage, partition: str, path: Path
 ) -> AssetCheckResult:
-    partition, path = check_manifest(context, plan, storage, "rt_records")
-    if partition is None or path is None:
-        return no_manifest(plan, partition, "rt_records.jsonl")
+    entries = list(read_manifest(path))
+    if not entries:
+        return nothing_to_verify(partition, "records")
     out = plan.spool(storage, context.instance, partition)
     bad: dict[str, list[str]] = {}
     files: dict[Path, str] = {}
-    for entry in read_manifest(path):
+    for entry in entries:
         file = record_path(out, entry.sop_instance_uid)
         if file.exists():
             files[file] = entry.sop_instance_uid
@@ -625,31 +646,53 @@ def evaluate_conformance(
         return AssetCheckResult(
             passed=False,
             severity=AssetCheckSeverity.ERROR,
-            description=f"{len(bad)} of {checked} records are not conformant; {uid}: {findings[0]}",
+            description=(
+                f"{partition}: {len(bad)} of {checked} records are not conformant; {uid}: {findings[0]}"
+            ),
             metadata=metadata,
         )
-    return AssetCheckResult(passed=True, description=f"all {checked} records conformant", metadata=metadata)
+    return AssetCheckResult(
+        passed=True, description=f"{partition}: all {checked} records conformant", metadata=metadata
+    )
 
 
 def evaluate_complete_in_archive(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, dicom: DicomNetwork, storage: BackupStorage
-) -> AssetCheckResult:
-    partition, path = check_manifest(context, plan, storage, "archived")
-    if partition is None or path is None:
-        return no_manifest(plan, partition, "archived.jsonl")
-    return presence_check_result(plan.alias, partition, path, plan.archive, dicom, noun="records")
+) -> dict[str, AssetCheckResult]:
+    paths = check_manifests(context, plan, storage, "archived")
+    found = {day: list(read_manifest(path)) for day, path in paths.items() if path is not None}
+    results = presence_results(plan.alias, found, plan.archive, dicom, noun="records") if found else {}
+    return {
+        day: results[day] if day in results else no_manifest(plan, day, "archived.jsonl") for day in paths
+    }
 
 
 def evaluate_content_verified(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> dict[str, AssetCheckResult]:
+    return {
+        day: content_day(context, plan, dicom, storage, day, path)
+        if path
+        else no_manifest(plan, day, "archived.jsonl")
+        for day, path in check_manifests(context, plan, storage, "archived").items()
+    }
+
+
+def content_day(
+    context: AssetCheckExecutionContext,
+    plan: MosaiqPlan,
+    dicom: DicomNetwork,
+    storage: BackupStorage,
+    partition: str,
+    path: Path,
 ) -> AssetCheckResult:
     """Every record C-GET from main has its recorded digest; a pass writes verified.jsonl, the staging
     cleanup's evidence, and a failure removes it."""
-    partition, path = check_manifest(context, plan, storage, "archived")
-    if partition is None or path is None:
-        return no_manifest(plan, partition, "archived.jsonl")
     archive = plan.archive
     entries = list(read_manifest(path))
+    if not entries:
+        mark_verified(path.parent, entries)  # nothing on staging waits for this day
+        return nothing_to_verify(partition, "records")
     compared = f"content digests of {len(entries)} records: recorded at render vs C-GET from {archive}"
     try:
         result = verify_recorded_digests(
@@ -675,7 +718,9 @@ def evaluate_content_verified(
     if result.passed and result.matched == len(entries):
         mark_verified(path.parent, entries)  # what the staging cleanup trusts (backup.staging)
         return AssetCheckResult(
-            passed=True, description=f"all {result.matched} records identical on {archive}", metadata=metadata
+            passed=True,
+            description=f"{partition}: all {result.matched} records identical on {archive}",
+            metadata=metadata,
         )
     mark_verified(path.parent, None)
     bad = result.mismatched_uids or result.missing_on_archive
@@ -683,8 +728,8 @@ def evaluate_content_verified(
         passed=False,
         severity=AssetCheckSeverity.ERROR,
         description=(
-            f"{len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing on "
-            f"{archive}; first: {', '.join(bad[:5])}" + (f"; {result.errors[0]}" if result.errors else "")
+            f"{partition}: {len(result.mismatched_uids)} differ, {len(result.missing_on_archive)} missing "
+            f"on {archive}; first: {', '.join(bad[:5])}" + (f"; {result.errors[0]}" if result.errors else "")
         ),
         metadata=metadata,
     )
@@ -694,36 +739,66 @@ def evaluate_content_verified(
 # The wiring
 
 
-def mosaiq_checks(plan: MosaiqPlan) -> list[AssetChecksDefinition]:
-    """`conformance` on rt_records, `complete_in_archive` and `content_verified` on archived."""
+MOSAIQ_CHECKS = (
+    ("rt_records", "conformance"),
+    ("archived", "complete_in_archive"),
+    ("archived", "content_verified"),
+    ("archived", "volume_vs_baseline"),
+    ("archived", "duration_vs_baseline"),
+)
+
+
+def mosaiq_checks(plan: MosaiqPlan, partitions_def: DailyPartitionsDefinition) -> list[AssetChecksDefinition]:
+    """`conformance` on rt_records, `complete_in_archive` and `content_verified` on archived, per day."""
     names = plan.names
+    conformance_spec = day_check_spec(
+        names.rt_records, "conformance", partitions_def, CONFORMANCE_DESCRIPTION
+    )
 
-    @asset_check(asset=names.rt_records, name="conformance", description=CONFORMANCE_DESCRIPTION)
-    def conformance(context: AssetCheckExecutionContext, backup_storage: BackupStorage) -> AssetCheckResult:
-        return evaluate_conformance(context, plan, backup_storage)
+    @multi_asset_check(
+        specs=[conformance_spec], can_subset=True, name=check_op_name(names.rt_records, "conformance")
+    )
+    def conformance(
+        context: AssetCheckExecutionContext, backup_storage: BackupStorage
+    ) -> Iterator[AssetCheckEvaluation]:
+        yield from log_day_results(
+            context, conformance_spec, evaluate_conformance(context, plan, backup_storage)
+        )
 
-    @asset_check(
-        asset=names.archived,
-        name="complete_in_archive",
+    complete_spec = day_check_spec(
+        names.archived,
+        "complete_in_archive",
+        partitions_def,
+        f"Every record of the day is on {plan.archive_alias}, by IMAGE-level C-FIND on {plan.archive}; a "
+        "day without records passes.",
         blocking=True,
-        description=f"Every record of the partition is on {plan.archive_alias}, by IMAGE-level C-FIND on "
-        f"{plan.archive}.",
+    )
+
+    @multi_asset_check(
+        specs=[complete_spec], can_subset=True, name=check_op_name(names.archived, "complete_in_archive")
     )
     def complete_in_archive(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_complete_in_archive(context, plan, dicom, backup_storage)
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = evaluate_complete_in_archive(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, complete_spec, results)
 
-    @asset_check(
-        asset=names.archived,
-        name="content_verified",
-        description=f"Every record retrieved by C-GET from {plan.archive_alias} has the content digest "
+    content_spec = day_check_spec(
+        names.archived,
+        "content_verified",
+        partitions_def,
+        f"Every record of the day retrieved by C-GET from {plan.archive_alias} has the content digest "
         "recorded when it was rendered.",
+    )
+
+    @multi_asset_check(
+        specs=[content_spec], can_subset=True, name=check_op_name(names.archived, "content_verified")
     )
     def content_verified(
         context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_content_verified(context, plan, dicom, backup_storage)
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = evaluate_content_verified(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, content_spec, results)
 
     return [conformance, complete_in_archive, content_verified]
 
@@ -744,6 +819,14 @@ def build_mosaiq_source_backup(
         "backfill_policy": BackfillPolicy.multi_run(1),
         "retry_policy": retry_policy,
         "group_name": names.group,
+        # checks the failed run planned for days it did not materialize keep their earlier results
+        "hooks": {
+            not_run_hook(
+                f"{names.archived.to_python_identifier()}_checks_not_run",
+                [AssetCheckKey(names.key(asset), check) for asset, check in MOSAIQ_CHECKS],
+                partitions_def,
+            )
+        },
     }
     database = with_database_key(plan.database_key)
 
@@ -799,12 +882,12 @@ def build_mosaiq_source_backup(
         return materialize_archived(context, plan, dicom, backup_storage)
 
     baselines = baseline_checks(
-        names.archived, partitions_def, rules, volume_key="records", volume_noun="records"
+        names.archived, partitions_def, rules, volume_key="records", volume_noun="records", noun="records"
     )
     return Definitions.merge(
         Definitions(
             assets=[deliveries, rt_records, staged, archived],
-            asset_checks=[*mosaiq_checks(plan), *baselines],
+            asset_checks=[*mosaiq_checks(plan, partitions_def), *baselines],
         ),
         backup_job_and_schedule(
             names,

@@ -25,13 +25,17 @@ and UIDs only: no patient data.
 # No `from __future__ import annotations` here: Dagster 1.13 validates the `context` annotation of assets
 # and checks by identity, and a string annotation fails that check.
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetExecutionContext,
     BackfillPolicy,
     DailyPartitionsDefinition,
@@ -41,7 +45,7 @@ from dagster import (
     MetadataValue,
     RetryPolicy,
     asset,
-    asset_check,
+    multi_asset_check,
 )
 
 from dicom_backup_dagster.backup import baseline
@@ -55,6 +59,7 @@ from dicom_backup_dagster.backup.manifest import (
     FAILED,
     FOUND,
     MOVED,
+    InstanceEntry,
     ManifestHandle,
     read_manifest,
 )
@@ -63,9 +68,16 @@ from dicom_backup_dagster.backup.verify import ContentResult, sample, verify_con
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource, Settings
 from dicom_backup_dagster.defs.checks import (
     baseline_checks,
+    check_op_name,
+    day_check_spec,
+    entries_by_day,
+    label_days,
     latest_metadata_value,
+    log_day_results,
+    not_run_hook,
+    nothing_to_verify,
     peer_unreachable_result,
-    presence_check_result,
+    presence_results,
 )
 from dicom_backup_dagster.defs.common import (
     DEFAULT_RETRY_POLICY,
@@ -86,6 +98,8 @@ from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
+
+QR_CHECKS = ("complete_in_archive", "content_verified", "volume_vs_baseline", "duration_vs_baseline")
 
 # Counts recorded per partition (each instance in exactly one; backup/partitions.py); a ranged run also
 # records its totals as run_<key>.
@@ -433,26 +447,30 @@ def archive_from_source(
 # Checks on <source>/archived
 
 
-def archived_manifest(
+def archived_by_day(
     context: AssetCheckExecutionContext, plan: QRPlan, storage: BackupStorage
-) -> tuple[str | None, Path | None]:
-    """The run's archived manifest (its partition or range); for a check executed on its own, the one
-    the latest materialization points at (it may cover a whole backfill range)."""
+) -> tuple[list[str], dict[str, list[InstanceEntry]] | None]:
+    """The days the check judges and each day's entries of the run's archived manifest (None: no
+    manifest). A check executed on its own judges the latest materialized day, in the manifest that
+    materialization points at (it may cover a whole backfill range)."""
     key = plan.names.archived
-    partitions = check_partitions(context, key)
-    if not partitions:
-        return None, None
+    days = check_partitions(context, key)
+    if not days:
+        return [], None
     op_context = context.op_execution_context
     if op_context.has_partition_key or op_context.has_partition_key_range:
-        label = RunDays(tuple(partitions)).label
-        path = storage.partition_dir(context.instance, plan.alias, label) / "archived.jsonl"
+        path = (
+            storage.partition_dir(context.instance, plan.alias, RunDays(tuple(days)).label) / "archived.jsonl"
+        )
     else:
-        label = partitions[0]
-        recorded = latest_metadata_value(context.instance, key, label, "manifest")
+        recorded = latest_metadata_value(context.instance, key, days[0], "manifest")
         if not isinstance(recorded, str):
-            return label, None
+            return days, None
         path = Path(recorded)
-    return label, path if path.exists() else None
+    if not path.exists():
+        return days, None
+    split = entries_by_day(read_manifest(path), label_days(path.parent.name, plan.partitions_def))
+    return days, {day: split.get(day, []) for day in days}
 
 
 def no_manifest(plan: QRPlan, partition: str | None) -> AssetCheckResult:
@@ -465,34 +483,32 @@ def no_manifest(plan: QRPlan, partition: str | None) -> AssetCheckResult:
 
 def complete_in_archive_description(plan: QRPlan) -> str:
     return (
-        f"Every inventoried instance (except those deferred to the next run) is on "
+        f"Every inventoried instance of the day (except those deferred to the next run) is on "
         f"{plan.archive_alias}, by IMAGE-level C-FIND on {plan.archive}. Fails naming the missing UIDs; "
-        "warns when instances were deferred by max_uids_per_run."
+        "warns when instances were deferred by max_uids_per_run; a day without instances passes."
     )
 
 
 def evaluate_complete_in_archive(
     context: AssetCheckExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
-) -> AssetCheckResult:
-    partition, path = archived_manifest(context, plan, storage)
-    if partition is None or path is None:
-        return no_manifest(plan, partition)
-    return presence_check_result(
+) -> dict[str, AssetCheckResult]:
+    days, by_day = archived_by_day(context, plan, storage)
+    if by_day is None:
+        return {day: no_manifest(plan, day) for day in days}
+    return presence_results(
         plan.alias,
-        partition,
-        path,
+        by_day,
         plan.archive,
         dicom,
-        deferred_advice=(
-            f" by max_uids_per_run ({plan.settings.max_uids_per_run}): run {plan.names.job} for "
-            f"{partition} again"
+        deferred_advice=lambda day: (
+            f" by max_uids_per_run ({plan.settings.max_uids_per_run}): run {plan.names.job} for {day} again"
         ),
     )
 
 
 def content_verified_description(plan: QRPlan) -> str:
     return (
-        "Content digest (transfer-syntax independent) of a sample, retrieved by C-GET from "
+        "Content digest (transfer-syntax independent) of a sample of the day, retrieved by C-GET from "
         f"{plan.alias} and from {plan.archive_alias}, must match. Sample: verification_fraction "
         f"{plan.settings.verification_fraction:g} of each series, at least one instance per series."
     )
@@ -500,14 +516,33 @@ def content_verified_description(plan: QRPlan) -> str:
 
 def evaluate_content_verified(
     context: AssetCheckExecutionContext, plan: QRPlan, dicom: DicomNetwork, storage: BackupStorage
+) -> dict[str, AssetCheckResult]:
+    days, by_day = archived_by_day(context, plan, storage)
+    if by_day is None:
+        return {day: no_manifest(plan, day) for day in days}
+    return {day: content_day(context, plan, dicom, storage, day, entries) for day, entries in by_day.items()}
+
+
+def content_day(
+    context: AssetCheckExecutionContext,
+    plan: QRPlan,
+    dicom: DicomNetwork,
+    storage: BackupStorage,
+    day: str,
+    entries: list[InstanceEntry],
 ) -> AssetCheckResult:
-    partition, path = archived_manifest(context, plan, storage)
-    if partition is None or path is None:
-        return no_manifest(plan, partition)
-    chosen = sample(read_manifest(path), plan.settings.verification_fraction)
+    if not entries:
+        return nothing_to_verify(day)
+    chosen = sample(entries, plan.settings.verification_fraction)
+    if not chosen:  # every instance of the day deferred or failed: complete_in_archive reports them
+        return AssetCheckResult(
+            passed=True,
+            description=f"no instance of {day} on the archive yet ({len(entries)} found): nothing to verify",
+            metadata={"partition": day, "sampled": 0},
+        )
     compared = (
-        f"content digests of {len(chosen)} sampled instances: C-GET from {plan.source.peer} vs C-GET from "
-        f"{plan.archive}"
+        f"content digests of {len(chosen)} sampled instances of {day}: C-GET from {plan.source.peer} vs "
+        f"C-GET from {plan.archive}"
     )
     try:
         result = verify_content(
@@ -519,9 +554,9 @@ def evaluate_content_verified(
             spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
         )
     except DicomError as error:
-        return peer_unreachable_result("retrieve for verification", error, partition, compared)
+        return peer_unreachable_result("retrieve for verification", error, day, compared)
     metadata: dict[str, Any] = {
-        "partition": partition,
+        "partition": day,
         "compared": compared,
         "sampled": len(chosen),
         "verification_fraction": plan.settings.verification_fraction,
@@ -533,7 +568,9 @@ def evaluate_content_verified(
     if result.errors:
         metadata["errors"] = MetadataValue.json(result.errors[:5])
     return AssetCheckResult(
-        passed=result.passed, description=content_description(result, len(chosen)), metadata=metadata
+        passed=result.passed,
+        description=f"{day}: {content_description(result, len(chosen))}",
+        metadata=metadata,
     )
 
 
@@ -552,6 +589,45 @@ def content_description(result: ContentResult, sampled: int) -> str:
 # The wiring
 
 
+def qr_checks(plan: QRPlan, partitions_def: DailyPartitionsDefinition) -> list[AssetChecksDefinition]:
+    """`complete_in_archive` (blocking) and `content_verified` on archived, per day."""
+    names = plan.names
+    complete_spec = day_check_spec(
+        names.archived,
+        "complete_in_archive",
+        partitions_def,
+        complete_in_archive_description(plan),
+        blocking=True,
+    )
+
+    @multi_asset_check(
+        specs=[complete_spec], can_subset=True, name=check_op_name(names.archived, "complete_in_archive")
+    )
+    def complete_in_archive(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = with_dimse_metadata(evaluate_complete_in_archive)(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, complete_spec, results)
+
+    content_spec = day_check_spec(
+        names.archived, "content_verified", partitions_def, content_verified_description(plan)
+    )
+
+    @multi_asset_check(
+        specs=[content_spec],
+        can_subset=True,
+        name=check_op_name(names.archived, "content_verified"),
+        pool=names.pool,
+    )
+    def content_verified(
+        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
+    ) -> Iterator[AssetCheckEvaluation]:
+        results = with_dimse_metadata(evaluate_content_verified)(context, plan, dicom, backup_storage)
+        yield from log_day_results(context, content_spec, results)
+
+    return [complete_in_archive, content_verified]
+
+
 def build_source_backup(
     env: EnvironmentConfig,
     source: QRSource,
@@ -563,12 +639,19 @@ def build_source_backup(
     """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
     plan = QRPlan.of(env, source, partitions_def)
     names = plan.names
+    check_keys = [AssetCheckKey(names.archived, n) for n in QR_CHECKS]
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
         "pool": names.pool,
         "retry_policy": retry_policy,
         "group_name": names.group,
+        # checks the failed run planned for days it did not materialize keep their earlier results
+        "hooks": {
+            not_run_hook(
+                f"{names.archived.to_python_identifier()}_checks_not_run", check_keys, partitions_def
+            )
+        },
     }
 
     @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
@@ -593,30 +676,6 @@ def build_source_backup(
     ) -> MaterializeResult:
         return materialize_archived(context, plan, dicom, backup_storage)
 
-    @asset_check(
-        asset=names.archived,
-        name="complete_in_archive",
-        blocking=True,
-        description=complete_in_archive_description(plan),
-    )
-    @with_dimse_metadata
-    def complete_in_archive(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_complete_in_archive(context, plan, dicom, backup_storage)
-
-    @asset_check(
-        asset=names.archived,
-        name="content_verified",
-        pool=names.pool,
-        description=content_verified_description(plan),
-    )
-    @with_dimse_metadata
-    def content_verified(
-        context: AssetCheckExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
-    ) -> AssetCheckResult:
-        return evaluate_content_verified(context, plan, dicom, backup_storage)
-
     baselines = baseline_checks(
         names.archived,
         partitions_def,
@@ -626,7 +685,7 @@ def build_source_backup(
     )
     return Definitions.merge(
         Definitions(
-            assets=[inventory, archived], asset_checks=[complete_in_archive, content_verified, *baselines]
+            assets=[inventory, archived], asset_checks=[*qr_checks(plan, partitions_def), *baselines]
         ),
         backup_job_and_schedule(
             names,

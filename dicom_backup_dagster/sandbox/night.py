@@ -343,8 +343,10 @@ def _check_lines(night: Night, runs: list[dict[str, Any]]) -> None:
                 failed.append((partition, evaluation))
     night.failed_checks += sum(1 for _, e in failed if e["severity"] == "ERROR")
     night.lines.append(f"  checks: {passed} passed, {len(failed)} failed")
-    for partition, e in failed:
-        night.lines.append(f"    FAILED {e['checkName']} ({e['severity']}) partition {partition}")
+    for partition, e in failed:  # each evaluation is one day's (a ranged run evaluates every day)
+        night.lines.append(
+            f"    FAILED {e['checkName']} ({e['severity']}) partition {e.get('partition') or partition}"
+        )
 
 
 SWEEP_COUNTS = (

@@ -44,3 +44,33 @@ def test_rules_carry_site_thresholds() -> None:
     )
     assert not strict.volume(80, [100]).passed and BaselineRules().volume(80, [100, 100, 100]).passed
     assert not strict.duration(160, [100]).passed and BaselineRules().duration(160, [100, 100, 100]).passed
+
+
+def test_an_empty_day_with_an_empty_baseline_is_not_judged() -> None:
+    verdict = volume_verdict(0, [0, 0, 0, 0], floor_instances=0)
+    assert (
+        verdict.passed and not verdict.judged and "median of the previous 4 partitions is 0" in verdict.reason
+    )
+
+
+def test_a_quiet_weekend_against_a_weekday_baseline_is_not_judged() -> None:
+    import datetime as dt
+
+    saturday = dt.date(2026, 11, 28)
+    days = [saturday - dt.timedelta(days=n) for n in range(7, 0, -1)]  # Sat..Fri before it
+    volumes = [0 if d.weekday() >= 5 else 100 for d in days]
+    verdict = volume_verdict(0, volumes, day=saturday, history_days=days)
+    assert verdict.passed and not verdict.judged and "Saturday" in verdict.reason
+    # A site that works at weekends: an empty Saturday is judged (and fails).
+    busy = volume_verdict(0, [100] * 7, day=saturday, history_days=days)
+    assert not busy.passed and busy.judged
+    # An empty weekday is judged against the same history.
+    friday = saturday - dt.timedelta(days=1)
+    assert not volume_verdict(0, volumes, day=friday, history_days=days).passed
+
+
+def test_judged_verdicts_say_so() -> None:
+    assert volume_verdict(60, [100, 120, 110]).judged
+    assert not volume_verdict(0, [100, 100]).judged  # too little history
+    assert not duration_verdict(700, [300]).judged
+    assert duration_verdict(700, [300, 320, 310]).judged

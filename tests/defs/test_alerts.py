@@ -22,6 +22,7 @@ import pytest
 
 from dicom_backup_dagster.config import EnvironmentConfig, load_config
 from dicom_backup_dagster.defs.alerts import build_alert_defs
+from dicom_backup_dagster.defs.checks import JUDGED, day_check_spec, log_day_results
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, notifier_resources
@@ -348,6 +349,124 @@ def test_failed_checks_alert_once_per_evaluation_and_resolve_when_passing(sandbo
         resolves = channels.pd("resolve")
         assert [r["dedup_key"] for r in resolves] == ["dicom-backup/SANDBOX/ARIA/check/complete_in_archive"]
         assert sum("RESOLVED" in json.dumps(s) for s in channels.slack()) == 2
+
+
+def _day_check_defs(env: EnvironmentConfig, verdicts: dict[str, tuple[bool, bool]]) -> dg.Definitions:
+    """A daily ARIA/archived with a per-day volume check (defs/checks.log_day_results) whose verdict per
+    day is `verdicts[day]` = (passed, judged)."""
+    key = dg.AssetKey(["ARIA", "archived"])
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+
+    @dg.asset(key=key, partitions_def=days)
+    def archived() -> None:
+        return None
+
+    spec = day_check_spec(key, "volume_vs_baseline", days, "test volume")
+
+    @dg.multi_asset_check(specs=[spec], can_subset=True)
+    def volume(context):  # type: ignore[no-untyped-def]
+        results = {}
+        for day in context.op_execution_context.partition_keys:
+            passed, judged = verdicts[day]
+            results[day] = dg.AssetCheckResult(
+                passed=passed,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"{day}: test",
+                metadata={"current": 0 if not passed else 40, JUDGED: judged},
+            )
+        yield from log_day_results(context, spec, results)
+
+    job = dg.define_asset_job(
+        "ARIA_backup",
+        selection=dg.AssetSelection.assets(key) | dg.AssetSelection.checks_for_assets(key),
+        partitions_def=days,
+        tags={"dicom_backup/source": "ARIA"},
+    )
+    return dg.Definitions.merge(
+        dg.Definitions(assets=[archived], asset_checks=[volume], jobs=[job]), _alert_defs(env)
+    )
+
+
+def test_check_alerts_name_the_day_and_resolve_only_what_they_raised(sandbox, channels, monkeypatch):
+    env = _env(sandbox, monkeypatch, channels)
+    verdicts = {
+        "2026-01-05": (False, True),  # low volume: alerted
+        "2026-01-10": (True, False),  # a quiet Saturday, not judged
+        "2026-01-12": (True, True),  # a normal day never alerted for
+    }
+    defs = _day_check_defs(env, verdicts)
+    job = defs.resolve_job_def("ARIA_backup")
+    with dg.instance_for_test() as instance:
+        channels.reset()
+        sensors = Sensors(defs, env, instance)
+
+        def run(day: str) -> None:
+            assert job.execute_in_process(partition_key=day, instance=instance).success
+            sensors.check_tick()
+
+        run("2026-01-05")
+        (alert,) = channels.slack()
+        assert "volume below baseline" in json.dumps(alert) and "2026-01-05" in json.dumps(alert)
+        run("2026-01-10")  # passes, not judged: resolves nothing
+        run("2026-01-12")  # passes judged, but was never alerted: resolves nothing
+        assert len(channels.slack()) == 1 and not any(
+            "RESOLVED" in str(m["Subject"]) for m in channels.mails()
+        )
+        verdicts["2026-01-05"] = (True, True)
+        run("2026-01-05")  # the alerted day passes: its incident is resolved, naming that day
+        assert len(channels.slack()) == 2
+        resolved = json.dumps(channels.slack()[-1])
+        assert (
+            "RESOLVED" in resolved and "volume back within baseline" in resolved and "2026-01-05" in resolved
+        )
+
+
+def test_a_blocking_per_day_check_pages_once_through_the_check_sensor(sandbox, channels, monkeypatch):
+    """complete_in_archive failing at ERROR for a day fails its step after recording the day's evaluation
+    (Dagster's blocking-check failure): the run-failure sensor leaves it to asset_check_alerts, which pages
+    once, naming the day."""
+    env = _env(sandbox, monkeypatch, channels)
+    key = dg.AssetKey(["ARIA", "archived"])
+    days = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+
+    @dg.asset(key=key, partitions_def=days)
+    def archived() -> None:
+        return None
+
+    spec = day_check_spec(key, "complete_in_archive", days, "test presence", blocking=True)
+
+    @dg.multi_asset_check(specs=[spec], can_subset=True)
+    def presence(context):  # type: ignore[no-untyped-def]
+        results = {
+            day: dg.AssetCheckResult(passed=False, description=f"{day}: 2 missing", metadata={"missing": 2})
+            for day in context.op_execution_context.partition_keys
+        }
+        yield from log_day_results(context, spec, results)
+
+    job = dg.define_asset_job(
+        "ARIA_backup",
+        selection=dg.AssetSelection.assets(key) | dg.AssetSelection.checks_for_assets(key),
+        partitions_def=days,
+        tags={"dicom_backup/source": "ARIA"},
+    )
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[archived], asset_checks=[presence], jobs=[job]), _alert_defs(env)
+    )
+    with dg.instance_for_test() as instance:
+        channels.reset()
+        sensors = Sensors(defs, env, instance)
+        failed = defs.resolve_job_def("ARIA_backup").execute_in_process(
+            partition_key="2026-01-05", instance=instance, raise_on_error=False
+        )
+        assert not failed.success
+        (evaluation,) = failed.get_asset_check_evaluations()
+        assert evaluation.partition == "2026-01-05" and not evaluation.passed
+        sensors.after(failed)
+        assert channels.pd() == []
+        sensors.check_tick()
+        (trig,) = channels.pd()
+        assert trig["dedup_key"] == "dicom-backup/SANDBOX/ARIA/check/complete_in_archive"
+        assert trig["payload"]["custom_details"]["partition"] == "2026-01-05"
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -168,6 +168,7 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
             "duration_vs_baseline",
         }
         assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
+        assert all(c.partition == DAY.isoformat() for c in result.get_asset_check_evaluations())
         assert checks["conformance"].metadata["checked"].value == expected
         assert checks["content_verified"].metadata["matched"].value == expected
         manifest = next(
@@ -290,6 +291,22 @@ def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, mon
         assert all(c.passed for c in _checks(again).values())
         assert all(sandbox.main.has_instance(u) for u in uids)
 
+        # Main down again for a verified day: archived fails, its checks do not run and the day keeps
+        # its passed results (restated, saying so); conformance on rt_records runs as usual.
+        with sandbox.peer_stopped("ORTHANC_MAIN"):
+            failed = _run(defs, day, instance)
+        assert not failed.success
+        assert set(_checks(failed)) == {"conformance"}
+        archived = dg.AssetKey([ALIAS, "archived"])
+        for name in ("complete_in_archive", "content_verified", "volume_vs_baseline", "duration_vs_baseline"):
+            records = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(archived, name), limit=5
+            )
+            assert records[0].run_id == failed.run_id and records[0].status.value == "SUCCEEDED", name
+            assert records[0].partition == day.isoformat()
+            assert records[0].evaluation is not None
+            assert (records[0].evaluation.description or "").startswith("not run in this run")
+
 
 def test_a_day_without_treatments_succeeds_with_nothing_to_do(sandbox, monkeypatch, tmp_path):
     env = _env(sandbox, monkeypatch)
@@ -300,7 +317,11 @@ def test_a_day_without_treatments_succeeds_with_nothing_to_do(sandbox, monkeypat
     assert _metadata(result, "deliveries")["deliveries"] == 0
     assert _metadata(result, "staged")["stored"] == 0
     assert _metadata(result, "archived")["sub_operations_completed"] == 0
-    assert all(c.passed for c in _checks(result).values())
+    checks = _checks(result)
+    assert all(c.passed for c in checks.values())
+    for name in ("conformance", "complete_in_archive", "content_verified"):
+        assert checks[name].description == f"no records dated {day}: nothing to verify"
+        assert checks[name].partition == day.isoformat()
 
 
 def _history(instance: dg.DagsterInstance, day: dt.date, records: int, seconds: float) -> None:

@@ -71,6 +71,29 @@ def _checks(result: Any) -> dict[str, Any]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
+def _checks_by_day(result: Any) -> dict[str, dict[str, Any]]:
+    """check name -> day -> its evaluation (every check evaluates every day of its run)."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in result.get_asset_check_evaluations():
+        assert e.partition is not None and e.partition not in out.get(e.check_name, {}), e
+        out.setdefault(e.check_name, {})[e.partition] = e
+    return out
+
+
+def _check_status(
+    instance: dg.DagsterInstance, defs: dg.Definitions, key: dg.AssetCheckKey
+) -> dict[str, list[str]]:
+    """The per-partition statuses the UI shows for a check (GraphQL AssetCheck.partitionStatuses)."""
+    partitions_def = defs.resolve_assets_def(key.asset_key).partitions_def
+    state = instance.event_log_storage.get_asset_check_state([(key, partitions_def)])[key]
+    out = {}
+    for status, subset in state.subsets.items():
+        days = sorted(subset.subset_value.get_partition_keys()) if subset.subset_value is not None else []
+        if days:
+            out[status.value] = days
+    return out
+
+
 def _sandbox_uids(sandbox: Any, source: str, days: list[dt.date]) -> list[str]:
     wanted = {d.strftime("%Y%m%d") for d in days}
     return [r.sop_instance_uid for r in sandbox.manifest.for_source(source) if r.date in wanted]
@@ -293,10 +316,28 @@ def test_backfill_range_is_one_run_with_figures_per_day(sandbox, monkeypatch, tm
         assert inventory["study_dates"] == "20260112-20260114"  # no look-back in a backfill
         every = _sandbox_uids(sandbox, "ARIA", [dt.date.fromisoformat(d) for d in days])
         assert all(sandbox.main.has_instance(uid) for uid in every)
-        checks = _checks(result)
-        assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
-        assert checks["complete_in_archive"].metadata["present"].value == len(every)
-        assert "not judged" in (checks["duration_vs_baseline"].description or "")
+        # One evaluation per check and day, each with its partition and the day's own figures.
+        by_check = _checks_by_day(result)
+        assert set(by_check) == CHECKS
+        for name, evaluations in by_check.items():
+            assert sorted(evaluations) == days, name
+            assert all(e.passed for e in evaluations.values()), {
+                d: e.description for d, e in evaluations.items()
+            }
+        present = {d: e.metadata["present"].value for d, e in by_check["complete_in_archive"].items()}
+        assert present == {d: per_day[d]["instances_found"] for d in days}
+        assert sum(present.values()) == len(every)
+        for day, evaluation in by_check["duration_vs_baseline"].items():
+            assert (evaluation.description or "").startswith(f"{day}: not judged")
+        for day, evaluation in by_check["content_verified"].items():
+            assert evaluation.metadata["partition"].value == day and evaluation.metadata["sampled"].value >= 1
+        # Dagster records a SUCCEEDED execution per day (what the UI's check history and partition
+        # statuses read), none left PLANNED ("Skipped" / partition "—").
+        for name in CHECKS:
+            check_key = dg.AssetCheckKey(key, name)
+            records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=20)
+            assert sorted((r.partition, r.status.value) for r in records) == [(d, "SUCCEEDED") for d in days]
+            assert _check_status(instance, defs, check_key) == {"SUCCEEDED": days}
 
         # Execute checks on their own afterwards: they find the range's manifest through the metadata.
         checks_only = dg.materialize(
@@ -307,6 +348,7 @@ def test_backfill_range_is_one_run_with_figures_per_day(sandbox, monkeypatch, tm
             raise_on_error=False,
         )
         assert _checks(checks_only)["complete_in_archive"].passed
+        assert _checks(checks_only)["complete_in_archive"].partition == days[-1]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -583,8 +625,55 @@ def test_volume_far_below_the_trailing_median_warns(sandbox, monkeypatch, tmp_pa
         assert volume.metadata["baseline_median"].value == 4
         assert volume.metadata["history"].value == [15, 4, 4]
         assert "instances_dated" in volume.metadata["compared"].value
+        assert volume.partition == "2026-01-15" and (volume.description or "").startswith("2026-01-15: 0 ")
+        assert volume.metadata["history_days"].value == ["2026-01-12", "2026-01-13", "2026-01-14"]
         duration = _checks(quiet)["duration_vs_baseline"]
         assert duration.passed and len(duration.metadata["history"].value) == 3
+
+
+def test_empty_day_has_nothing_to_verify_and_passes(sandbox, monkeypatch, tmp_path):
+    day = "2026-01-15"  # a weekday without ARIA data; no look-back: nothing at all to back up
+    assert not _sandbox_uids(sandbox, "ARIA", [dt.date.fromisoformat(day)])
+    defs = _defs(_env(sandbox, monkeypatch, lookback_days=0), tmp_path)
+    with dg.instance_for_test() as instance:
+        result = _run(defs, "ARIA", day, instance)
+        assert result.success, _failure(result)[0]
+        checks = _checks_by_day(result)
+        for name in ("complete_in_archive", "content_verified"):
+            evaluation = checks[name][day]
+            assert evaluation.passed, evaluation.description
+            assert evaluation.description == f"no instances dated {day}: nothing to verify"
+        volume = checks["volume_vs_baseline"][day]
+        assert volume.passed and "not judged" in (volume.description or "")
+
+
+def test_failed_run_of_a_verified_day_keeps_its_passed_checks(sandbox, monkeypatch, tmp_path):
+    """A run whose asset step fails (the source is down) does not run the checks: a day verified earlier
+    keeps its passed results, in the history and in the partition statuses, not "Execution failed"."""
+    env = _env(sandbox, monkeypatch, lookback_days=0)
+    day = _sandbox_day(sandbox, "ARIA")
+    key = dg.AssetKey(["ARIA", "archived"])
+    with dg.instance_for_test() as instance:
+        defs = _defs(env, tmp_path)
+        assert _run(defs, "ARIA", day, instance).success
+        aria = env.sources["ARIA"]
+        down = replace(env, sources={**env.sources, "ARIA": replace(aria, port=free_port())})
+        failed = _run(_defs(down, tmp_path), "ARIA", day, instance)
+        assert not failed.success and "connection refused" in _failure(failed)[0]
+        for name in CHECKS:
+            check_key = dg.AssetCheckKey(key, name)
+            records = instance.event_log_storage.get_asset_check_execution_history(check_key, limit=10)
+            latest, earlier = records[0], records[1]
+            assert latest.run_id == failed.run_id and latest.status.value == "SUCCEEDED", name
+            assert latest.evaluation is not None and earlier.evaluation is not None
+            assert (latest.evaluation.description or "").startswith("not run in this run")
+            assert earlier.evaluation.description in (latest.evaluation.description or "")
+            assert _check_status(instance, defs, check_key) == {"SUCCEEDED": [day]}, name
+
+
+def _sandbox_day(sandbox: Any, source: str) -> str:
+    dates = sorted({r.date for r in sandbox.manifest.for_source(source)})
+    return dt.datetime.strptime(dates[0], "%Y%m%d").date().isoformat()
 
 
 def test_day_with_more_studies_than_the_source_cap_is_archived_whole(sandbox, monkeypatch, tmp_path):
