@@ -562,6 +562,10 @@ class Settings:
     # The first day the site's backups cover: every source's daily partitions start here, so the UI counts
     # no "missing" days before the backups began. Older days are backed up by moving it back.
     first_day: Annotated[dt.date, check(_day)] = dt.date(2020, 1, 1)
+    # A backup step that failed transiently (peer down, timeout) runs again up to `max_retries` times,
+    # the first after about `retry_delay_s` seconds, each later one after twice the previous delay.
+    max_retries: Annotated[int, _int(0, 20, "3")] = 3
+    retry_delay_s: Annotated[float, check(checks.number, 0.0, 86400.0, "30")] = 30.0
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

@@ -59,7 +59,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
     asset_check,
 )
@@ -90,13 +89,16 @@ from dicom_backup_dagster.backup.transfer import RetrieveSession
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, MosaiqSource, Settings
 from dicom_backup_dagster.defs.checks import baseline_checks, peer_unreachable_result, presence_check_result
 from dicom_backup_dagster.defs.common import (
-    DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
     DEFAULT_START_DATE,
+    FROM_SETTINGS,
+    RetryChoice,
     backup_failure,
     check_partition,
     daily_partitions,
+    explain_failures,
     find_session,
+    resolve_retry_policy,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.keys import SourceNames
@@ -241,10 +243,17 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
     where = f" (password from ${source.db_password_env})" if error.what_failed == "login failed" else ""
     return Failure(
         description=(
-            f"{source.alias} backup, reading deliveries of partition {partition}: {error}{where} "
-            + ("(transient, will be retried)" if transient else "(not retried)")
+            f"{source.alias} backup, reading deliveries of partition {partition}: {error}{where}"
+            + ("" if transient else " (not retried)")
         ),
-        metadata={"source": source.alias, "sqlstate": error.sqlstate or "none"},
+        metadata={
+            "source": source.alias,
+            "peer": f"database {error.database} on {error.server}",
+            "operation": "ODBC connect",
+            "sqlstate": error.sqlstate or "none",
+            "cause": error.what_failed,
+            "advice": error.what_to_do,
+        },
         allow_retries=transient,
     )
 
@@ -734,23 +743,26 @@ def build_mosaiq_source_backup(
     source: MosaiqSource,
     partitions_def: DailyPartitionsDefinition,
     *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
     plan = MosaiqPlan.of(env, source)
     names, staging = plan.names, plan.staging
+    policy = resolve_retry_policy(retry_policy, env.settings)
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(1),
-        "retry_policy": retry_policy,
+        "retry_policy": policy,
         "group_name": names.group,
     }
     database = with_database_key(plan.database_key)
+    explained = explain_failures(policy)
 
     @asset(
         key=names.deliveries, kinds={"mosaiq"}, description=DELIVERIES_DESCRIPTION.format(plan=plan), **step
     )
+    @explained
     @database
     def deliveries(
         context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
@@ -764,6 +776,7 @@ def build_mosaiq_source_backup(
         description=RT_RECORDS_DESCRIPTION,
         **step,
     )
+    @explained
     @database
     def rt_records(
         context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
@@ -779,6 +792,7 @@ def build_mosaiq_source_backup(
         f"({plan.stage}).",
         **step,
     )
+    @explained
     @with_dimse_metadata
     def staged(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -793,6 +807,7 @@ def build_mosaiq_source_backup(
         description=ARCHIVED_DESCRIPTION.format(plan=plan),
         **step,
     )
+    @explained
     @with_dimse_metadata
     def archived(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -847,7 +862,7 @@ def build_mosaiq_backup_defs(
     env: EnvironmentConfig,
     *,
     start_date: str | dt.date = DEFAULT_START_DATE,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.

@@ -39,7 +39,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
     asset_check,
 )
@@ -68,14 +67,17 @@ from dicom_backup_dagster.defs.checks import (
     presence_check_result,
 )
 from dicom_backup_dagster.defs.common import (
-    DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
     DEFAULT_START_DATE,
+    FROM_SETTINGS,
+    RetryChoice,
     backup_failure,
     check_partitions,
     daily_partitions,
+    explain_failures,
     find_session,
     is_backfill_run,
+    resolve_retry_policy,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
@@ -558,21 +560,23 @@ def build_source_backup(
     source: QRSource,
     partitions_def: DailyPartitionsDefinition,
     *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
     plan = QRPlan.of(env, source, partitions_def)
     names = plan.names
+    policy = resolve_retry_policy(retry_policy, env.settings)
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
         "pool": names.pool,
-        "retry_policy": retry_policy,
+        "retry_policy": policy,
         "group_name": names.group,
     }
 
     @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
+    @explain_failures(policy)
     @with_dimse_metadata
     def inventory(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -588,6 +592,7 @@ def build_source_backup(
         description=archived_description(plan),
         **step,
     )
+    @explain_failures(policy)
     @with_dimse_metadata
     def archived(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -646,7 +651,7 @@ def build_qr_backup_defs(
     env: EnvironmentConfig,
     *,
     start_date: str | dt.date = DEFAULT_START_DATE,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone. Their

@@ -32,12 +32,14 @@ def dimse_metadata_value(collected: stats.DimseStats, peer_aet: str | None = Non
 
 
 def log_summary(collected: stats.DimseStats, what: str) -> None:
-    """One INFO line per (peer AE, operation): counts by status class and the seconds spent."""
+    """One line per (peer AE, operation): counts by status class and the seconds spent; WARNING when a
+    request failed (the step's own failure, if any, is Dagster's ERROR line), INFO otherwise."""
     for peer, ops in collected.to_metadata().items():
         for operation, values in ops.items():
             count = sum(int(values[c]) for c in stats.STATUS_CLASSES)
             worst = next((c for c in ("failure", "warning") if values[c]), "success")
-            log.info(
+            log.log(
+                logging.WARNING if worst == "failure" else logging.INFO,
                 "%s: %s %s to %s: %d success, %d warning, %d failure, %.3f s",
                 what,
                 count,

@@ -348,7 +348,12 @@ def _deliveries_failure(result: Any) -> str:
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert [e.step_key for e in failures] == ["MOSAIQ__deliveries"]
     error = failures[0].event_specific_data.error
-    return error.message + "".join(str(e.message) for e in result.all_events)
+    retried = [  # Dagster wraps a retried Failure: its text is the cause's
+        e.event_specific_data.error.cause
+        for e in result.all_events
+        if e.event_type_value == "STEP_UP_FOR_RETRY" and e.event_specific_data.error.cause is not None
+    ]
+    return error.message + "".join(str(e.message) for e in result.all_events + retried)
 
 
 def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_the_secret(
@@ -372,7 +377,9 @@ def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_th
         )
         broken = replace(env, sources={**env.sources, ALIAS: pg})
         with dg.instance_for_test() as instance:
-            return _deliveries_failure(_run(_defs(broken, tmp_path), DAY, instance))
+            # One immediate retry: a transient failure is retried, and its last attempt still says why.
+            retry = dg.RetryPolicy(max_retries=1)
+            return _deliveries_failure(_run(_defs(broken, tmp_path, retry), DAY, instance))
 
     with private_postgres() as (port, _good):
         text = run_against(port)
@@ -384,7 +391,8 @@ def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_th
     dead = free_port()
     text = run_against(dead)
     assert f"127.0.0.1:{dead} for source MOSAIQ" in text and "the database server is unreachable" in text
-    assert "(transient, will be retried)" in text and wrong not in text
+    assert "(transient, attempt 1 of 2: will be retried)" in text and wrong not in text
+    assert "(attempt 2 of 2: failed after every retry)" in text and "Exceeded max_retries" not in text
 
 
 def test_record_missing_on_staging_fails_alone_not_its_whole_move_request(sandbox, monkeypatch, tmp_path):
