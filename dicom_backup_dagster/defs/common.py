@@ -27,9 +27,11 @@ from dicom_backup_dagster.backup.errors import is_transient
 from dicom_backup_dagster.config import EnvironmentConfig, Settings
 from dicom_backup_dagster.defs.keys import BACKFILL_ID_TAG, SourceNames
 from dicom_backup_dagster.defs.resources import STORAGE_RESOURCE_KEY, BackupStorage, DicomNetwork
-from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.echo import c_echo
+from dicom_backup_dagster.dicom.errors import AssociationError, DicomError, SubOperationError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
+from dicom_backup_dagster.dicom.status import destination_unreachable_advice
 
 __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.py / keys.py
     "DEFAULT_RETRY_POLICY",
@@ -43,6 +45,7 @@ __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.
     "check_partition",
     "check_partitions",
     "daily_partitions",
+    "explain_destination",
     "explain_failures",
     "find_session",
     "is_backfill_run",
@@ -117,6 +120,40 @@ def backup_failure(
             **(metadata or {}),
         },
         allow_retries=retry,
+    )
+
+
+def explain_destination(error: DicomError, destination: Peer, dicom: DicomNetwork) -> DicomError:
+    """A C-MOVE that failed while its move destination is unreachable (a C-ECHO to it fails): the same
+    error with advice saying so. The source's status alone cannot tell: Orthanc answers 0xC000 without
+    counts when it cannot reach the destination."""
+    if error.operation != "C-MOVE" or error.status is None:
+        return error
+    try:
+        c_echo(destination, dicom.calling_aet, dicom.timeouts)
+    except AssociationError as down:
+        advice = destination_unreachable_advice(str(destination), down.detail)
+    except DicomError:  # it answers: the destination is up, the source's hint stands
+        return error
+    else:
+        return error
+    if isinstance(error, SubOperationError):
+        return SubOperationError(
+            error.peer,
+            error.operation,
+            error.detail,
+            result=error.result,
+            status=error.status,
+            advice=advice,
+            failed_sop_instance_uids=error.failed_sop_instance_uids,
+        )
+    return DicomError(
+        error.peer,
+        error.operation,
+        error.detail,
+        status=error.status,
+        advice=advice,
+        failed_sop_instance_uids=error.failed_sop_instance_uids,
     )
 
 

@@ -96,6 +96,7 @@ from dicom_backup_dagster.defs.common import (
     backup_failure,
     check_partition,
     daily_partitions,
+    explain_destination,
     explain_failures,
     find_session,
     resolve_retry_policy,
@@ -568,7 +569,7 @@ def materialize_archived(
             f"C-MOVE from staging {plan.staging.alias} to {plan.archive.aet} ({len(tally.failed)} of "
             f"{len(records)} records not moved)",
             partition,
-            tally.errors[0],
+            explain_destination(tally.errors[0], plan.archive, dicom),
             metadata,
         )
     context.log.info(

@@ -74,6 +74,7 @@ from dicom_backup_dagster.defs.common import (
     backup_failure,
     check_partitions,
     daily_partitions,
+    explain_destination,
     explain_failures,
     find_session,
     is_backfill_run,
@@ -308,7 +309,7 @@ def materialize_archived(
     for error in outcome.errors:
         context.log.warning(f"{alias} {partition}: {error}")
     if final.failed:
-        raise transfer_failure(plan, partition, result, metadata)
+        raise transfer_failure(plan, partition, result, metadata, dicom)
     context.log.info(
         f"{alias} {partition}: moved {final.moved} in {result.seconds_transfer:.2f} s, "
         f"{plan_.deferred} deferred"
@@ -361,10 +362,11 @@ def archived_metadata(
 
 
 def transfer_failure(
-    plan: QRPlan, partition: str, result: ArchiveResult, metadata: dict[str, Any]
+    plan: QRPlan, partition: str, result: ArchiveResult, metadata: dict[str, Any], dicom: DicomNetwork
 ) -> Failure:
-    """Instances not on the archive after the transfer: the peer's error if there was one, else the
-    missing UIDs (the source reported success)."""
+    """Instances not on the archive after the transfer: the peer's error if there was one (a C-MOVE's
+    saying so when the archive, its destination, is unreachable), else the missing UIDs (the source
+    reported success)."""
     outcome, final, pending = result.outcome, result.final, result.plan.pending
     error = outcome.fatal or (outcome.errors[0] if outcome.errors else None)
     if error is not None:
@@ -372,7 +374,7 @@ def transfer_failure(
             plan.alias,
             f"transfer ({final.failed} of {pending} instances not on the archive)",
             partition,
-            error,
+            explain_destination(error, plan.archive, dicom),
             metadata,
         )
     return Failure(

@@ -57,6 +57,7 @@ from dicom_backup_dagster.defs.common import (
     FROM_SETTINGS,
     RetryChoice,
     backup_failure,
+    explain_destination,
     explain_failures,
     find_session,
     resolve_retry_policy,
@@ -361,7 +362,7 @@ def reconcile_batch(
         raise night.failure(
             plan.alias,
             f"transfer ({result.final.failed} of {result.plan.pending} instances not on the archive)",
-            result.outcome.fatal,
+            explain_destination(result.outcome.fatal, plan.archive, dicom),
         )
     return max(0, budget - result.plan.pending)
 

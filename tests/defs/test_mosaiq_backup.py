@@ -280,6 +280,12 @@ def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, mon
         failures = [e for e in down.all_events if e.event_type_value == "STEP_FAILURE"]
         assert [e.step_key for e in failures] == ["MOSAIQ__archived"]
         assert env.main_target.aet in failures[0].event_specific_data.error.message
+        # Staging answers 0xC000 without counts; the hint names the unreachable destination, not the
+        # hierarchical-SCP guess.
+        said = failures[0].event_specific_data.error.message
+        main = env.main_target.peer
+        assert f"the move destination {main} cannot be reached (connection refused" in said
+        assert "0xC000" in said and "hierarchical" not in said
         staged = _metadata(down, "staged")["stored"]
         assert staged == _expected_deliveries(day)
         staged_manifest = tmp_path / "manifests" / ALIAS / day.isoformat() / "staged.jsonl"
