@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicom_backup_dagster.dicom import stats
+from dicom_backup_dagster.monitoring.dimse import dimse_mapping
 
 # Names as served (counters with their `_total`), for the dashboard and rules tests.
 RUNS_STARTED = "dicom_backup_runs_started_total"
@@ -131,7 +132,8 @@ class Totals:
     def add_dimse(self, run_id: str, asset: str, value: Any) -> None:
         """Add one `dimse` metadata value. A ranged run writes the same value on every partition's
         materialization of a step: count it once per (run, asset, value)."""
-        if not isinstance(value, Mapping) or not value:
+        value = dimse_mapping(value)  # a table (monitoring/dimse.py) or the older JSON mapping
+        if not value:
             return
         digest = hashlib.blake2b(
             f"{run_id}\0{asset}\0{json.dumps(value, sort_keys=True)}".encode(), digest_size=12
