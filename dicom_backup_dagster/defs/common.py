@@ -24,6 +24,7 @@ from dagster import (
 
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.errors import is_transient
+from dicom_backup_dagster.backup.partitions import RunDays
 from dicom_backup_dagster.config import EnvironmentConfig, Settings
 from dicom_backup_dagster.defs.keys import BACKFILL_ID_TAG, SourceNames
 from dicom_backup_dagster.defs.resources import STORAGE_RESOURCE_KEY, BackupStorage, DicomNetwork
@@ -45,6 +46,7 @@ __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.
     "check_partition",
     "check_partitions",
     "daily_partitions",
+    "day_first_metadata",
     "explain_destination",
     "explain_failures",
     "find_session",
@@ -214,6 +216,36 @@ def explain_failures(policy: RetryPolicy | None) -> Callable[[F], F]:
 
 # ------------------------------------------------------------------------------------------------------
 # Helpers shared by the assets and checks of every source kind
+
+
+def day_first_metadata(
+    context: AssetExecutionContext,
+    days: RunDays,
+    per_day: dict[str, dict[str, Any]],
+    run_figures: dict[str, Any],
+    details: dict[str, Any],
+) -> dict[str, Any]:
+    """A materialization's metadata, the day's own figures first.
+
+    A one-day run is the day: its figures, then the run's (requests, seconds per phase, ...) unprefixed,
+    then `details` (peers, manifest). A ranged run (a backfill) records each day's figures on that day
+    (sums over days are the run's totals) and every run-wide figure as `run_<key>` (the totals of the
+    day figures too), never a run's figure under a day's name. Dagster puts a day's own metadata after the
+    run's; placeholders in the run's dict keep the day's keys first (the day's values replace them)."""
+    if len(days.partitions) == 1:
+        (figures,) = per_day.values()
+        return {**figures, **run_figures, **details}
+    for day, figures in per_day.items():
+        context.add_asset_metadata(figures, partition_key=day)
+    keys = list(next(iter(per_day.values())))
+    totals = {f"run_{k}": sum(f[k] for f in per_day.values()) for k in keys}
+    return {
+        **dict.fromkeys(keys, 0),
+        "run_partitions": days.label,
+        **totals,
+        **{f"run_{k}": v for k, v in run_figures.items()},
+        **details,
+    }
 
 
 def uids_metadata(uids: list[str] | tuple[str, ...]) -> MetadataValue:

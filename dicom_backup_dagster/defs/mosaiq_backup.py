@@ -544,18 +544,19 @@ def materialize_archived(
         # deferred / already_archived / seconds_total / bytes follow the archived metadata contract
         # that monitoring reads. Nothing is ever deferred or skipped as already archived here: every
         # record of the day is moved (the archive keeps one copy of a UID).
+        # The day's own figures first (a Mosaiq run is always one day).
         "records": len(records),
+        "already_archived": 0,
         "moved": tally.completed,
         "deferred": 0,
-        "already_archived": 0,
-        "bytes": sum(e.size or 0 for e in records),
+        "failed": len(tally.failed),
         "seconds_total": round(staged.seconds + seconds, 3),
+        "bytes": sum(e.size or 0 for e in records),
         "series": series,
         "move_requests": tally.requests,
         "sub_operations_completed": tally.completed,
         "sub_operations_failed": tally.sub_failed,
         "sub_operations_warning": tally.warnings,
-        "failed": len(tally.failed),
         "seconds_move": round(seconds, 3),
         "records_per_second": _per_second(tally.completed, seconds),
         "staging_peer": str(plan.stage),

@@ -126,6 +126,7 @@ class Totals:
     sources: set[str] = field(default_factory=set)
     events: int = 0
     _dimse_seen: set[builtins.bytes] = field(default_factory=set)  # `bytes` is a field of this class
+    _run_bytes_seen: set[tuple[str, str]] = field(default_factory=set)  # (run ID, source)
 
     # -- feeding -------------------------------------------------------------------------------------
 
@@ -168,6 +169,11 @@ class Totals:
                 values[key] = number
                 self.instances[(source, key)] = self.instances.get((source, key), 0.0) + number
         size = _number(metadata.get("bytes"))
+        if size is None and (run_id, source) not in self._run_bytes_seen:
+            # A ranged run's bytes are the run's (run_bytes, on each of its days): counted once.
+            size = _number(metadata.get("run_bytes"))
+            if size is not None:
+                self._run_bytes_seen.add((run_id, source))
         if size is not None:
             self.bytes[source] = self.bytes.get(source, 0.0) + size
         previous = self.last_archived.get(source)
