@@ -22,7 +22,8 @@ treatment date in the site's timezone (same start date as the Q/R backups):
 
 When content_verified passes it writes the partition's verified.jsonl (backup.records.VERIFIED_MANIFEST),
 the only evidence the staging cleanup job (defs/staging_cleanup.py) accepts before it deletes a record from
-staging; a failing check and every new render remove it.
+staging; a failing check and every new render remove it. A pass also removes the partition's spool of
+rendered records (they carry patient data; main holds them now, and a re-run renders them again).
 
 Each asset hands the next its manifest through a handle file in the partition's folder (defs/manifests.py),
 as the Q/R sources do; nothing goes through an IO manager. `rt_records` reads the day's rows again and
@@ -40,6 +41,7 @@ Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and
 import datetime as dt
 import functools
 import inspect
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -172,6 +174,11 @@ class MosaiqPlan:
 
     def spool(self, storage: BackupStorage, instance: DagsterInstance, partition: str) -> Path:
         return storage.root(instance) / "spool" / self.alias / "rt_records" / partition
+
+    def release_spool(self, storage: BackupStorage, instance: DagsterInstance, partition: str) -> None:
+        """Remove the partition's rendered records (they carry patient data) once content_verified found
+        every one of them identical on main: main holds them now, and a re-run renders them again."""
+        shutil.rmtree(self.spool(storage, instance, partition), ignore_errors=True)
 
     def upstream(self, storage: BackupStorage, context: AssetExecutionContext, name: str) -> ManifestHandle:
         """The handle the asset `name` wrote for the run's partition."""
@@ -686,6 +693,7 @@ def evaluate_content_verified(
         metadata["errors"] = MetadataValue.json(result.errors[:5])
     if result.passed and result.matched == len(entries):
         mark_verified(path.parent, entries)  # what the staging cleanup trusts (backup.staging)
+        plan.release_spool(storage, context.instance, partition)
         return AssetCheckResult(
             passed=True, description=f"all {result.matched} records identical on {archive}", metadata=metadata
         )

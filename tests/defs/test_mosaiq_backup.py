@@ -171,6 +171,9 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
         assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
         assert checks["conformance"].metadata["checked"].value == expected
         assert checks["content_verified"].metadata["matched"].value == expected
+        # Verified on main: the spooled records (they carry the synthetic patients' names) are gone.
+        spool = Path(records["spool"])
+        assert spool.parent.name == "rt_records" and not spool.exists()
         manifest = next(
             Path(v) for k, v in archived.items() if k == "manifest"
         )  # the archived manifest: every record with its digest
