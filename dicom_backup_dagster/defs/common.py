@@ -178,7 +178,7 @@ def with_attempt(failure: Failure, context: Any, policy: RetryPolicy | None) -> 
         suffix = f" (attempt {attempt} of {allowed}: failed after every retry)" if allowed > 1 else ""
     else:
         suffix = f" (transient, attempt {attempt} of {allowed}: will be retried)"
-    metadata = {**(failure.metadata or {}), "attempt": attempt, "attempts_allowed": allowed}
+    metadata: dict[str, Any] = {**(failure.metadata or {}), "attempt": attempt, "attempts_allowed": allowed}
     return Failure(description=f"{failure.description}{suffix}", metadata=metadata, allow_retries=not last)
 
 

@@ -308,8 +308,8 @@ def materialize_archived(
     for error in outcome.errors:
         context.log.warning(f"{alias} {partition}: {error}")
     if final.failed:
-        failed = failure_metadata(plan, days, result, folder / "archived.jsonl")
-        raise transfer_failure(plan, partition, result, failed, dicom)
+        counts = failure_metadata(plan, days, result, folder / "archived.jsonl")
+        raise transfer_failure(plan, partition, result, counts, dicom)
     context.log.info(
         f"{alias} {partition}: moved {final.moved} in {result.seconds_transfer:.2f} s, "
         f"{plan_.deferred} deferred"
@@ -367,7 +367,7 @@ def failure_metadata(plan: QRPlan, days: RunDays, result: ArchiveResult, out_pat
         "deferred": planned.deferred,
         "run_partitions": days.label,
     }
-    details = {"source_peer": str(plan.source.peer), "archive_peer": str(plan.archive)}
+    details: dict[str, Any] = {"source_peer": str(plan.source.peer), "archive_peer": str(plan.archive)}
     if final.failed_uids:
         details["failed_uids"] = uids_metadata(final.failed_uids)
     return {**counts, **details, "manifest": MetadataValue.path(str(out_path))}
