@@ -412,6 +412,13 @@ def materialize_staged(
     if result.failed:
         first = result.failed[0]
         metadata["failed_uids"] = uids_metadata(sorted(failed))
+        metadata |= {  # what the run-failure alert names (defs/alerts.py)
+            "source": alias,
+            "peer": str(stage),
+            "operation": "C-STORE",
+            "dicom_status": f"0x{first.status:04X}" if first.status is not None else "none",
+            "status_meaning": first.status_meaning or "none",
+        }
         raise Failure(
             description=(
                 f"{alias} backup, C-STORE of partition {partition} to staging {plan.staging.alias} "
