@@ -18,6 +18,7 @@ import yaml
 
 from dicom_backup_dagster.config import EnvironmentConfig, load_config
 from dicom_backup_dagster.defs.alerts import AlertPlan, backup_failure_alerts_of
+from dicom_backup_dagster.defs.common import explain_failures
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
 from dicom_backup_dagster.logs import LOG_FILE_ENV_VAR
@@ -135,3 +136,19 @@ def test_dimse_failures_are_logged_at_warning(aria_down):
     failed = [line for line in aria_down.lines if line.get("operation") == "C-FIND" and line.get("peer_ae")]
     assert failed and all(line["status"] == "failure" for line in failed)
     assert {line["level"] for line in failed} == {"WARNING"}
+
+
+def test_an_unexpected_exception_also_ends_with_its_reason_not_exceeded_max_retries():
+    policy = dg.RetryPolicy(max_retries=1)
+
+    @dg.asset(retry_policy=policy)
+    @explain_failures(policy)
+    def full_disk(context) -> None:  # type: ignore[no-untyped-def]  # string annotations fail here
+        raise OSError(28, "No space left on device")
+
+    result = dg.materialize([full_disk], raise_on_error=False)
+    (final,) = result.get_step_failure_events()
+    text = final.step_failure_data.error.message
+    assert "full_disk failed: OSError: [Errno 28] No space left on device" in text
+    assert "attempt 2 of 2: failed after every retry" in text and "Exceeded max_retries" not in text
+    assert len([e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]) == 1
