@@ -252,13 +252,12 @@ SUMMED_SECONDS = (
     "seconds_plan",
     "seconds_transfer",
     "seconds_confirm",
-    "seconds_total",
-    "seconds_run_total",
+    "seconds_total",  # a ranged run's run_seconds_total counts here (the prefix is dropped below)
 )
 # Per-partition counts (each instance counted by one partition of its run) are summed over every
 # materialization; run-level figures, which a ranged run repeats on each of its partitions, once per run.
 PER_PARTITION = ("instances_found", "already_archived", "moved", "failed", "deferred")
-PER_RUN = ("sub_operations_completed", "requests", "associations")
+PER_RUN = ("sub_operations_completed", "requests", "associations")  # a ranged run: run_<key>
 SUMMED = PER_PARTITION + PER_RUN
 
 
@@ -323,7 +322,9 @@ def run_backfill(
         first_of_run = event["runId"] not in counted_runs
         counted_runs.add(event["runId"])
         for entry in event["metadataEntries"]:
-            label = entry["label"]
+            label = entry["label"].removeprefix("run_") if entry["label"] != "run_partitions" else ""
+            if label in PER_PARTITION and entry["label"] != label:
+                continue  # a ranged run's totals of its days: the days are summed already
             if entry["__typename"] == "IntMetadataEntry" and label in SUMMED:
                 if label in PER_PARTITION or first_of_run:
                     result.metadata_sums[label] += int(entry["intValue"])

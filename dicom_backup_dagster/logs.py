@@ -15,7 +15,9 @@ operation, status, duration and count from `extra={...}` of the log call. Nothin
 arguments, the Dagster event, other run tags) is written, so identifiers a data set might carry cannot
 leak through extra fields; messages themselves carry counts, AE titles and UIDs only, never patient
 names, IDs or birth dates. Exceptions are reduced to their class name: DIMSE and pydicom exception texts
-can echo data set contents (docs/decisions/monitoring.md).
+can echo data set contents (docs/decisions/monitoring.md). Dagster's ERROR line for a failed step (and its
+line for a step up for retry) carries the step's dagster.Failure description, which the backup steps word
+themselves (peer, operation, DICOM status and meaning, advice), so the log says why without the UI.
 
 The file is `$DICOM_BACKUP_LOG_FILE`, else `$DAGSTER_HOME/logs/dicom_backup.jsonl` (without DAGSTER_HOME:
 under the temporary directory). WatchedFileHandler
@@ -69,6 +71,9 @@ class JsonFormatter(logging.Formatter):
         message = meta.get("orig_message")
         if not isinstance(message, str):
             message = record.getMessage()
+        reason = _failure_reason(meta.get("dagster_event"))
+        if reason:
+            message = f"{message} {reason}"
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC)
             .isoformat(timespec="milliseconds")
@@ -93,6 +98,32 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             line["exception"] = record.exc_info[0].__name__
         return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+def _failure_reason(event: Any) -> str | None:
+    """Why a step failed or will be retried, for Dagster's own ERROR line ("Execution of step ... failed."):
+    the description of the step's dagster.Failure (the project's bodies word it themselves: source, peer
+    AE@host:port, operation, DICOM status and meaning, advice; never data set content), else only the
+    exception's class name (its text may echo a data set)."""
+    data = getattr(event, "event_specific_data", None)
+    if data is None or not hasattr(data, "error"):
+        return None
+    user = getattr(data, "user_failure_data", None)
+    description = getattr(user, "description", None)
+    if isinstance(description, str) and description:
+        return description
+    error = data.error
+    while error is not None and error.cause is not None and error.cls_name in _WRAPPERS:
+        error = error.cause
+    if error is None or not error.cls_name:
+        return None
+    if error.cls_name == "Failure":  # a retried Failure: its message is its description
+        return error.message.split(": ", 1)[-1].strip()
+    return f"({error.cls_name})"
+
+
+# Dagster's wrappers around the exception a step raised (retries, framework errors).
+_WRAPPERS = frozenset({"RetryRequestedFromPolicy", "DagsterExecutionStepExecutionError"})
 
 
 class JsonLinesHandler(logging.handlers.WatchedFileHandler):

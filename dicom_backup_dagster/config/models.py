@@ -521,6 +521,10 @@ class Settings:
     # no "missing" days before the backups began. Older days are backed up by moving it back. A TOML date
     # (first_day = 2024-07-01) or the same as a string.
     first_day: Annotated[dt.date, Field(examples=[dt.date(2024, 7, 1)])] = dt.date(2020, 1, 1)
+    # A backup step that failed transiently (peer down, timeout) runs again up to `max_retries` times,
+    # the first after about `retry_delay_s` seconds, each later one after twice the previous delay.
+    max_retries: Annotated[int, _int(0, 20)] = 3
+    retry_delay_s: Annotated[float, Field(ge=0.0, le=86400.0, examples=[30])] = 30.0
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

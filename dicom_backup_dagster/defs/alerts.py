@@ -18,7 +18,8 @@ defs/resources.py).
 
 Messages are `notify.Alert`s: names, counts, DICOM status meanings, run links. Never exception text,
 check descriptions or UIDs (they can carry identifiers): only the keys `backup_failure` puts in Failure
-metadata (source, peer, operation, dicom_status, status_meaning), numeric metadata, step keys and
+metadata (source, peer, operation, dicom_status, status_meaning, and the cause in its own words when
+there is no status), numeric metadata, step keys and
 exception class names.
 
 No `from __future__ import annotations`: Dagster validates resource annotations of sensors and ops.
@@ -188,10 +189,15 @@ def _numbers(metadata: Mapping[str, Any]) -> dict[str, int | float]:
 
 def _texts(metadata: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key in _FAILURE_TEXT_KEYS:
+    for key in (*_FAILURE_TEXT_KEYS, "cause"):
         raw = getattr(metadata.get(key), "value", metadata.get(key))
         if isinstance(raw, str) and raw and raw != "none":
             out[key] = raw
+    # No DIMSE status (connection refused, timeout, rejected association): the cause backup_failure
+    # words itself (no data set content) stands in for the status meaning, so the alert still says why.
+    cause = out.pop("cause", None)
+    if cause is not None and "status_meaning" not in out:
+        out["status_meaning"] = cause
     return out
 
 

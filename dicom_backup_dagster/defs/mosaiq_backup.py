@@ -22,7 +22,8 @@ treatment date in the site's timezone (same start date as the Q/R backups):
 
 When content_verified passes it writes the partition's verified.jsonl (backup.records.VERIFIED_MANIFEST),
 the only evidence the staging cleanup job (defs/staging_cleanup.py) accepts before it deletes a record from
-staging; a failing check and every new render remove it.
+staging; a failing check and every new render remove it. A pass also removes the partition's spool of
+rendered records (they carry patient data; main holds them now, and a re-run renders them again).
 
 Each asset hands the next its manifest through a handle file in the partition's folder (defs/manifests.py),
 as the Q/R sources do; nothing goes through an IO manager. `rt_records` reads the day's rows again and
@@ -40,6 +41,7 @@ Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and
 import datetime as dt
 import functools
 import inspect
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,7 +63,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
     multi_asset_check,
 )
@@ -101,12 +102,16 @@ from dicom_backup_dagster.defs.checks import (
     presence_results,
 )
 from dicom_backup_dagster.defs.common import (
-    DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
+    FROM_SETTINGS,
+    RetryChoice,
     backup_failure,
     check_partitions,
     daily_partitions,
+    explain_destination,
+    explain_failures,
     find_session,
+    resolve_retry_policy,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.keys import SourceNames
@@ -180,6 +185,11 @@ class MosaiqPlan:
     def spool(self, storage: BackupStorage, instance: DagsterInstance, partition: str) -> Path:
         return storage.root(instance) / "spool" / self.alias / "rt_records" / partition
 
+    def release_spool(self, storage: BackupStorage, instance: DagsterInstance, partition: str) -> None:
+        """Remove the partition's rendered records (they carry patient data) once content_verified found
+        every one of them identical on main: main holds them now, and a re-run renders them again."""
+        shutil.rmtree(self.spool(storage, instance, partition), ignore_errors=True)
+
     def upstream(self, storage: BackupStorage, context: AssetExecutionContext, name: str) -> ManifestHandle:
         """The handle the asset `name` wrote for the run's partition."""
         partition = context.partition_key
@@ -251,10 +261,17 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
     where = f" (password from ${source.db_password_env})" if error.what_failed == "login failed" else ""
     return Failure(
         description=(
-            f"{source.alias} backup, reading deliveries of partition {partition}: {error}{where} "
-            + ("(transient, will be retried)" if transient else "(not retried)")
+            f"{source.alias} backup, reading deliveries of partition {partition}: {error}{where}"
+            + ("" if transient else " (not retried)")
         ),
-        metadata={"source": source.alias, "sqlstate": error.sqlstate or "none"},
+        metadata={
+            "source": source.alias,
+            "peer": f"database {error.database} on {error.server}",
+            "operation": "ODBC connect",
+            "sqlstate": error.sqlstate or "none",
+            "cause": error.what_failed,
+            "advice": error.what_to_do,
+        },
         allow_retries=transient,
     )
 
@@ -405,6 +422,13 @@ def materialize_staged(
     if result.failed:
         first = result.failed[0]
         metadata["failed_uids"] = uids_metadata(sorted(failed))
+        metadata |= {  # what the run-failure alert names (defs/alerts.py)
+            "source": alias,
+            "peer": str(stage),
+            "operation": "C-STORE",
+            "dicom_status": f"0x{first.status:04X}" if first.status is not None else "none",
+            "status_meaning": first.status_meaning or "none",
+        }
         raise Failure(
             description=(
                 f"{alias} backup, C-STORE of partition {partition} to staging {plan.staging.alias} "
@@ -544,18 +568,19 @@ def materialize_archived(
         # deferred / already_archived / seconds_total / bytes follow the archived metadata contract
         # that monitoring reads. Nothing is ever deferred or skipped as already archived here: every
         # record of the day is moved (the archive keeps one copy of a UID).
+        # The day's own figures first (a Mosaiq run is always one day).
         "records": len(records),
+        "already_archived": 0,
         "moved": tally.completed,
         "deferred": 0,
-        "already_archived": 0,
-        "bytes": sum(e.size or 0 for e in records),
+        "failed": len(tally.failed),
         "seconds_total": round(staged.seconds + seconds, 3),
+        "bytes": sum(e.size or 0 for e in records),
         "series": series,
         "move_requests": tally.requests,
         "sub_operations_completed": tally.completed,
         "sub_operations_failed": tally.sub_failed,
         "sub_operations_warning": tally.warnings,
-        "failed": len(tally.failed),
         "seconds_move": round(seconds, 3),
         "records_per_second": _per_second(tally.completed, seconds),
         "staging_peer": str(plan.stage),
@@ -569,7 +594,7 @@ def materialize_archived(
             f"C-MOVE from staging {plan.staging.alias} to {plan.archive.aet} ({len(tally.failed)} of "
             f"{len(records)} records not moved)",
             partition,
-            tally.errors[0],
+            explain_destination(tally.errors[0], plan.archive, dicom),
             metadata,
         )
     context.log.info(
@@ -717,6 +742,7 @@ def content_day(
         metadata["errors"] = MetadataValue.json(result.errors[:5])
     if result.passed and result.matched == len(entries):
         mark_verified(path.parent, entries)  # what the staging cleanup trusts (backup.staging)
+        plan.release_spool(storage, context.instance, partition)
         return AssetCheckResult(
             passed=True,
             description=f"{partition}: all {result.matched} records identical on {archive}",
@@ -808,16 +834,17 @@ def build_mosaiq_source_backup(
     source: MosaiqSource,
     partitions_def: DailyPartitionsDefinition,
     *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
     plan = MosaiqPlan.of(env, source)
     names, staging = plan.names, plan.staging
+    policy = resolve_retry_policy(retry_policy, env.settings)
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(1),
-        "retry_policy": retry_policy,
+        "retry_policy": policy,
         "group_name": names.group,
         # checks the failed run planned for days it did not materialize keep their earlier results
         "hooks": {
@@ -829,10 +856,12 @@ def build_mosaiq_source_backup(
         },
     }
     database = with_database_key(plan.database_key)
+    explained = explain_failures(policy)
 
     @asset(
         key=names.deliveries, kinds={"mosaiq"}, description=DELIVERIES_DESCRIPTION.format(plan=plan), **step
     )
+    @explained
     @database
     def deliveries(
         context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
@@ -846,6 +875,7 @@ def build_mosaiq_source_backup(
         description=RT_RECORDS_DESCRIPTION,
         **step,
     )
+    @explained
     @database
     def rt_records(
         context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
@@ -861,6 +891,7 @@ def build_mosaiq_source_backup(
         f"({plan.stage}).",
         **step,
     )
+    @explained
     @with_dimse_metadata
     def staged(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -875,6 +906,7 @@ def build_mosaiq_source_backup(
         description=ARCHIVED_DESCRIPTION.format(plan=plan),
         **step,
     )
+    @explained
     @with_dimse_metadata
     def archived(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -929,7 +961,7 @@ def build_mosaiq_backup_defs(
     env: EnvironmentConfig,
     *,
     start_date: str | dt.date | None = None,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.

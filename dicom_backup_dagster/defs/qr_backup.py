@@ -43,7 +43,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
     multi_asset_check,
 )
@@ -80,13 +79,18 @@ from dicom_backup_dagster.defs.checks import (
     presence_results,
 )
 from dicom_backup_dagster.defs.common import (
-    DEFAULT_RETRY_POLICY,
     DEFAULT_RULES,
+    FROM_SETTINGS,
+    RetryChoice,
     backup_failure,
     check_partitions,
     daily_partitions,
+    day_first_metadata,
+    explain_destination,
+    explain_failures,
     find_session,
     is_backfill_run,
+    resolve_retry_policy,
     uids_metadata,
 )
 from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
@@ -101,9 +105,6 @@ from dicom_backup_dagster.monitoring.dimse import with_dimse_metadata
 
 QR_CHECKS = ("complete_in_archive", "content_verified", "volume_vs_baseline", "duration_vs_baseline")
 
-# Counts recorded per partition (each instance in exactly one; backup/partitions.py); a ranged run also
-# records its totals as run_<key>.
-_PER_PARTITION = ("instances_found", "already_archived", "moved", "failed", "deferred")
 INVENTORY_HANDLE = "inventory.handle.json"
 
 
@@ -197,43 +198,45 @@ def materialize_inventory(
     ManifestHandle(str(path), alias, days.label, summary.instances, found, summary.seconds).save(
         folder / INVENTORY_HANDLE
     )
-    for partition, counts in counts_by_partition(read_manifest(path), days).items():
-        context.add_asset_metadata(
-            {"instances": counts.found, "instances_dated": counts.dated}, partition_key=partition
-        )
-    return MaterializeResult(metadata=inventory_metadata(plan, days, summary, late, (first, last), path))
+    per_day = {
+        day: {"instances": counts.found, "instances_dated": counts.dated}
+        for day, counts in counts_by_partition(read_manifest(path), days).items()
+    }
+    run_figures, details = inventory_metadata(plan, summary, late, (first, last), path)
+    return MaterializeResult(metadata=day_first_metadata(context, days, per_day, run_figures, details))
 
 
 def inventory_metadata(
     plan: QRPlan,
-    days: RunDays,
     summary: InventorySummary,
     late: LateScan,
     dates: tuple[dt.date, dt.date],
     path: Path,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run's figures, the details) of an inventory; the day's counts come from its manifest."""
     splits = list(summary.find_splits)
     first, last = dates
-    return {
-        "run_partitions": days.label,
-        "studies": summary.studies,  # of the whole run (a study is not split across days)
+    figures = {
+        "seconds_find": round(summary.seconds, 3),
+        "studies": summary.studies,  # a study is not split across the days of a ranged run
         "series": summary.series,
-        "run_instances": summary.instances,
         # studies listed series by series: all of them with inventory = "walk", else those whose
         # one-query answer was refused, empty or short (a source that rejects universal series keys)
         "studies_walked": summary.studies_walked,
         # listing parts that reached the source's max_find_results and were split (listing.py)
         "find_queries": summary.find_queries,
-        "find_splits": MetadataValue.json(splits) if splits else "none",
-        "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
         # Older studies with data the archive lacks, inventoried with the window (backup/late.py).
         "late_studies": len(late.changed),
         "late_studies_compared": late.studies_checked,
+    }
+    details = {
+        "study_dates": f"{first:%Y%m%d}-{last:%Y%m%d}",
+        "find_splits": MetadataValue.json(splits) if splits else "none",
         "late_compared_by": late.compared_by,
-        "seconds_find": round(summary.seconds, 3),
         "source_peer": str(plan.source.peer),
         "manifest": MetadataValue.path(str(path)),
     }
+    return figures, details
 
 
 def late_scan(
@@ -315,33 +318,31 @@ def materialize_archived(
         f"{plan_.pending} to transfer, {plan_.deferred} deferred (max_uids_per_run "
         f"{max_uids} per day: {days.uid_limit(max_uids)} for this run)"
     )
-    metadata = archived_metadata(plan, days, inventory, result, folder / "archived.jsonl")
     for error in outcome.errors:
         context.log.warning(f"{alias} {partition}: {error}")
     if final.failed:
-        raise transfer_failure(plan, partition, result, metadata)
+        counts = failure_metadata(plan, days, result, folder / "archived.jsonl")
+        raise transfer_failure(plan, partition, result, counts, dicom)
     context.log.info(
         f"{alias} {partition}: moved {final.moved} in {result.seconds_transfer:.2f} s, "
         f"{plan_.deferred} deferred"
     )
-    record_partition_counts(context, days, folder / "archived.jsonl")
-    shared = {k: v for k, v in metadata.items() if k not in _PER_PARTITION}
-    if len(days.partitions) > 1:
-        shared |= {f"run_{k}": metadata[k] for k in _PER_PARTITION if k in metadata}
-    return MaterializeResult(metadata=shared)
+    per_day = day_counts(days, folder / "archived.jsonl")
+    run_figures, details = archived_metadata(plan, inventory, result, folder / "archived.jsonl")
+    return MaterializeResult(metadata=day_first_metadata(context, days, per_day, run_figures, details))
 
 
 def archived_metadata(
-    plan: QRPlan, days: RunDays, inventory: ManifestHandle, result: ArchiveResult, out_path: Path
-) -> dict[str, Any]:
-    planned, outcome, final = result.plan, result.outcome, result.final
+    plan: QRPlan, inventory: ManifestHandle, result: ArchiveResult, out_path: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run's figures, the details) of a transfer. seconds_total is what duration_vs_baseline judges
+    (a ranged run records it as run_seconds_total: not one day's duration)."""
+    outcome, final = result.outcome, result.final
     seconds_transfer = result.seconds_transfer
-    metadata: dict[str, Any] = {
-        "instances_found": planned.found,
-        "already_archived": planned.already_archived,
-        "moved": final.moved,
-        "failed": final.failed,
-        "deferred": planned.deferred,
+    figures: dict[str, Any] = {
+        "seconds_total": round(
+            inventory.seconds + result.seconds_plan + seconds_transfer + result.seconds_confirm, 3
+        ),
         "requests": outcome.requests,
         "associations": outcome.associations,
         "sub_operations_completed": outcome.completed,
@@ -351,31 +352,46 @@ def archived_metadata(
         "seconds_retrieve": round(outcome.retrieve_seconds, 3),
         "seconds_store": round(outcome.store_seconds, 3),
         "seconds_confirm": round(result.seconds_confirm, 3),
-        # A ranged run's duration is not one day's: duration_vs_baseline judges single-day runs only.
-        "seconds_total" if len(days.partitions) == 1 else "seconds_run_total": round(
-            inventory.seconds + result.seconds_plan + seconds_transfer + result.seconds_confirm, 3
-        ),
-        "run_partitions": days.label,
         "instances_per_second": round(final.moved / seconds_transfer, 1) if seconds_transfer > 0 else 0.0,
+    }
+    if outcome.bytes is not None:
+        figures["bytes"] = outcome.bytes
+    details: dict[str, Any] = {
         "transfer": plan.source.transfer,
         "source_peer": str(plan.source.peer),
         "archive_peer": str(plan.archive),
         "manifest": MetadataValue.path(str(out_path)),
     }
-    if outcome.bytes is not None:
-        metadata["bytes"] = outcome.bytes
     if final.failed_uids:
-        metadata["failed_uids"] = uids_metadata(final.failed_uids)
+        details["failed_uids"] = uids_metadata(final.failed_uids)
     if outcome.errors:
-        metadata["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
-    return metadata
+        details["errors"] = MetadataValue.json([str(e) for e in outcome.errors[:5]])
+    return figures, details
+
+
+def failure_metadata(plan: QRPlan, days: RunDays, result: ArchiveResult, out_path: Path) -> dict[str, Any]:
+    """What a failed transfer's Failure carries: the run's counts (no materialization records days)."""
+    planned, final = result.plan, result.final
+    counts = {
+        "instances_found": planned.found,
+        "already_archived": planned.already_archived,
+        "moved": final.moved,
+        "failed": final.failed,
+        "deferred": planned.deferred,
+        "run_partitions": days.label,
+    }
+    details: dict[str, Any] = {"source_peer": str(plan.source.peer), "archive_peer": str(plan.archive)}
+    if final.failed_uids:
+        details["failed_uids"] = uids_metadata(final.failed_uids)
+    return {**counts, **details, "manifest": MetadataValue.path(str(out_path))}
 
 
 def transfer_failure(
-    plan: QRPlan, partition: str, result: ArchiveResult, metadata: dict[str, Any]
+    plan: QRPlan, partition: str, result: ArchiveResult, metadata: dict[str, Any], dicom: DicomNetwork
 ) -> Failure:
-    """Instances not on the archive after the transfer: the peer's error if there was one, else the
-    missing UIDs (the source reported success)."""
+    """Instances not on the archive after the transfer: the peer's error if there was one (a C-MOVE's
+    saying so when the archive, its destination, is unreachable), else the missing UIDs (the source
+    reported success)."""
     outcome, final, pending = result.outcome, result.final, result.plan.pending
     error = outcome.fatal or (outcome.errors[0] if outcome.errors else None)
     if error is not None:
@@ -383,7 +399,7 @@ def transfer_failure(
             plan.alias,
             f"transfer ({final.failed} of {pending} instances not on the archive)",
             partition,
-            error,
+            explain_destination(error, plan.archive, dicom),
             metadata,
         )
     return Failure(
@@ -396,20 +412,19 @@ def transfer_failure(
     )
 
 
-def record_partition_counts(context: AssetExecutionContext, days: RunDays, manifest: Path) -> None:
-    """Each day's own counts on its partition's materialization (a ranged run covers several days)."""
-    for day, counts in counts_by_partition(read_manifest(manifest), days).items():
-        context.add_asset_metadata(
-            {
-                "instances_found": counts.found,
-                "instances_dated": counts.dated,
-                "already_archived": counts.states[ALREADY_ARCHIVED],
-                "moved": counts.states[MOVED],
-                "failed": counts.states[FAILED],
-                "deferred": counts.states[DEFERRED],
-            },
-            partition_key=day,
-        )
+def day_counts(days: RunDays, manifest: Path) -> dict[str, dict[str, Any]]:
+    """Each day's own counts (a ranged run covers several days; each instance counts for one)."""
+    return {
+        day: {
+            "instances_found": counts.found,
+            "instances_dated": counts.dated,
+            "already_archived": counts.states[ALREADY_ARCHIVED],
+            "moved": counts.states[MOVED],
+            "deferred": counts.states[DEFERRED],
+            "failed": counts.states[FAILED],
+        }
+        for day, counts in counts_by_partition(read_manifest(manifest), days).items()
+    }
 
 
 def archive_from_source(
@@ -633,18 +648,19 @@ def build_source_backup(
     source: QRSource,
     partitions_def: DailyPartitionsDefinition,
     *,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
     plan = QRPlan.of(env, source, partitions_def)
     names = plan.names
     check_keys = [AssetCheckKey(names.archived, n) for n in QR_CHECKS]
+    policy = resolve_retry_policy(retry_policy, env.settings)
     step: dict[str, Any] = {
         "partitions_def": partitions_def,
         "backfill_policy": BackfillPolicy.multi_run(env.settings.backfill_days_per_run),
         "pool": names.pool,
-        "retry_policy": retry_policy,
+        "retry_policy": policy,
         "group_name": names.group,
         # checks the failed run planned for days it did not materialize keep their earlier results
         "hooks": {
@@ -655,6 +671,7 @@ def build_source_backup(
     }
 
     @asset(key=names.inventory, kinds={"dicom"}, description=inventory_description(plan), **step)
+    @explain_failures(policy)
     @with_dimse_metadata
     def inventory(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -670,6 +687,7 @@ def build_source_backup(
         description=archived_description(plan),
         **step,
     )
+    @explain_failures(policy)
     @with_dimse_metadata
     def archived(
         context: AssetExecutionContext, dicom: DicomNetwork, backup_storage: BackupStorage
@@ -704,7 +722,7 @@ def build_qr_backup_defs(
     env: EnvironmentConfig,
     *,
     start_date: str | dt.date | None = None,
-    retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
 ) -> Definitions:
     """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone. Their

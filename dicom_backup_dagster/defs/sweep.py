@@ -28,7 +28,6 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     ScheduleDefinition,
     asset,
     define_asset_job,
@@ -54,7 +53,16 @@ from dicom_backup_dagster.backup.sweep import (
     reconciled_studies,
 )
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource, Settings
-from dicom_backup_dagster.defs.common import DEFAULT_RETRY_POLICY, backup_failure, find_session, uids_metadata
+from dicom_backup_dagster.defs.common import (
+    FROM_SETTINGS,
+    RetryChoice,
+    backup_failure,
+    explain_destination,
+    explain_failures,
+    find_session,
+    resolve_retry_policy,
+    uids_metadata,
+)
 from dicom_backup_dagster.defs.hours import wait_for_window
 from dicom_backup_dagster.defs.keys import (
     NOTHING_MISSED,
@@ -354,7 +362,7 @@ def reconcile_batch(
         raise night.failure(
             plan.alias,
             f"transfer ({result.final.failed} of {result.plan.pending} instances not on the archive)",
-            result.outcome.fatal,
+            explain_destination(result.outcome.fatal, plan.archive, dicom),
         )
     return max(0, budget - result.plan.pending)
 
@@ -460,21 +468,23 @@ def sweep_check_results(
 
 
 def build_source_sweep(
-    env: EnvironmentConfig, source: QRSource, *, retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY
+    env: EnvironmentConfig, source: QRSource, *, retry_policy: RetryChoice = FROM_SETTINGS
 ) -> Definitions:
     """`<source>/reconciled`, its checks, `<source>_reconciliation_sweep` and its schedule."""
     plan = SweepPlan.of(env, source)
     names, settings = plan.names, env.settings
+    policy = resolve_retry_policy(retry_policy, settings)
 
     @asset(
         key=names.reconciled,
         pool=names.pool,
-        retry_policy=retry_policy,
+        retry_policy=policy,
         group_name=names.group,
         kinds={"dicom", "orthanc"},
         check_specs=sweep_check_specs(plan),
         description=sweep_description(plan),
     )
+    @explain_failures(policy)
     @with_dimse_metadata
     def reconciled(
         context: AssetExecutionContext,
@@ -508,9 +518,7 @@ def build_source_sweep(
     return Definitions(assets=[reconciled], jobs=[job], schedules=[schedule])
 
 
-def build_sweep_defs(
-    env: EnvironmentConfig, *, retry_policy: RetryPolicy | None = DEFAULT_RETRY_POLICY
-) -> Definitions:
+def build_sweep_defs(env: EnvironmentConfig, *, retry_policy: RetryChoice = FROM_SETTINGS) -> Definitions:
     """A sweep per ARIA/MIM source of `env` (none when settings.sweep_days is 0)."""
     if env.settings.sweep_days == 0:
         return Definitions()

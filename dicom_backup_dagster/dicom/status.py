@@ -137,16 +137,42 @@ def is_pending(code: int) -> bool:
     return status_category(code) == PENDING
 
 
+def _retrieve_advice(code: int, service: str | None) -> str | None:
+    """Hints for C-MOVE / C-GET statuses: a C-MOVE's sub-operations run against its move destination."""
+    if 0xA700 <= code <= 0xA7FF and service == "C-MOVE":
+        return (
+            "the source could not run the sub-operations: check that the move destination is up and "
+            "accepts associations from the source's AE title, and the source's disk, load and logs; "
+            "retry later"
+        )
+    if 0xA700 <= code <= 0xA7FF and service == "C-GET":
+        return "the source could not run the sub-operations: check its disk, load and logs; retry later"
+    if 0xC000 <= code <= 0xCFFF and service == "C-MOVE":
+        # Orthanc answers 0xC000 with no sub-operation counts when it cannot open an association to the
+        # move destination (measured: staging -> main with main stopped).
+        return (
+            "the peer could not process the request: check that the move destination is up and "
+            "reachable from the peer, then the peer's log (a strictly hierarchical SCP also refuses "
+            "requests without the parent UIDs)"
+        )
+    if code == 0xB000 and service == "C-MOVE":
+        return (
+            "some sub-operations failed: check that the move destination is up, then the listed SOP "
+            "Instance UIDs and the destination's log"
+        )
+    if code == 0xB000 and service == "C-GET":
+        return "some sub-operations failed: check the listed SOP Instance UIDs and the destination's log"
+    return None
+
+
 def status_advice(code: int, service: str | None = None) -> str:
     """What an operator should check next for `code`; generic (the error adds AE titles and addresses)."""
     if code == 0xA801:
         return "register the move destination AE (its AE title, host and port) on the source"
+    retrieve = _retrieve_advice(code, service)
+    if retrieve is not None:
+        return retrieve
     if 0xA700 <= code <= 0xA7FF:
-        if service in ("C-MOVE", "C-GET"):
-            return (
-                "the source could not run the sub-operations: check that the destination accepts "
-                "associations from the source's AE title, and the source's disk, load and logs; retry later"
-            )
         return "the peer is out of resources (disk full, too many associations): check it and retry later"
     if 0xA900 <= code <= 0xA9FF:
         return "the request or data set does not match the SOP Class: check the query keys or the file"
@@ -157,8 +183,6 @@ def status_advice(code: int, service: str | None = None) -> str:
             "the peer could not process the request: check its log; a strictly hierarchical SCP needs "
             "the parent UIDs (Study, Series) at lower query levels"
         )
-    if code == 0xB000 and service in ("C-MOVE", "C-GET"):
-        return "some sub-operations failed: check the listed SOP Instance UIDs and the destination's log"
     if code == 0xFE00:
         return "the operation was cancelled: run it again"
     if code == 0x0122:
@@ -174,3 +198,12 @@ def status_advice(code: int, service: str | None = None) -> str:
     if status_category(code) == WARNING:
         return "the operation completed with a warning: check the peer's log"
     return "check the peer's log"
+
+
+def destination_unreachable_advice(destination: str, cause: str) -> str:
+    """The hint for a C-MOVE whose sub-operations failed because the move destination could not be reached
+    (the caller found it so, e.g. by C-ECHO): the source is fine, the destination is not."""
+    return (
+        f"the move destination {destination} cannot be reached ({cause}): the sub-operations failed "
+        f"there, not on the source; start {destination} (or fix its address on the source), then run again"
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicom_backup_dagster.dicom import stats
+from dicom_backup_dagster.monitoring.dimse import dimse_mapping
 
 # Names as served (counters with their `_total`), for the dashboard and rules tests.
 RUNS_STARTED = "dicom_backup_runs_started_total"
@@ -125,13 +126,15 @@ class Totals:
     sources: set[str] = field(default_factory=set)
     events: int = 0
     _dimse_seen: set[builtins.bytes] = field(default_factory=set)  # `bytes` is a field of this class
+    _run_bytes_seen: set[tuple[str, str]] = field(default_factory=set)  # (run ID, source)
 
     # -- feeding -------------------------------------------------------------------------------------
 
     def add_dimse(self, run_id: str, asset: str, value: Any) -> None:
         """Add one `dimse` metadata value. A ranged run writes the same value on every partition's
         materialization of a step: count it once per (run, asset, value)."""
-        if not isinstance(value, Mapping) or not value:
+        value = dimse_mapping(value)  # a table (monitoring/dimse.py) or the older JSON mapping
+        if not value:
             return
         digest = hashlib.blake2b(
             f"{run_id}\0{asset}\0{json.dumps(value, sort_keys=True)}".encode(), digest_size=12
@@ -166,6 +169,11 @@ class Totals:
                 values[key] = number
                 self.instances[(source, key)] = self.instances.get((source, key), 0.0) + number
         size = _number(metadata.get("bytes"))
+        if size is None and (run_id, source) not in self._run_bytes_seen:
+            # A ranged run's bytes are the run's (run_bytes, on each of its days): counted once.
+            size = _number(metadata.get("run_bytes"))
+            if size is not None:
+                self._run_bytes_seen.add((run_id, source))
         if size is not None:
             self.bytes[source] = self.bytes.get(source, 0.0) + size
         previous = self.last_archived.get(source)

@@ -447,6 +447,9 @@ class Sandbox:
             'schedule = "30 1 * * *"',
             "lookback_days = 3",
             "verification_fraction = 0.0",
+            # A peer stopped in the sandbox fails a step after seconds of retries, not minutes.
+            "max_retries = 2",
+            "retry_delay_s = 2",
             # The synthetic data is dated early in 2026: a two-year sweep window reaches it.
             "sweep_days = 730",
             "",

@@ -171,6 +171,9 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
         assert all(c.partition == DAY.isoformat() for c in result.get_asset_check_evaluations())
         assert checks["conformance"].metadata["checked"].value == expected
         assert checks["content_verified"].metadata["matched"].value == expected
+        # Verified on main: the spooled records (they carry the synthetic patients' names) are gone.
+        spool = Path(records["spool"])
+        assert spool.parent.name == "rt_records" and not spool.exists()
         manifest = next(
             Path(v) for k, v in archived.items() if k == "manifest"
         )  # the archived manifest: every record with its digest
@@ -280,6 +283,12 @@ def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, mon
         failures = [e for e in down.all_events if e.event_type_value == "STEP_FAILURE"]
         assert [e.step_key for e in failures] == ["MOSAIQ__archived"]
         assert env.main_target.aet in failures[0].event_specific_data.error.message
+        # Staging answers 0xC000 without counts; the hint names the unreachable destination, not the
+        # hierarchical-SCP guess.
+        said = failures[0].event_specific_data.error.message
+        main = env.main_target.peer
+        assert f"the move destination {main} cannot be reached (connection refused" in said
+        assert "0xC000" in said and "hierarchical" not in said
         staged = _metadata(down, "staged")["stored"]
         assert staged == _expected_deliveries(day)
         staged_manifest = tmp_path / "manifests" / ALIAS / day.isoformat() / "staged.jsonl"
@@ -368,7 +377,12 @@ def _deliveries_failure(result: Any) -> str:
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert [e.step_key for e in failures] == ["MOSAIQ__deliveries"]
     error = failures[0].event_specific_data.error
-    return error.message + "".join(str(e.message) for e in result.all_events)
+    retried = [  # Dagster wraps a retried Failure: its text is the cause's
+        e.event_specific_data.error.cause
+        for e in result.all_events
+        if e.event_type_value == "STEP_UP_FOR_RETRY" and e.event_specific_data.error.cause is not None
+    ]
+    return error.message + "".join(str(e.message) for e in result.all_events + retried)
 
 
 def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_the_secret(
@@ -392,7 +406,9 @@ def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_th
         )
         broken = replace(env, sources={**env.sources, ALIAS: pg})
         with dg.instance_for_test() as instance:
-            return _deliveries_failure(_run(_defs(broken, tmp_path), DAY, instance))
+            # One immediate retry: a transient failure is retried, and its last attempt still says why.
+            retry = dg.RetryPolicy(max_retries=1)
+            return _deliveries_failure(_run(_defs(broken, tmp_path, retry), DAY, instance))
 
     with private_postgres() as (port, _good):
         text = run_against(port)
@@ -404,7 +420,8 @@ def test_database_unreachable_or_wrong_password_fails_naming_the_source_never_th
     dead = free_port()
     text = run_against(dead)
     assert f"127.0.0.1:{dead} for source MOSAIQ" in text and "the database server is unreachable" in text
-    assert "(transient, will be retried)" in text and wrong not in text
+    assert "(transient, attempt 1 of 2: will be retried)" in text and wrong not in text
+    assert "(attempt 2 of 2: failed after every retry)" in text and "Exceeded max_retries" not in text
 
 
 def test_record_missing_on_staging_fails_alone_not_its_whole_move_request(sandbox, monkeypatch, tmp_path):

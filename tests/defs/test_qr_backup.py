@@ -150,6 +150,18 @@ def test_partition_backs_up_every_instance_then_rerun_moves_nothing(sandbox, mon
         assert meta["failed"] == meta["deferred"] == 0
         for key in ("seconds_find", "seconds_plan", "seconds_transfer", "seconds_confirm", "seconds_total"):
             assert meta[key] >= 0
+        # A one-day run is the day: its own figures first, no run_ keys, the DIMSE table last.
+        assert list(meta)[:7] == [
+            "instances_found",
+            "instances_dated",
+            "already_archived",
+            "moved",
+            "deferred",
+            "failed",
+            "seconds_total",
+        ]
+        assert not [k for k in meta if k.startswith("run_")] and list(meta)[-1] == "dimse"
+        assert list(inventory)[:2] == ["instances", "instances_dated"]
         checks = _checks(result)
         assert set(checks) == CHECKS
         assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
@@ -311,6 +323,18 @@ def test_backfill_range_is_one_run_with_figures_per_day(sandbox, monkeypatch, tm
         # some of these instances already; the sandbox is shared).
         for figure in ("moved", "already_archived", "instances_found"):
             assert sum(per_day[d][figure] for d in days) == per_day[days[0]][f"run_{figure}"]
+        for day in days:  # the day's own figures first; what only the run has, under run_
+            assert list(per_day[day])[:6] == [
+                "instances_found",
+                "instances_dated",
+                "already_archived",
+                "moved",
+                "deferred",
+                "failed",
+            ]
+            assert not {"sub_operations_completed", "requests", "seconds_find"} & set(per_day[day])
+            assert per_day[day]["run_sub_operations_completed"] >= per_day[days[0]]["run_moved"]
+            assert per_day[day]["run_requests"] >= 0  # 0 when other tests archived them all already
         assert per_day[days[0]]["run_instances_found"] > 0
         inventory = _metadata(result, "ARIA", "inventory")
         assert inventory["study_dates"] == "20260112-20260114"  # no look-back in a backfill

@@ -93,3 +93,17 @@ def test_errors_survive_pickling() -> None:
     assert (copy.peer, copy.status, copy.failed_sop_instance_uids) == (peer, 0xB000, ("1.2",))
     rejected = AssociationError(peer, "rejected", reject_reason="Called AE title not recognised")
     assert pickle.loads(pickle.dumps(rejected)).reject_reason == "Called AE title not recognised"
+
+
+def test_retrieve_hints_point_at_the_move_destination() -> None:
+    from dicom_backup_dagster.dicom.status import destination_unreachable_advice, status_advice
+
+    # A C-MOVE's sub-operations run against its destination: its failure hints name it first.
+    for code in (0xC000, 0xA702, 0xB000):
+        assert "move destination is up" in status_advice(code, "C-MOVE")
+    # A C-GET has no destination; C-FIND keeps the hierarchical-SCP hint.
+    assert "move destination" not in status_advice(0xA702, "C-GET")
+    assert "parent UIDs (Study, Series)" in status_advice(0xC000, "C-FIND")
+    text = destination_unreachable_advice("ORTHANC_MAIN@127.0.0.1:4242", "connection refused")
+    assert text.startswith("the move destination ORTHANC_MAIN@127.0.0.1:4242 cannot be reached")
+    assert "(connection refused)" in text and "not on the source" in text

@@ -130,3 +130,25 @@ def test_hooks_at_real_requests(scp: FaultSCP, tmp_path: Path) -> None:
     assert fault["C-FIND"]["success"] == 1 and fault["C-FIND"]["failure"] == 1
     assert fault["C-MOVE"]["failure"] == 1 and fault["C-MOVE"]["success"] == 0
     assert fault["C-STORE"]["success"] == len(files) == 5
+
+
+def test_dimse_metadata_is_a_compact_table_the_exporter_reads_back() -> None:
+    from dicom_backup_dagster.monitoring.dimse import dimse_mapping, dimse_metadata_value
+
+    collected = stats.DimseStats()
+    for seconds in (0.004, 0.03, 0.03, 2.5):
+        collected.record("ARIA_SIM", "C-FIND", "success", seconds)
+    collected.record("ARIA_SIM", "C-MOVE", "failure", 0.2)
+    value = dimse_metadata_value(collected)
+    rows = [r.data for r in value.records]  # one row per (peer, operation), not a JSON histogram
+    assert [(r["peer_ae"], r["operation"], r["success"], r["failure"]) for r in rows] == [
+        ("ARIA_SIM", "C-FIND", 4, 0),
+        ("ARIA_SIM", "C-MOVE", 0, 1),
+    ]
+    assert len(rows[0]["latency"].split()) <= 4
+    back = dimse_mapping(value)
+    original = collected.to_metadata()
+    for op in ("C-FIND", "C-MOVE"):
+        assert back["ARIA_SIM"][op]["buckets"] == original["ARIA_SIM"][op]["buckets"]
+        assert back["ARIA_SIM"][op]["seconds_sum"] == pytest.approx(original["ARIA_SIM"][op]["seconds_sum"])
+    assert dimse_mapping(original) == original  # the older JSON form still reads
