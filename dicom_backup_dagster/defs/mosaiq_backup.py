@@ -63,6 +63,7 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     asset,
     multi_asset_check,
 )
@@ -829,6 +830,26 @@ def mosaiq_checks(plan: MosaiqPlan, partitions_def: DailyPartitionsDefinition) -
     return [conformance, complete_in_archive, content_verified]
 
 
+def _step_arguments(
+    names: SourceNames, partitions_def: DailyPartitionsDefinition, policy: RetryPolicy | None
+) -> dict[str, Any]:
+    """What every asset of a Mosaiq source shares: one treatment day per run, retries, group, and the hook
+    with which the checks a failed run planned for days it did not materialize keep their earlier results."""
+    return {
+        "partitions_def": partitions_def,
+        "backfill_policy": BackfillPolicy.multi_run(1),
+        "retry_policy": policy,
+        "group_name": names.group,
+        "hooks": {
+            not_run_hook(
+                f"{names.archived.to_python_identifier()}_checks_not_run",
+                [AssetCheckKey(names.key(asset), check) for asset, check in MOSAIQ_CHECKS],
+                partitions_def,
+            )
+        },
+    }
+
+
 def build_mosaiq_source_backup(
     env: EnvironmentConfig,
     source: MosaiqSource,
@@ -841,20 +862,7 @@ def build_mosaiq_source_backup(
     plan = MosaiqPlan.of(env, source)
     names, staging = plan.names, plan.staging
     policy = resolve_retry_policy(retry_policy, env.settings)
-    step: dict[str, Any] = {
-        "partitions_def": partitions_def,
-        "backfill_policy": BackfillPolicy.multi_run(1),
-        "retry_policy": policy,
-        "group_name": names.group,
-        # checks the failed run planned for days it did not materialize keep their earlier results
-        "hooks": {
-            not_run_hook(
-                f"{names.archived.to_python_identifier()}_checks_not_run",
-                [AssetCheckKey(names.key(asset), check) for asset, check in MOSAIQ_CHECKS],
-                partitions_def,
-            )
-        },
-    }
+    step = _step_arguments(names, partitions_def, policy)
     database = with_database_key(plan.database_key)
     explained = explain_failures(policy)
 
