@@ -100,9 +100,13 @@ def _source_flows(site: SiteConfig) -> list[Flow]:
                      f"C-STORE sub-operations of the C-MOVE that brings {alias}'s RT records to the archive")
             )  # fmt: skip
             continue
-        retrieve = "C-GET (data returns on this association)" if src.transfer == "c-get" else "C-MOVE requests"
+        retrieve = (
+            "C-GET (data returns on this association)" if src.transfer == "c-get" else "C-MOVE requests"
+        )
         services = f"C-ECHO, C-FIND, {retrieve}"
-        flows.append(Flow(BACKUP_HOST, alias, src.ip, src.port, "DICOM", f"{services} as {env.script_ae.aet}"))
+        flows.append(
+            Flow(BACKUP_HOST, alias, src.ip, src.port, "DICOM", f"{services} as {env.script_ae.aet}")
+        )
         if src.transfer == "c-move":
             flows.append(
                 Flow(f"{alias} ({src.ip})", main.alias, main.ip, main.port, "DICOM",
@@ -159,7 +163,9 @@ def _notification_flows(site: SiteConfig) -> list[Flow]:
     email = getattr(notifications, "email", None)
     if email is not None:
         proto = "SMTP" + (" + STARTTLS" if email.starttls else "")
-        flows.append(Flow(BACKUP_HOST, "SMTP relay", email.smtp_host, email.smtp_port, proto, "alert e-mails"))
+        flows.append(
+            Flow(BACKUP_HOST, "SMTP relay", email.smtp_host, email.smtp_port, proto, "alert e-mails")
+        )
     return flows
 
 
@@ -232,7 +238,9 @@ def _rules(flows: Iterable[Flow], direction: str, resolver: Resolver) -> list[st
         if direction == "daddr":
             addresses = resolver(flow.host)
             if not addresses:
-                lines.append(f"# UNRESOLVED {flow.host}: add its address: ip daddr ADDRESS tcp dport {flow.port}")
+                lines.append(
+                    f"# UNRESOLVED {flow.host}: add its address: ip daddr ADDRESS tcp dport {flow.port}"
+                )
             for address in addresses:
                 lines.append(f"{_match('daddr', address)} tcp dport {flow.port} accept comment {note}")
             continue
@@ -295,12 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help="path of the TOML file (default: $DICOM_BACKUP_CONFIG)")
     parser.add_argument("--env", "--environment", dest="environment", help="environment (site) name")
-    parser.add_argument("--nftables", action="store_true", help="print an nftables ruleset for the backup host")
+    parser.add_argument(
+        "--nftables", action="store_true", help="print an nftables ruleset for the backup host"
+    )
     parser.add_argument("--https-port", type=int, default=Deployment.https_port)
     parser.add_argument("--code-server-port", type=int, default=Deployment.code_server_port)
     parser.add_argument(
         "--postgres",
-        default=f"{os.environ.get('DAGSTER_PG_HOST') or '127.0.0.1'}:{os.environ.get('DAGSTER_PG_PORT') or 5432}",
+        default=f"{os.environ.get('DAGSTER_PG_HOST') or '127.0.0.1'}:"
+        f"{os.environ.get('DAGSTER_PG_PORT') or 5432}",
         help="Dagster storage HOST:PORT (default $DAGSTER_PG_HOST:$DAGSTER_PG_PORT, else 127.0.0.1:5432)",
     )
     args = parser.parse_args(argv)

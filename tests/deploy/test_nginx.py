@@ -67,7 +67,9 @@ def stack() -> Iterator[dict[str, int]]:
     )  # fmt: skip
     htpasswd(d / "ui.htpasswd", *OPERATOR)
     htpasswd(d / "metrics.htpasswd", *METRICS)
-    (d / "site.conf").write_text(site_config(ports["https"], ports["http"], ports["web"], ports["exporter"], d))
+    (d / "site.conf").write_text(
+        site_config(ports["https"], ports["http"], ports["web"], ports["exporter"], d)
+    )
     run = d / "run"  # nginx's own writable files: logs, pid, temporary bodies
     run.mkdir()
     (d / "nginx.conf").write_text(
@@ -82,7 +84,8 @@ def stack() -> Iterator[dict[str, int]]:
     env = {"PATH": os.environ.get("PATH", ""), "DAGSTER_HOME": str(home)}
     web = ManagedProcess(
         "dagster-webserver",
-        [str(bin_dir / "dagster-webserver"), "--host", "127.0.0.1", "--port", str(ports["web"]), "--empty-workspace"],
+        [str(bin_dir / "dagster-webserver"), "--host", "127.0.0.1", "--port", str(ports["web"]),
+         "--empty-workspace"],
         d / "webserver.log", env=env, cwd=d,
     )  # fmt: skip
     exporter = ManagedProcess(
@@ -99,7 +102,9 @@ def stack() -> Iterator[dict[str, int]]:
         "nginx", [*drop, NGINX, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
         run / "nginx.out", env={"PATH": os.environ.get("PATH", "")}, cwd=d,
     )  # fmt: skip
-    check = subprocess.run([*drop, NGINX, "-t", "-p", str(d), "-c", str(d / "nginx.conf")], capture_output=True, text=True)
+    check = subprocess.run(
+        [*drop, NGINX, "-t", "-p", str(d), "-c", str(d / "nginx.conf")], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
     try:
         for process in (web, exporter, nginx):
@@ -126,7 +131,9 @@ def _session() -> requests.Session:
 
 
 def _get(ports: dict[str, int], path: str, auth: tuple[str, str] | None = None) -> requests.Response:
-    return _session().get(f"https://127.0.0.1:{ports['https']}{path}", auth=auth, timeout=20, allow_redirects=False)
+    return _session().get(
+        f"https://127.0.0.1:{ports['https']}{path}", auth=auth, timeout=20, allow_redirects=False
+    )
 
 
 def _graphql(ports: dict[str, int], auth: tuple[str, str] | None) -> requests.Response:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ SAFETY = {
     "DicomAlwaysAllowMove": False,
     "TcpNoDelay": True,
 }
+
 
 def load_commented_json(path: Path) -> dict[str, Any]:
     """Orthanc's configuration files allow // and /* */ comments; strip them outside strings."""
@@ -118,12 +118,15 @@ def backup_scp() -> Iterator[tuple[Peer, list[Dataset]]]:
     ae.add_supported_context(RTPlanStorage)
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert server is not None
     yield Peer(BACKUP_AET, "127.0.0.1", port), received
     server.shutdown()
 
 
 @pytest.fixture(scope="module")
-def orthancs(tmp_path_factory: pytest.TempPathFactory, backup_scp: Any) -> Iterator[dict[str, ProductionOrthanc]]:
+def orthancs(
+    tmp_path_factory: pytest.TempPathFactory, backup_scp: Any
+) -> Iterator[dict[str, ProductionOrthanc]]:
     main_cfg = load_commented_json(ORTHANC_DIR / "orthanc-main.json")
     stage_cfg = load_commented_json(ORTHANC_DIR / "orthanc-staging.json")
     aets = {m["AET"] for c in (main_cfg, stage_cfg) for m in c["DicomModalities"].values()}
@@ -150,7 +153,8 @@ def orthancs(tmp_path_factory: pytest.TempPathFactory, backup_scp: Any) -> Itera
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     manifest = generate(
-        tmp_path_factory.mktemp("data"), SyntheticOptions(patients=1, ct_slices=2, fractions=1, cbct_slices=0, seed=11)
+        tmp_path_factory.mktemp("data"),
+        SyntheticOptions(patients=1, ct_slices=2, fractions=1, cbct_slices=0, seed=11),
     )
     return {
         "ct": next(r.path for r in manifest if r.modality == "CT"),
@@ -206,7 +210,9 @@ def find(calling: str, server: OrthancServer, target: Dataset) -> tuple[int | No
         return None, 0
     try:
         matches, final = 0, None
-        for status, identifier in assoc.send_c_find(_query(target), StudyRootQueryRetrieveInformationModelFind):
+        for status, identifier in assoc.send_c_find(
+            _query(target), StudyRootQueryRetrieveInformationModelFind
+        ):
             if status and status.Status in (0xFF00, 0xFF01) and identifier is not None:
                 matches += 1
             elif status:
@@ -223,7 +229,9 @@ def move(calling: str, server: OrthancServer, target: Dataset, destination: str)
         return None, 0
     try:
         final, completed = None, 0
-        for status, _ in assoc.send_c_move(_query(target), destination, StudyRootQueryRetrieveInformationModelMove):
+        for status, _ in assoc.send_c_move(
+            _query(target), destination, StudyRootQueryRetrieveInformationModelMove
+        ):
             if status:
                 final = int(status.Status)
                 completed = int(getattr(status, "NumberOfCompletedSuboperations", completed) or completed)
@@ -241,10 +249,16 @@ def get(calling: str, server: OrthancServer, target: Dataset) -> tuple[int | Non
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(RTPlanStorage)
-    handlers = [(evt.EVT_C_STORE, lambda e: received.append(e.dataset) or 0)]
+
+    def on_store(event: Any) -> int:
+        received.append(event.dataset)
+        return 0
+
+    handlers: list[Any] = [(evt.EVT_C_STORE, on_store)]
     assoc = ae.associate(
         "127.0.0.1", server.dicom_port, ae_title=server.aet,
-        ext_neg=[build_role(CTImageStorage, scp_role=True), build_role(RTPlanStorage, scp_role=True)], evt_handlers=handlers,
+        ext_neg=[build_role(CTImageStorage, scp_role=True), build_role(RTPlanStorage, scp_role=True)],
+        evt_handlers=handlers,
     )  # fmt: skip
     if not assoc.is_established:
         return None, 0
@@ -258,13 +272,13 @@ def get(calling: str, server: OrthancServer, target: Dataset) -> tuple[int | Non
         assoc.release()
 
 
-def refused(result: int | None | tuple[int | None, int]) -> bool:
+def refused(result: int | tuple[int | None, int] | None) -> bool:
     """Association rejected, or a non-success status with nothing done."""
     status, done = result if isinstance(result, tuple) else (result, 0)
     return done == 0 and (status is None or status != 0)
 
 
-# --- the files themselves -------------------------------------------------------------------------------------
+# --- the files themselves -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["orthanc-main.json", "orthanc-staging.json"])
 def test_production_files_state_every_rule(name: str) -> None:
     cfg = load_commented_json(ORTHANC_DIR / name)
@@ -290,7 +304,7 @@ def test_only_the_backup_host_may_query_or_retrieve_main() -> None:
     assert not staging["backup"]["AllowGet"]
 
 
-# --- Orthanc running them ---------------------------------------------------------------------------------------
+# --- Orthanc running them -----------------------------------------------------------------------------------
 def test_rest_refuses_requests_without_credentials(orthancs: dict[str, ProductionOrthanc]) -> None:
     http = requests.Session()
     http.trust_env = False
@@ -299,10 +313,15 @@ def test_rest_refuses_requests_without_credentials(orthancs: dict[str, Productio
         assert http.get(url, timeout=10).status_code == 401
         assert http.get(url, auth=("backup", "wrong"), timeout=10).status_code == 401
         assert http.get(url, auth=("backup", "s3cret"), timeout=10).json()["DicomAet"] == server.aet
-        assert http.put(f"{server.rest_url}/modalities/x", auth=("backup", "wrong"), timeout=10).status_code == 401
+        assert (
+            http.put(f"{server.rest_url}/modalities/x", auth=("backup", "wrong"), timeout=10).status_code
+            == 401
+        )
 
 
-def test_unknown_ae_and_wrong_called_ae_get_nothing(orthancs: dict[str, ProductionOrthanc], files: dict[str, Path]) -> None:
+def test_unknown_ae_and_wrong_called_ae_get_nothing(
+    orthancs: dict[str, ProductionOrthanc], files: dict[str, Path]
+) -> None:
     study = dcmread(files["ct"])
     for server in orthancs.values():
         assert echo(STRANGER, server) is None
@@ -326,7 +345,10 @@ def test_the_backup_flows_work_and_nothing_else(
     assert main.has_instance(record.SOPInstanceUID)
     assert refused(get(BACKUP_AET, staging, record))  # nothing leaves staging but to main
     # Main may not query or store on staging, nor ask it for anything.
-    assert store("ORTHANC_MAIN", staging, files["record"]) is None or store("ORTHANC_MAIN", staging, files["record"]) != 0
+    assert (
+        store("ORTHANC_MAIN", staging, files["record"]) is None
+        or store("ORTHANC_MAIN", staging, files["record"]) != 0
+    )
     assert refused(find("ORTHANC_MAIN", staging, record))
 
     # Q/R path: the backup stores (data fetched with C-GET from MIM), then verifies and retrieves.

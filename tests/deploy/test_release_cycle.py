@@ -41,7 +41,9 @@ REPOSITORY = "__repository__"
 def copy_release(dest: Path, version: str, broken: bool = False) -> Path:
     """A release source tree: this checkout with another version (and, if broken, code that fails)."""
     shutil.copytree(
-        REPO, dest, ignore=shutil.ignore_patterns(".git", ".venv", ".sandbox", "__pycache__", "*_cache", "*.egg-info")
+        REPO,
+        dest,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".sandbox", "__pycache__", "*_cache", "*.egg-info"),
     )
     for path, pattern in (
         (dest / "pyproject.toml", r'^version = ".*"'),
@@ -85,7 +87,9 @@ class Host:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def release(self, *args: str, timeout: float = 600, probe_timeout: int | None = None) -> subprocess.CompletedProcess[str]:
+    def release(
+        self, *args: str, timeout: float = 600, probe_timeout: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env)
         if probe_timeout is not None:
             env["PROBE_TIMEOUT"] = str(probe_timeout)
@@ -93,7 +97,9 @@ class Host:
         done = subprocess.run(
             ["bash", str(RELEASE_SH), *args], env=env, capture_output=True, text=True, timeout=timeout
         )
-        print(f"release.sh {' '.join(args[:1])}: exit {done.returncode} in {time.monotonic() - started:.1f} s")
+        print(
+            f"release.sh {' '.join(args[:1])}: exit {done.returncode} in {time.monotonic() - started:.1f} s"
+        )
         return done
 
     def current(self) -> str:
@@ -183,7 +189,8 @@ def running_release(host: Host, unit: str) -> tuple[str, str]:
     environ = Path(f"/proc/{info['pid']}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
     version = subprocess.run(
-        [info["argv"][0].rsplit("/", 1)[0] + "/python", "-c", "import dicom_backup_dagster as d; print(d.__version__)"],
+        [info["argv"][0].rsplit("/", 1)[0] + "/python", "-c",
+         "import dicom_backup_dagster as d; print(d.__version__)"],
         env=env, capture_output=True, text=True, check=True, cwd=os.readlink(f"/proc/{info['pid']}/cwd"),
     ).stdout.strip()  # fmt: skip
     return env["PYTHONPATH"], version
@@ -201,9 +208,12 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
     assert (venv / "bin" / "dagster").exists()
     new = copy_release(tmp_path / "src-0.1.1", "0.1.1")
     broken = copy_release(tmp_path / "src-0.1.2", "0.1.2", broken=True)
-    data = SyntheticOptions(patients=1, ct_slices=4, fractions=2, cbct_slices=2)
+    data = SyntheticOptions(patients=1, ct_slices=4, fractions=1, cbct_slices=2)
     host = Host(tmp_path / "host")
-    with throwaway_database("dagster_deploy") as pg_db, Sandbox(tmp_path / "sandbox", SandboxOptions(data=data)) as sandbox:
+    with (
+        throwaway_database("dagster_deploy") as pg_db,
+        Sandbox(tmp_path / "sandbox", SandboxOptions(data=data)) as sandbox,
+    ):
         host.pg_db = pg_db  # type: ignore[attr-defined]
         write_site_config(host, sandbox)
         dates = sandbox.dates
@@ -221,7 +231,8 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
                  "dicom-backup-exporter.service", "dicom-backup-webserver.service"]
             )  # fmt: skip
             assert running_release(host, f"dicom-backup-code@{ENVIRONMENT}.service") == (
-                f"{host.prefix}/current/src", "0.1.0"
+                f"{host.prefix}/current/src",
+                "0.1.0",
             )
             timings["install"] = time.monotonic() - t0
 
@@ -247,11 +258,9 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
             assert os.readlink(host.prefix / "previous") == "releases/0.1.0"
             assert list((host.state / "dumps").glob("pre-upgrade-0.1.0-to-0.1.1-*.dump"))
             assert running_release(host, f"dicom-backup-code@{ENVIRONMENT}.service")[1] == "0.1.1"
-            # The operator changes the configuration of the new release.
+            # The operator changes the configuration for the new release (read at its next restart).
             with open(host.conf / "dicom-backup.env", "a") as f:
                 f.write("DICOM_BACKUP_ORTHANC_NAME=ARCHIVE_AFTER_UPGRADE\n")
-            done = host.release("restart")
-            assert done.returncode == 0, done.stdout + done.stderr
             timings["upgrade"] = time.monotonic() - t
 
             t = time.monotonic()
@@ -266,7 +275,7 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
 
             # 4. an upgrade whose code does not load: the probes fail, 0.1.1 runs again
             t = time.monotonic()
-            done = host.release("upgrade", str(broken), "--venv", str(venv), probe_timeout=40)
+            done = host.release("upgrade", str(broken), "--venv", str(venv), probe_timeout=20)
             assert done.returncode != 0
             assert "FAIL code location SANDBOX" in done.stderr and "switching back to 0.1.1" in done.stderr
             assert host.current() == "releases/0.1.1"
@@ -280,7 +289,10 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
             assert done.returncode == 0, done.stdout + done.stderr
             assert host.current() == "releases/0.1.0"
             assert "ARCHIVE_AFTER_UPGRADE" not in (host.conf / "dicom-backup.env").read_text()
-            assert "ARCHIVE_AFTER_UPGRADE" in (host.prefix / "releases" / "0.1.1" / "config" / "dicom-backup.env").read_text()
+            assert (
+                "ARCHIVE_AFTER_UPGRADE"
+                in (host.prefix / "releases" / "0.1.1" / "config" / "dicom-backup.env").read_text()
+            )
             assert running_release(host, f"dicom-backup-code@{ENVIRONMENT}.service")[1] == "0.1.0"
             timings["rollback"] = time.monotonic() - t
 
@@ -296,6 +308,8 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
         finally:
             host.stop_everything()
             for log in sorted(host.systemd_state.glob("*.log")):
-                print(f"--- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+                print(
+                    f"--- {log.name} (tail)\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                )
     timings["total"] = time.monotonic() - t0
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))

@@ -1,4 +1,4 @@
-"""deploy/systemd units (systemd-analyze verify, hardening), .env.prod.template, logrotate, flows + nftables."""
+"""deploy/systemd units (systemd-analyze verify, hardening), .env.prod.template, logrotate, flows."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def systemd_analyze() -> str:
 
 def verify(units: list[Path]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [systemd_analyze(), "verify", "--man=no", *map(str, units)], capture_output=True, text=True, timeout=120
+        [systemd_analyze(), "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -88,7 +91,11 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     """The check above is not vacuous: a misspelled key and a missing binary are both reported."""
     units = installed_units(tmp_path)
     web = next(u for u in units if "webserver" in u.name)
-    web.write_text(web.read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes").replace("dagster-webserver ", "nope "))
+    web.write_text(
+        web.read_text()
+        .replace("NoNewPrivileges=yes", "NoNewPrivilege=yes")
+        .replace("dagster-webserver ", "nope ")
+    )
     done = verify([web])
     assert re.search(r"Unknown key.*'NoNewPrivilege'", done.stderr), done.stderr
     assert "is not executable" in done.stderr and done.returncode != 0
@@ -120,7 +127,7 @@ def test_services_are_hardened_and_restart(unit: str) -> None:
 
 
 def test_production_workspace_points_at_code_servers() -> None:
-    import yaml
+    import yaml  # type: ignore[import-untyped]
 
     workspace = yaml.safe_load((SYSTEMD / "workspace.yaml").read_text())
     (entry,) = workspace["load_from"]
@@ -177,9 +184,13 @@ def test_logrotate_config_checks_and_the_log_writer_follows_a_rotation(tmp_path:
     logger.propagate = False
     try:
         logger.warning("before rotation")
-        done = subprocess.run([tool, "-d", "-s", str(tmp_path / "state"), str(conf)], capture_output=True, text=True)
+        done = subprocess.run(
+            [tool, "-d", "-s", str(tmp_path / "state"), str(conf)], capture_output=True, text=True
+        )
         assert done.returncode == 0 and "error:" not in (done.stdout + done.stderr).lower(), done.stderr
-        done = subprocess.run([tool, "-f", "-s", str(tmp_path / "state"), str(conf)], capture_output=True, text=True)
+        done = subprocess.run(
+            [tool, "-f", "-s", str(tmp_path / "state"), str(conf)], capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         logger.warning("after rotation")
     finally:
