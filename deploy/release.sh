@@ -29,7 +29,7 @@ PROBE_TIMEOUT=${PROBE_TIMEOUT:-180}
 RELEASES=$PREFIX/releases
 UNITS=(dicom-backup-webserver dicom-backup-daemon dicom-backup-exporter)
 
-log() { echo "release: $*" >&2; }
+log() { echo "release $(date -u +%H:%M:%S): $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # --- environment of the services (for migrate, probes and dumps run from here) -----------------------------
@@ -203,7 +203,7 @@ probe() {
   while :; do
     if out=$(probe_once 2>&1); then echo "$out" >&2; log "healthy: $(current_name)"; return 0; fi
     if ((SECONDS >= deadline)); then echo "$out" >&2; log "probes failed for ${PROBE_TIMEOUT}s: $(current_name)"; return 1; fi
-    sleep 3
+    sleep 1
   done
 }
 
@@ -300,7 +300,7 @@ case $command in
   install) cmd_install "$@" ;;
   upgrade) cmd_upgrade "$@" ;;
   rollback) cmd_rollback "$@" ;;
-  start) check_configured; start; probe ;;
+  start) check_configured; migrate "$(current_name)"; start; probe ;;  # the first start after install, too
   stop) stop ;;
   restart) stop; start; probe ;;
   probe) probe ;;

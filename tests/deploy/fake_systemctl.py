@@ -136,7 +136,9 @@ class Manager:
             argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
-        self._record(unit).write_text(json.dumps({"pid": process.pid, "argv": argv, "env": env, "started": time.time()}))
+        self._record(unit).write_text(
+            json.dumps({"pid": process.pid, "argv": argv, "env": env, "started": time.time()})
+        )
 
     def stop(self, unit: str) -> None:
         pid = self.pid(unit)
@@ -157,7 +159,7 @@ class Manager:
     def main(self, argv: list[str]) -> int:
         command, units = argv[0], argv[1:]
         with open(self.state / "calls.log", "a") as calls:
-            calls.write(" ".join(argv) + "\n")
+            calls.write(f"{time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
         if command in ("daemon-reload", "enable", "disable"):
             return 0
         if command == "is-active":
