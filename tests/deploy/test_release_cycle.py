@@ -278,7 +278,8 @@ def test_install_upgrade_rollback_keep_history_schedules_and_archive(
             t = time.monotonic()
             done = host.release("upgrade", str(broken), "--venv", str(venv), probe_timeout=20)
             assert done.returncode != 0
-            assert "FAIL code location SANDBOX" in done.stderr and "switching back to 0.1.1" in done.stderr, done.stderr
+            assert "FAIL code location SANDBOX" in done.stderr, done.stderr
+            assert "switching back to 0.1.1" in done.stderr, done.stderr
             assert host.current() == "releases/0.1.1"
             assert os.readlink(host.prefix / "previous") == "releases/0.1.0"
             assert running_release(host, f"dicom-backup-code@{ENVIRONMENT}.service")[1] == "0.1.1"
