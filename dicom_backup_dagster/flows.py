@@ -121,7 +121,9 @@ def _target_flows(site: SiteConfig) -> list[Flow]:
     flows: list[Flow] = []
     for alias, tgt in env.backup_targets.items():
         if alias == env.default_backup:
-            why = "C-ECHO, C-FIND (presence), C-GET (content digests), C-MOVE (restores), C-STORE (C-GET data)"
+            why = (
+                "C-ECHO, C-FIND (presence), C-GET (content digests), C-MOVE (restores), C-STORE (C-GET data)"
+            )
         elif alias in staging:
             why = "C-ECHO, C-STORE of RT Beams Treatment Records, C-FIND, C-MOVE to the archive"
         else:
