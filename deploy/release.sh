@@ -83,7 +83,8 @@ stage_release() {  # SRC VENV NAME -> $RELEASES/NAME
     # shellcheck disable=SC2086  # PIP_OPTS holds several options, e.g. --no-index --find-links DIR
     "$rel/venv/bin/pip" install -q $PIP_OPTS -c "$rel/src/constraints.txt" "$rel/src[postgres]"
   fi
-  "$rel/venv/bin/python" -c 'import dagster; print(dagster.__version__)' > "$rel/DAGSTER_VERSION"
+  # From the package metadata: importing dagster costs seconds of CPU on a busy host.
+  "$rel/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("dagster"))' > "$rel/DAGSTER_VERSION"
   log "release $name: Dagster $(cat "$rel/DAGSTER_VERSION")"
 }
 
@@ -161,50 +162,114 @@ restore_db() {
 # --- services and probes -----------------------------------------------------------------------------------
 site_port() { sed -n 's/^DICOM_BACKUP_CODE_PORT=//p' "$CONF_DIR/site-$1.env" | tail -n1; }
 
-start() {  # code servers first, serving, then the webserver and daemon that connect to them
+wait_serving() {  # PORT SECONDS: until the code server answers the gRPC health check, polled every 0.2 s
+  # The request `dagster api grpc-health-check` makes, from one process: that CLI imports dagster, which
+  # costs more CPU per attempt than the wait itself.
+  "$PREFIX/current/venv/bin/python" - "$1" "$2" <<'EOF'
+import sys, time
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+deadline = time.monotonic() + float(sys.argv[2])
+request = health_pb2.HealthCheckRequest(service="DagsterApi")
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    stub = health_pb2_grpc.HealthStub(channel)
+    while True:
+        try:
+            if stub.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+                sys.exit(0)
+        except grpc.RpcError:
+            pass
+        if time.monotonic() >= deadline:
+            sys.exit(1)
+        time.sleep(0.2)
+EOF
+}
+
+start() {  # every unit at once, then until each code server serves
+  # The webserver and the daemon need not wait for the code servers: each watches its code servers over
+  # gRPC (once a second) and loads a location as soon as its server answers; the daemon holds queued runs
+  # of an unreachable location back meanwhile. A code server answers only once it has loaded its code.
   local u s port deadline=$((SECONDS + PROBE_TIMEOUT))
   mapfile -t u < <(all_units)
   "$SYSTEMCTL" enable "${u[@]}" >/dev/null
-  for s in $(sites); do "$SYSTEMCTL" restart "dicom-backup-code@$s.service"; done
+  "$SYSTEMCTL" restart "${u[@]}"
   for s in $(sites); do
     port=$(site_port "$s")
     [ -n "$port" ] || die "DICOM_BACKUP_CODE_PORT is not set in $CONF_DIR/site-$s.env"
-    until "$PREFIX/current/venv/bin/dagster" api grpc-health-check --host 127.0.0.1 --port "$port" >/dev/null 2>&1; do
-      ((SECONDS < deadline)) || { log "code server $s does not serve on port $port"; break; }
-      sleep 1
-    done
+    wait_serving "$port" "$((deadline > SECONDS ? deadline - SECONDS : 0))" || log "code server $s does not serve on port $port"
   done
-  "$SYSTEMCTL" restart "${UNITS[@]/%/.service}"
 }
 stop() { mapfile -t u < <(all_units); "$SYSTEMCTL" stop "${u[@]}" || true; }
 
-probe_once() {
+probe() {  # until every probe passes at once (exit 0), PROBE_TIMEOUT passes, or a code location failed to load
+  local rc=0
   (
     service_env
-    py=$PREFIX/current/venv/bin/python
-    "$py" -m dicom_backup_dagster.monitoring.probes --daemon \
-      --webserver "http://127.0.0.1:$DICOM_BACKUP_WEBSERVER_PORT" \
-      --exporter "http://127.0.0.1:$DICOM_BACKUP_EXPORTER_PORT" || exit 1
-    # Every code location of the workspace loaded (a release whose code does not import fails here).
-    "$py" - "http://127.0.0.1:$DICOM_BACKUP_WEBSERVER_PORT/graphql" <<'EOF'
-import sys, requests
-q = "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus locationOrLoadError { __typename } } } } }"
-entries = requests.post(sys.argv[1], json={"query": q}, timeout=10).json()["data"]["workspaceOrError"]["locationEntries"]
-bad = [e["name"] for e in entries if (e["locationOrLoadError"] or {}).get("__typename") != "RepositoryLocation"]
-for e in entries:
-    print(f"{'FAIL' if e['name'] in bad else 'OK  '} code location {e['name']}: {e['loadStatus']}")
-sys.exit(1 if bad or not entries else 0)
-EOF
-  )
-}
+    "$PREFIX/current/venv/bin/python" - "http://127.0.0.1:$DICOM_BACKUP_WEBSERVER_PORT" \
+      "http://127.0.0.1:$DICOM_BACKUP_EXPORTER_PORT" "$PROBE_TIMEOUT" <<'EOF'
+# One process polls every 0.5 s; the daemon's liveness check (a dagster CLI, seconds of CPU) runs in a
+# thread meanwhile. Every code location of the workspace must have loaded. A code server serves only once
+# it has loaded its code, so a load error it reports is final (exit 2); unreachable is not.
+import sys, threading, time
+import requests
+from dicom_backup_dagster.monitoring.probes import ProbeResult, probe_daemon, probe_exporter, probe_webserver
 
-probe() {
-  local deadline=$((SECONDS + PROBE_TIMEOUT)) out
-  while :; do
-    if out=$(probe_once 2>&1); then echo "$out" >&2; log "healthy: $(current_name)"; return 0; fi
-    if ((SECONDS >= deadline)); then echo "$out" >&2; log "probes failed for ${PROBE_TIMEOUT}s: $(current_name)"; return 1; fi
-    sleep 1
-  done
+web, exporter, deadline = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+QUERY = """{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus
+      locationOrLoadError { __typename ... on PythonError { className } } } } } }"""
+daemon = [ProbeResult("dagster-daemon", False, "liveness-check has not finished")]
+stop = threading.Event()
+
+def daemon_until_live() -> None:
+    while not stop.is_set():
+        daemon[0] = result = probe_daemon()
+        if result.ok or time.monotonic() >= deadline:
+            return
+        stop.wait(0.5)
+
+def locations() -> tuple[int, list[str]]:
+    try:
+        answer = requests.post(f"{web}/graphql", json={"query": QUERY}, timeout=10).json()
+        entries = answer["data"]["workspaceOrError"]["locationEntries"]
+    except (requests.RequestException, ValueError, KeyError, TypeError) as error:
+        return 1, [f"FAIL webserver GraphQL at {web}/graphql: {type(error).__name__}"]
+    code, lines = (0 if entries else 1), []
+    for e in entries:
+        found = e["locationOrLoadError"] or {}
+        loaded = found.get("__typename") == "RepositoryLocation"
+        error = found.get("className") or ""
+        if found.get("__typename") == "PythonError" and error != "DagsterUserCodeUnreachableError":
+            code = 2
+        elif not loaded:
+            code = max(code, 1)
+        lines.append(f"{'OK  ' if loaded else 'FAIL'} code location {e['name']}: {e['loadStatus']}"
+                     + (f" ({error})" if error else ""))
+    return code, lines
+
+thread = threading.Thread(target=daemon_until_live, daemon=True)
+thread.start()
+while True:
+    code, lines = locations()
+    if code == 0:
+        results = [probe_webserver(web), probe_exporter(exporter)]
+        if all(r.ok for r in results):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        results.insert(1, daemon[0])
+        lines += [str(r) for r in results]
+        code = 0 if all(r.ok for r in results) else 1
+    if code != 1 or time.monotonic() >= deadline:
+        stop.set()
+        print("\n".join(lines))
+        sys.exit(code)
+    time.sleep(0.5)
+EOF
+  ) >&2 || rc=$?
+  case $rc in
+    0) log "healthy: $(current_name)" ;;
+    2) log "a code location failed to load: $(current_name)" ;;
+    *) log "probes failed for ${PROBE_TIMEOUT}s: $(current_name)" ;;
+  esac
+  return "$rc"
 }
 
 switch_to() {  # NAME: the release the services run from now on

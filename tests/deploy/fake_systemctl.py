@@ -3,7 +3,8 @@ own ExecStart line, as systemd would, from the unit files that `deploy/release.s
 
 What it reproduces: template instances (`%i`), `Environment=` then `EnvironmentFile=` (files override, a
 leading `-` makes a file optional), `WorkingDirectory=`, `${VAR}` (one word) and `$VAR` (split at white
-space) in ExecStart, SIGTERM to the whole process group on stop with SIGKILL after `TimeoutStopSec=`.
+space) in ExecStart, SIGTERM to the whole process group on stop with SIGKILL after `TimeoutStopSec=`
+(several units stop in parallel, as systemd stops units that are not ordered against each other).
 What it does not: User=, the sandboxing settings and Restart= (systemd-analyze verify checks those files).
 
 Environment: UNIT_DIR (where the units are), FAKE_SYSTEMD_STATE (PIDs and logs).
@@ -140,33 +141,45 @@ class Manager:
             json.dumps({"pid": process.pid, "argv": argv, "env": env, "started": time.time()})
         )
 
-    def stop(self, unit: str) -> None:
-        pid = self.pid(unit)
-        if pid is None:
-            return
-        path, instance = unit_file(self.unit_dir, unit)
-        timeout = float(parse_unit(path, instance).get("TimeoutStopSec", ["90s"])[-1].rstrip("s"))
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while self.pid(unit) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if self.pid(unit):
-            os.killpg(pid, signal.SIGKILL)
+    def stop(self, units: list[str]) -> None:
+        """SIGTERM to every unit's process group at once, then wait: systemd runs the stop jobs of units
+        without ordering dependencies between them (these have none) in parallel."""
+        deadlines: dict[str, tuple[int, float]] = {}
+        started = time.monotonic()
+        for unit in units:
+            pid = self.pid(unit)
+            if pid is None:
+                continue
+            path, instance = unit_file(self.unit_dir, unit)
+            timeout = float(parse_unit(path, instance).get("TimeoutStopSec", ["90s"])[-1].rstrip("s"))
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadlines[unit] = (pid, time.monotonic() + timeout)
+        while deadlines:
+            for unit, (pid, deadline) in list(deadlines.items()):
+                if self.pid(unit) and time.monotonic() >= deadline:
+                    os.killpg(pid, signal.SIGKILL)
+                elif self.pid(unit):
+                    continue
+                del deadlines[unit]
+                self._log(f"stopped {unit} in {time.monotonic() - started:.1f} s")
+            time.sleep(0.1)
+
+    def _log(self, line: str) -> None:
+        with open(self.state / "calls.log", "a") as calls:
+            calls.write(f"{time.strftime('%H:%M:%S')} {line}\n")
 
     def main(self, argv: list[str]) -> int:
         command, units = argv[0], argv[1:]
-        with open(self.state / "calls.log", "a") as calls:
-            calls.write(f"{time.strftime('%H:%M:%S')} {' '.join(argv)}\n")
+        self._log(" ".join(argv))
         if command in ("daemon-reload", "enable", "disable"):
             return 0
         if command == "is-active":
             return 0 if all(self.pid(u) for u in units) else 3
         if command in ("stop", "restart"):
-            for unit in reversed(units):
-                self.stop(unit)
+            self.stop(units)
         if command in ("start", "restart"):
             for unit in units:
                 self.start(unit)
