@@ -185,19 +185,21 @@ with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
 EOF
 }
 
-start() {  # every unit at once, then until each code server serves
-  # The webserver and the daemon need not wait for the code servers: each watches its code servers over
-  # gRPC (once a second) and loads a location as soon as its server answers; the daemon holds queued runs
-  # of an unreachable location back meanwhile. A code server answers only once it has loaded its code.
-  local u s port deadline=$((SECONDS + PROBE_TIMEOUT))
+start() {  # code servers, webserver and exporter at once; the daemon once the code servers serve
+  # The webserver need not wait: it watches each code server over gRPC (once a second) and loads the
+  # location as soon as the server answers. The daemon waits, as it would fail queued runs it dequeues
+  # for a location it cannot reach. A code server answers only once it has loaded its code.
+  local u s port codes=() deadline=$((SECONDS + PROBE_TIMEOUT))
   mapfile -t u < <(all_units)
   "$SYSTEMCTL" enable "${u[@]}" >/dev/null
-  "$SYSTEMCTL" restart "${u[@]}"
+  for s in $(sites); do codes+=("dicom-backup-code@$s.service"); done
+  "$SYSTEMCTL" restart "${codes[@]}" dicom-backup-webserver.service dicom-backup-exporter.service
   for s in $(sites); do
     port=$(site_port "$s")
     [ -n "$port" ] || die "DICOM_BACKUP_CODE_PORT is not set in $CONF_DIR/site-$s.env"
     wait_serving "$port" "$((deadline > SECONDS ? deadline - SECONDS : 0))" || log "code server $s does not serve on port $port"
   done
+  "$SYSTEMCTL" restart dicom-backup-daemon.service
 }
 stop() { mapfile -t u < <(all_units); "$SYSTEMCTL" stop "${u[@]}" || true; }
 
