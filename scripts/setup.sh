@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # prometheus and prometheus-alertmanager provide promtool and amtool for the monitoring tests (deploy/).
-packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql prometheus prometheus-alertmanager)
+# systemd (systemd-analyze), nginx, nftables, logrotate, postgresql-client (pg_dump) and openssl for the
+# production deployment tests (tests/deploy/).
+packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql prometheus prometheus-alertmanager
+  systemd nginx nftables logrotate postgresql-client openssl)
 # chromium (with fonts) runs the browser test of the Dagster UI (tests/test_sandbox_night.py, Playwright).
 packages+=(chromium fonts-dejavu-core)
 missing=()

@@ -42,9 +42,10 @@ SUMMARY_COUNTS = (
 class DagsterGraphQL:
     """The few GraphQL calls a night needs (the same API the UI uses)."""
 
-    def __init__(self, base_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 30.0, location: str = LOCATION) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.location = location  # the code location's name in the workspace
 
     def query(self, document: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         response = requests.post(
@@ -65,7 +66,7 @@ class DagsterGraphQL:
                  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
         )
         for entry in data["workspaceOrError"]["locationEntries"]:
-            if entry["name"] == LOCATION:
+            if entry["name"] == self.location:
                 error = entry.get("locationOrLoadError") or {}
                 return entry["loadStatus"], error.get("message")
         return "MISSING", None
@@ -80,7 +81,7 @@ class DagsterGraphQL:
             {
                 "p": {
                     "selector": {
-                        "repositoryLocationName": LOCATION,
+                        "repositoryLocationName": self.location,
                         "repositoryName": REPOSITORY,
                         "jobName": job_name,
                     },
@@ -96,7 +97,7 @@ class DagsterGraphQL:
 
     def start_all_sensors(self) -> list[str]:
         """Turn on every sensor of the code location (as the Automation page's toggles do)."""
-        repository = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+        repository = {"repositoryLocationName": self.location, "repositoryName": REPOSITORY}
         data = self.query(
             """query($r: RepositorySelector!) { sensorsOrError(repositorySelector: $r) {
                  __typename ... on Sensors { results { name sensorState { status } } } } }""",
@@ -144,7 +145,7 @@ class DagsterGraphQL:
                     "selector": {
                         "partitionSetName": f"{job_name}_partition_set",
                         "repositorySelector": {
-                            "repositoryLocationName": LOCATION,
+                            "repositoryLocationName": self.location,
                             "repositoryName": REPOSITORY,
                         },
                     },
