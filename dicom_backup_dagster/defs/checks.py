@@ -479,7 +479,11 @@ def restated_evaluation(
             f"not run in this run ({key.asset_key.to_user_string()} {day} was not materialized: an "
             f"earlier step failed); the result of run {earlier.run_id[:8]} stands: {before.description}"
         ),
-        metadata={**before.metadata, RESTATED_FROM_RUN: earlier.run_id},
+        # Not the earlier DIMSE figures: the exporter would count that traffic again for this run.
+        metadata={
+            **{k: v for k, v in before.metadata.items() if k != "dimse"},
+            RESTATED_FROM_RUN: earlier.run_id,
+        },
         target_materialization_data=before.target_materialization_data,
         partition=day,
         blocking=before.blocking,

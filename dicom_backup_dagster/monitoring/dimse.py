@@ -7,7 +7,7 @@ also takes the older JSON form ({peer: {operation: {...}}}, still written by con
 `@with_dimse_metadata`, placed between `@asset(...)`/`@asset_check(...)` and the function, runs the body
 inside dicom.stats.collecting() and:
 - on success adds `metadata["dimse"]` (the shape of `dicom.stats.DimseStats.to_metadata`) to the
-  returned Output, MaterializeResult or AssetCheckResult;
+  returned Output, MaterializeResult or AssetCheckResult (of per-day check results, to the first day's);
 - on an exception logs an AssetObservation of the asset with the same `dimse` value (and `failed`, when
   the Failure's metadata counts failed instances) before re-raising, so that failed attempts, whose DIMSE
   failures matter most, still reach the exporter;
@@ -153,6 +153,12 @@ def _with_dimse(result: Any, value: MetadataValue) -> Any:
         return result._replace(metadata={**(result.metadata or {}), "dimse": value})
     if isinstance(result, Output | AssetCheckResult):
         return result.with_metadata({**(result.metadata or {}), "dimse": value})
+    per_day = isinstance(result, Mapping) and result
+    if per_day and all(isinstance(r, AssetCheckResult) for r in result.values()):
+        # A check's results per day (defs/checks.py): the step's traffic goes on its first day's result
+        # only, so that the exporter, which sums the `dimse` values it reads, counts it once.
+        first = next(iter(result))
+        return {**result, first: _with_dimse(result[first], value)}
     return result
 
 

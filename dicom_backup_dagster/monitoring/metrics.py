@@ -49,6 +49,7 @@ VERIFIED = "dicom_backup_instances_verified_total"
 VERIFICATION_FAILED = "dicom_backup_instances_verification_failed_total"
 CHECK_PASSED = "dicom_backup_check_passed"
 CHECK_EVALUATIONS = "dicom_backup_check_evaluations_total"
+RESTATED_KEY = "restated_from_run"  # defs/checks.py RESTATED_FROM_RUN (monitoring/ does not import defs/)
 CHECK_TIMESTAMP = "dicom_backup_check_timestamp_seconds"
 DIMSE_REQUESTS = "dicom_dimse_requests_total"
 DIMSE_DURATION = "dicom_dimse_request_duration_seconds"
@@ -218,6 +219,8 @@ class Totals:
         previous = self.check_latest.get(key)
         if previous is None or timestamp >= previous[0]:
             self.check_latest[key] = (timestamp, passed)
+        if RESTATED_KEY in metadata:
+            return  # an earlier result restated by a failed run (defs/checks.py): counted when it was made
         result = "pass" if passed else "fail"
         self.check_evaluations[(source, check_name, result)] = (
             self.check_evaluations.get((source, check_name, result), 0) + 1
