@@ -5,8 +5,8 @@ config.py, ...). Problems:
 - a cycle between packages (two packages that import each other, directly or through others);
 - dagster imported by a pure layer (dicom/, mosaiq/, backup/, notify/, rtrecord/).
 
-``__main__.py`` modules are programs (command lines), not library code: they are left out of both rules.
-Every import counts, also one inside a function or under ``if TYPE_CHECKING``.
+Every module counts, ``__main__.py`` programs too, and every import, also one inside a function or
+under ``if TYPE_CHECKING``.
 
 Usage: python scripts/import_graph.py [path/to/dicom_backup_dagster]
 """
@@ -58,8 +58,6 @@ def scan(root: Path) -> tuple[dict[Edge, list[str]], list[str]]:
     edges: dict[Edge, list[str]] = defaultdict(list)
     dagster_uses: list[str] = []
     for path in sorted(root.rglob("*.py")):
-        if path.name == "__main__.py":
-            continue
         module = _module_name(path, root)
         own = module[1] if len(module) > 1 else "(root)"
         where = path.relative_to(root).as_posix()
@@ -121,7 +119,7 @@ def main(argv: list[str]) -> int:
     targets: dict[str, set[str]] = defaultdict(set)
     for a, b in edges:
         targets[a].add(b)
-    print(f"package imports in {ROOT_PACKAGE} (__main__.py programs left out):")
+    print(f"package imports in {ROOT_PACKAGE}:")
     width = max((len(p) for p in targets), default=0)
     for package in sorted(targets):
         print(f"  {package:<{width}} -> {', '.join(sorted(targets[package]))}")

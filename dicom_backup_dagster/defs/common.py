@@ -35,7 +35,6 @@ from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.dicom.status import destination_unreachable_advice
 
 __all__ = [  # BackupStorage, SourceNames and the storage key live in resources.py / keys.py
-    "DEFAULT_RETRY_POLICY",
     "DEFAULT_RULES",
     "FROM_SETTINGS",
     "STORAGE_RESOURCE_KEY",
@@ -60,11 +59,7 @@ DEFAULT_RULES = baseline.BaselineRules()
 
 # Transient network trouble (peer restarting, association limit, timeouts) is retried with backoff;
 # configuration errors raise Failure(allow_retries=False) and fail at once. The builders take their policy
-# from settings.max_retries / settings.retry_delay_s (FROM_SETTINGS); DEFAULT_RETRY_POLICY is the one the
-# default settings give.
-DEFAULT_RETRY_POLICY = RetryPolicy(
-    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-)
+# from settings.max_retries / settings.retry_delay_s (FROM_SETTINGS, resolve_retry_policy).
 FROM_SETTINGS = "settings"
 RetryChoice = RetryPolicy | None | str  # a policy, None (no retries) or FROM_SETTINGS
 

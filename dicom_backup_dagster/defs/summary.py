@@ -87,27 +87,15 @@ def day_metadata(instance: DagsterInstance, key: AssetKey, day: str) -> tuple[di
 
 
 def day_check_results(instance: DagsterInstance, check: AssetCheckKey, day: str) -> tuple[bool, str] | None:
-    """(passed, severity) of the latest evaluation of `check` for `day`, or None when it has none."""
+    """(passed, severity) of the latest evaluation of `check` for `day` (checks record one per day,
+    defs/checks.py), or None when the day has none: planned, skipped or its step failed."""
     for record in instance.event_log_storage.get_asset_check_execution_history(check, limit=200):
-        if record.partition not in (day, None) or record.event is None or record.event.dagster_event is None:
+        if record.partition != day or record.event is None or record.event.dagster_event is None:
             continue
         evaluation = record.event.dagster_event.event_specific_data
-        if not isinstance(evaluation, AssetCheckEvaluation):
-            continue  # planned, skipped or its step failed: no result
-        if record.partition is None and not _run_covers(instance, record.run_id, day):
-            continue  # an unpartitioned evaluation of another run
-        return evaluation.passed, evaluation.severity.value
+        if isinstance(evaluation, AssetCheckEvaluation):
+            return evaluation.passed, evaluation.severity.value
     return None
-
-
-def _run_covers(instance: DagsterInstance, run_id: str, day: str) -> bool:
-    run = instance.get_run_by_id(run_id)
-    if run is None:
-        return False
-    tags = run.tags
-    start = tags.get("dagster/asset_partition_range_start", tags.get("dagster/partition"))
-    end = tags.get("dagster/asset_partition_range_end", start)
-    return start is not None and end is not None and start <= day <= end
 
 
 def source_day(

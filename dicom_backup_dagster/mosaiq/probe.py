@@ -1,6 +1,6 @@
 """Schema probe: does this Mosaiq database hold every table and column the nightly queries read?
 
-An operator runs it before the first night (``python -m dicom_backup_dagster.mosaiq probe``), and the
+An operator runs it before the first night (``python -m dicom_backup_dagster.mosaiq_probe``), and the
 Mosaiq backup runs it at the start of every night, so a site whose Mosaiq lacks a column gets one list of
 what is missing instead of an SQL error in the middle of a run.
 
@@ -146,7 +146,7 @@ class ProbeReport:
         return (
             "the Mosaiq database is not ready for the backup queries: "
             + "; ".join(self.problems())
-            + (". Run `python -m dicom_backup_dagster.mosaiq probe` for the full report")
+            + (". Run `python -m dicom_backup_dagster.mosaiq_probe` for the full report")
         )
 
 

@@ -259,7 +259,7 @@ def test_a_mosaiq_without_a_required_column_fails_with_the_probe_list_not_an_sql
     assert "the Mosaiq database is not ready for the backup queries" in text
     assert "column Ident.IDA is missing (needed for PatientID (the MRN))" in text
     assert "column TxField.OriginalPlanUID is missing" in text
-    assert "python -m dicom_backup_dagster.mosaiq probe" in text and "no such column" not in text
+    assert "python -m dicom_backup_dagster.mosaiq_probe" in text and "no such column" not in text
 
 
 def test_main_down_between_staging_and_move_then_next_run_completes(sandbox, monkeypatch, tmp_path):

@@ -1,6 +1,6 @@
 """The Mosaiq schema probe against real databases: SQLite3 ODBC copies of the sandbox's evidence-built
 Mosaiq (with columns dropped or added), and a private scram-sha-256 PostgreSQL reached through psqlODBC,
-both through the function and through ``python -m dicom_backup_dagster.mosaiq probe``."""
+both through the function and through ``python -m dicom_backup_dagster.mosaiq_probe``."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_a_missing_required_column_is_listed_and_the_night_fails_with_the_list(
         read_deliveries(conn, *ALL)
     text = str(info.value)
     assert "column TxField.OriginalPlanUID is missing" in text and "no such column" not in text
-    assert "python -m dicom_backup_dagster.mosaiq probe" in text
+    assert "python -m dicom_backup_dagster.mosaiq_probe" in text
 
 
 def test_a_missing_table_is_listed(db: Path, connect_db: Any) -> None:
@@ -209,7 +209,7 @@ def test_every_column_the_default_queries_read_is_documented_with_its_evidence()
 def _cli(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_BACKUP_")}
     return subprocess.run(
-        [sys.executable, "-m", "dicom_backup_dagster.mosaiq", "probe", "--config", str(config), *args],
+        [sys.executable, "-m", "dicom_backup_dagster.mosaiq_probe", "--config", str(config), *args],
         env={**clean, **env},
         capture_output=True,
         text=True,

@@ -1,4 +1,7 @@
-"""``python -m dicom_backup_dagster.mosaiq probe``: check a site's Mosaiq before the first night.
+"""``python -m dicom_backup_dagster.mosaiq_probe``: check a site's Mosaiq before the first night.
+
+A program over the site configuration and the Mosaiq layer (it lives beside them, not in `mosaiq/`, so
+that `mosaiq/` never imports `config/`, which sits above it).
 
 Loads the site configuration (``--config`` / ``$DICOM_BACKUP_CONFIG``), connects to each Mosaiq source
 read-only with the password from its ``db_password_env`` variable, and prints `probe.ProbeReport.lines`.
@@ -22,14 +25,10 @@ READY, NOT_READY, BAD_CONFIG, UNREACHABLE = 0, 1, 2, 3
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m dicom_backup_dagster.mosaiq",
-        description="Mosaiq tools for the DICOM backup.",
+        prog="python -m dicom_backup_dagster.mosaiq_probe",
+        description="Check that each Mosaiq database has every table and column the nightly queries read.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser(
-        "probe",
-        help="check that the Mosaiq database has every table and column the nightly queries read",
-    )
+    cmd = parser
     cmd.add_argument("--config", help=f"path of the TOML file (default: ${CONFIG_ENV_VAR})")
     cmd.add_argument("--environment", help="environment to use (default as for the backup itself)")
     cmd.add_argument("--source", help="alias of one Mosaiq source (default: every Mosaiq source)")
