@@ -45,20 +45,24 @@ def _expected_dimse(night: Night) -> dict[str, Any]:
     seen = set()
     for result in night.results.values():
         values = [
-            (e.asset_key, e.materialization.metadata.get("dimse"))
+            (e.asset_key.to_user_string(), e.materialization.metadata.get("dimse"))
             for e in result.get_asset_materialization_events()
         ]
-        values += [(c.asset_key, c.metadata.get("dimse")) for c in result.get_asset_check_evaluations()]
+        # Per check, as the exporter counts them: two checks of one asset may report identical figures.
+        values += [
+            (f"{c.asset_key.to_user_string()}:{c.check_name}", c.metadata.get("dimse"))
+            for c in result.get_asset_check_evaluations()
+        ]
         # Observations logged by a failing step are stored but not in the result: read them back.
         for key in night.instance.get_asset_keys():
             for record in night.instance.fetch_observations(key, limit=1000).records:
                 if record.run_id == result.run_id:
-                    values.append((key, record.asset_observation.metadata.get("dimse")))
+                    values.append((key.to_user_string(), record.asset_observation.metadata.get("dimse")))
         for key, entry in values:
             if entry is None:
                 continue
             value = dimse_mapping(entry.value)  # the table the steps write, or connectivity's JSON
-            marker = (result.run_id, key.to_user_string(), json.dumps(value, sort_keys=True))
+            marker = (result.run_id, key, json.dumps(value, sort_keys=True))
             if marker not in seen:  # a ranged run repeats one step's value on each partition
                 seen.add(marker)
                 stats.merge(total, value)
