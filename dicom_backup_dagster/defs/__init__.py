@@ -8,6 +8,7 @@ from dicom_backup_dagster.config import SiteConfig
 from dicom_backup_dagster.defs.alerts import build_alert_defs
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
+from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
@@ -23,6 +24,7 @@ def build_definitions(site: SiteConfig) -> Definitions:
         Definitions(resources=build_resources(env), executor=in_process_executor),
         build_connectivity_defs(env),
         build_qr_backup_defs(env),
+        build_on_demand_defs(env),
         build_sweep_defs(env),
         build_mosaiq_backup_defs(env),
         build_staging_cleanup_defs(env),

@@ -123,8 +123,16 @@ class SourceNames:
         return sweep_key(self.alias)
 
     @property
+    def on_demand(self) -> AssetKey:  # a Q/R source's on-demand backup of given studies
+        return self.key("on_demand")
+
+    @property
     def job(self) -> str:
         return f"{self.alias}_backup"
+
+    @property
+    def studies_job(self) -> str:
+        return f"{self.alias}_backup_studies"
 
     @property
     def schedule(self) -> str:
