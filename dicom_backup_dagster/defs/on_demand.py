@@ -115,7 +115,7 @@ def materialize_on_demand(
         uids = validate_study_uids(config.study_uids)
     except StudyListError as error:
         raise Failure(description=f"{alias} on-demand backup: {error}", allow_retries=False) from None
-    what = f"on demand ({len(uids)} studies)"
+    what = f"on-demand ({len(uids)} {'study' if len(uids) == 1 else 'studies'})"
     folder = storage.partition_dir(context.instance, alias, f"on-demand/{context.run.run_id}")
     started = time.monotonic()
     try:

@@ -22,6 +22,7 @@ from dicom_backup_dagster.defs import build_definitions
 from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+from dicom_backup_dagster.sandbox.processes import free_port
 
 UNKNOWN_STUDY = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 
@@ -170,3 +171,19 @@ def test_code_location_has_a_backup_studies_job_per_qr_source(sandbox, monkeypat
         assert job.tags["dicom_backup/source"] == alias
         on_demand = defs.resolve_assets_def(dg.AssetKey([alias, "on_demand"]))
         assert on_demand.op.pool == defs.resolve_assets_def(dg.AssetKey([alias, "archived"])).op.pool
+
+
+def test_source_down_names_the_peer(sandbox, env, tmp_path):
+    aria = env.sources["ARIA"]
+    down = replace(env, sources={**env.sources, "ARIA": replace(aria, port=free_port())})
+    defs = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(down, storage=BackupStorage(base_dir=str(tmp_path)))),
+        build_on_demand_defs(down, retry_policy=None),
+    )
+    with dg.instance_for_test() as instance:
+        result = _back_up(defs, "ARIA", [UNKNOWN_STUDY], instance)
+        assert not result.success
+        description, meta = _failure(result)
+        peer = str(down.sources["ARIA"].peer)
+        assert description.startswith("ARIA backup, inventory (C-FIND) of partition on-demand (1 study)")
+        assert peer in description and "connection refused" in description and meta["peer"] == peer
