@@ -67,6 +67,7 @@ from dicom_backup_dagster.defs.keys import (
     SWEEP_COVERAGE,
     TEST_ALERT_JOB,
     WILL_RETRY_TAG,
+    SourceNames,
     archived_source,
     peer_alias,
     source_of_step,
@@ -309,6 +310,12 @@ def on_run_failure(context: RunFailureSensorContext, plan: AlertPlan, channels: 
         context.log.info(f"run {run.run_id} of {run.job_name} will be retried: no alert")
         return
     if run.job_name == TEST_ALERT_JOB:
+        return
+    if run.job_name in {SourceNames(s).studies_job for s in plan.sources}:
+        # An on-demand backup: whoever launched it watches the run, which names the problem (often a
+        # mistyped UID). Paging would wake the on-call, and an open incident would swallow the nightly
+        # backup's own failure alert (once per outage).
+        context.log.info(f"run {run.run_id} of {run.job_name} (on-demand) failed: the run page says why")
         return
     d = channels.dispatcher(plan, context.log)
     book = IncidentBook(context.instance.run_storage)

@@ -23,6 +23,7 @@ from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
 from dicom_backup_dagster.sandbox.processes import free_port
+from tests.defs.test_alerts import Sensors, _alert_defs, _notifications, channels  # noqa: F401 (fixture)
 
 UNKNOWN_STUDY = "1.2.826.0.1.3680043.8.498.99999999999999999999"
 
@@ -187,3 +188,13 @@ def test_source_down_names_the_peer(sandbox, env, tmp_path):
         peer = str(down.sources["ARIA"].peer)
         assert description.startswith("ARIA backup, inventory (C-FIND) of partition on-demand (1 study)")
         assert peer in description and "connection refused" in description and meta["peer"] == peer
+
+
+def test_failed_on_demand_run_pages_nobody(sandbox, env, defs, channels):  # noqa: F811 (the fixture)
+    env = replace(env, notifications=_notifications(channels))
+    with dg.instance_for_test() as instance:
+        result = _back_up(defs, "ARIA", ["not-a-uid"], instance)
+        assert not result.success
+        channels.reset()
+        Sensors(_alert_defs(env), env, instance).after(result)
+        assert channels.pd() == [] and channels.slack() == [] and channels.mails() == []
