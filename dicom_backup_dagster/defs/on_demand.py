@@ -68,6 +68,7 @@ from dicom_backup_dagster.defs.common import (
     resolve_retry_policy,
     uids_metadata,
 )
+from dicom_backup_dagster.defs.keys import KIND_TAG
 from dicom_backup_dagster.defs.qr_backup import (
     QRPlan,
     archive_from_source,
@@ -368,7 +369,9 @@ def build_source_on_demand(
             f"Back up given studies of {source.alias} into {plan.archive_alias} now and verify every "
             f"instance (Launchpad: ops: {names.on_demand.to_python_identifier()}: config: study_uids: [...])."
         ),
-        tags=names.tags,
+        # Not the source's tag: the exporter's per-source run figures (last success, last run failed) are
+        # the backups', and a mistyped UID must not fire DicomBackupFailed nor a success mask a failed night.
+        tags={KIND_TAG: "on_demand_backup"},
         executor_def=in_process_executor,
     )
     return Definitions(assets=[on_demand], jobs=[job])
