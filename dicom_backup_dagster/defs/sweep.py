@@ -65,6 +65,7 @@ from dicom_backup_dagster.defs.common import (
 )
 from dicom_backup_dagster.defs.hours import wait_for_window
 from dicom_backup_dagster.defs.keys import (
+    KIND_TAG,
     NOTHING_MISSED,
     SWEEP_COVERAGE,
     SourceNames,
@@ -501,7 +502,10 @@ def build_source_sweep(
             f"Reconcile a slice of {source.alias}'s older studies with {plan.archive_alias} and archive "
             "whatever is missing (runs nightly after the backups; launch it by hand any time)."
         ),
-        tags=names.tags,
+        # Not the source's tag: a sweep is not a nightly backup, and the exporter's per-source run figures
+        # (last success, DicomBackupNoRecentSuccess) must not count a successful sweep as one. Failure
+        # alerts still name the source, from the run's selected asset.
+        tags={KIND_TAG: "sweep"},
         executor_def=in_process_executor,
     )
     schedule = ScheduleDefinition(

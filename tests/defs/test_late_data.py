@@ -18,6 +18,8 @@ from pydicom import dcmread
 
 from dicom_backup_dagster.backup.sweep import SweepState
 from dicom_backup_dagster.defs import sweep as sweep_defs
+from dicom_backup_dagster.defs.alerts import _run_sources
+from dicom_backup_dagster.defs.keys import SOURCE_TAG
 from dicom_backup_dagster.defs.sweep import build_sweep_defs, sweep_job_name
 from dicom_backup_dagster.dicom.store import c_store_files
 from tests.defs.test_qr_backup import _defs, _env, _metadata
@@ -178,6 +180,12 @@ def test_sweep_interrupted_by_an_outage_resumes_where_it_stopped(sandbox, monkey
         assert not failed.success
         failure = failed.get_step_failure_events()[0].event_specific_data.error  # type: ignore[union-attr]
         assert "ARIA" in failure.message and "reconciliation sweep" in failure.message
+        # The failure alert names ARIA (from the run's asset), but the exporter's ARIA run figures, read by
+        # the source tag, leave sweeps out: a good sweep must not hide a missed nightly backup.
+        swept = instance.get_run_by_id(failed.run_id)
+        assert swept is not None and _run_sources(instance, swept, {"ARIA", "MIM"}) == {"ARIA"}
+        by_source = instance.get_runs(dg.RunsFilter(tags={SOURCE_TAG: "ARIA"}))
+        assert failed.run_id not in {r.run_id for r in by_source} and len(by_source) == 1
         first_night = set(SweepState.load(state_path, dt.datetime.now(dt.UTC)).reconciled)
         assert len(first_night) == 1  # the batch before the outage counts
 
