@@ -525,6 +525,10 @@ class Settings:
     # the first after about `retry_delay_s` seconds, each later one after twice the previous delay.
     max_retries: Annotated[int, _int(0, 20)] = 3
     retry_delay_s: Annotated[float, Field(ge=0.0, le=86400.0, examples=[30])] = 30.0
+    # Downtime reports (backup/reports.py): courses treated in the last `on_treatment_days` days; files (PHI)
+    # go only into `reports_dir` (0700), by default <backup storage>/reports.
+    on_treatment_days: Annotated[int, DAYS] = 14
+    reports_dir: Annotated[str | None, Field(examples=["/var/lib/dicom-backup/reports"])] = None
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

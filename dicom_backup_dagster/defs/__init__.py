@@ -10,6 +10,7 @@ from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
+from dicom_backup_dagster.defs.reports import build_report_defs
 from dicom_backup_dagster.defs.resources import build_resources
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.defs.summary import build_summary_defs
@@ -29,5 +30,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_mosaiq_backup_defs(env),
         build_staging_cleanup_defs(env),
         build_alert_defs(env),
+        build_report_defs(env),
     )
     return Definitions.merge(backups, build_summary_defs(env, backups))
