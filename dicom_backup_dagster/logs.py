@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 LOG_FILE_ENV_VAR = "DICOM_BACKUP_LOG_FILE"
-SOURCE_TAG = "dicom_backup/source"
+SOURCE_TAG = "dicom_backup/source"  # on every run of a source's backup and sweep jobs (defs/keys.py)
 PARTITION_TAG = "dagster/partition"
 
 # extra={...} keys copied into the line, with the JSON type they must have.

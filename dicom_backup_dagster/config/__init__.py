@@ -1,14 +1,9 @@
-"""Site configuration: environments.toml -> typed, validated, frozen model.
+"""Site configuration: environments.toml -> typed, validated, frozen model (docs/configuration.md).
 
-One TOML file holds one table per environment (site), e.g. ``[UCLA]`` and ``[TJU]``. Which file and which
-environment are used is chosen by ``$DICOM_BACKUP_CONFIG`` and ``$DICOM_BACKUP_ENVIRONMENT`` (or the
-file's ``default_environment``). Secrets never live in the file: it names environment variables
-(``db_password_env``, ``rest_password_env``) that are read only for the selected environment, and their
-values never appear in ``repr``/``str`` of the models or in any error message.
-
-Validation collects every problem it can find and raises one :class:`ConfigError` whose message names the
-file, the environment, the dotted key (``UCLA.sources.ARIA_MAIN.port``) and the fix, so an operator can
-correct a file in one pass. docs/configuration.md is the reference for every key.
+One table per environment (site); the file and environment come from ``$DICOM_BACKUP_CONFIG`` and
+``$DICOM_BACKUP_ENVIRONMENT`` (or ``default_environment``). Secrets are only named in the file and read for
+the selected environment alone. One :class:`ConfigError` lists every problem with file, environment,
+dotted key and fix.
 """
 
 from dicom_backup_dagster.config.cli import _summary, main
@@ -27,12 +22,11 @@ from dicom_backup_dagster.config.models import (
     Source,
     ae_title_problem,
 )
-from dicom_backup_dagster.mosaiq.connection import is_sqlite_driver
 
 # fmt: off
 __all__ = [
     "CONFIG_ENV_VAR", "ENVIRONMENT_ENV_VAR", "BackupTarget", "ConfigError", "ConfigIssue",
     "EnvironmentConfig", "MosaiqSource", "QRSource", "ScriptAE", "Secret", "Settings", "SiteConfig",
-    "Source", "_summary", "ae_title_problem", "is_sqlite_driver", "load_config", "main",
+    "Source", "_summary", "ae_title_problem", "load_config", "main",
 ]
 # fmt: on

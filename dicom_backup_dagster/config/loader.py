@@ -1,11 +1,6 @@
-"""load_config: TOML -> EnvironmentConfig, every problem of the file reported at once.
-
-Per environment, pydantic validates the tables (unknown keys included) and each of its errors becomes one
-ConfigIssue through one table of messages; then the cross-references between entries (aliases, staging,
-AE titles) run as a second pass on the tables as written, so they are reported even when a table is
-broken, and a broken source table does not also produce a misleading "unknown alias" error. Environment
-variables (secrets) are read only for the selected environment.
-"""
+"""load_config: TOML -> EnvironmentConfig, every problem reported at once: pydantic's errors become issues
+through one table of messages, then the cross-references (aliases, staging, AE titles) run as a second pass
+on the tables as written. Secrets are read only for the selected environment."""
 
 from __future__ import annotations
 
@@ -317,13 +312,8 @@ def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
 
 
 def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
-    """Every AE title in an environment must be unique (case-insensitive).
-
-    C-MOVE names its destination by AE title alone (PS3.4 C.4.2) and the sources map that title to one
-    host:port, and Orthanc matches calling AE titles case-insensitively by default, so two aliases with one
-    title leave at least one of them unreachable or ambiguous. The same AE registered twice (the main
-    Orthanc also listed as a source) would back the archive up into itself, so it is rejected too.
-    """
+    """AE titles are unique per environment, case-insensitively: C-MOVE names its destination by AE title
+    alone (PS3.4 C.4.2) and Orthanc folds case; the same AE twice would back the archive up into itself."""
     tables = {"script_ae": raw.get("script_ae")}
     for section in ("sources", "backup_targets"):
         tables.update({f"{section}.{a}": t for a, t in _tables(raw, section).items()})
@@ -405,12 +395,8 @@ def _environment(
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environment: str | None = None) -> SiteConfig:
-    """Load and validate the site configuration; raise ConfigError listing every problem found.
-
-    path defaults to ``$DICOM_BACKUP_CONFIG``; environment to ``$DICOM_BACKUP_ENVIRONMENT``, then the
-    file's ``default_environment``, then the only environment if there is just one. Every environment is
-    checked structurally; environment variables (secrets) are read only for the selected one.
-    """
+    """Load and validate the site configuration; raise ConfigError listing every problem found. environment
+    defaults to ``$DICOM_BACKUP_ENVIRONMENT``, the file's ``default_environment``, or the only one."""
     path = path if path is not None else (os.environ.get(CONFIG_ENV_VAR) or None)
     if path is None:
         problem = "no configuration file given"

@@ -1,10 +1,6 @@
-"""The typed, frozen model of one environment (site), as pydantic dataclasses.
-
-Types, bounds and choices are pydantic's; the loader turns its errors into problems and fixes, a key's
-example being the field's ``examples`` or default. ``check(...)`` runs only with a validation context
-(load_config passes one), so models built in code skip it; it raises a "config" error with the problem and
-the fix, whose ``<ENV>``, ``<ALIAS>`` and ``<EXAMPLE>`` the loader fills in.
-"""
+"""The frozen model of one environment (site), as pydantic dataclasses. ``check(...)`` runs only with a
+validation context (load_config's), raising a "config" error whose ``<ENV>``, ``<ALIAS>`` and ``<EXAMPLE>``
+the loader fills in; pydantic's own errors get their messages in the loader."""
 
 from __future__ import annotations
 
@@ -343,8 +339,7 @@ Cron = Annotated[str, check(_cron)]
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
 class ScriptAE:
-    """Our own AE: the calling AE title, and optionally the port we listen on (C-MOVE destination,
-    N-EVENT-REPORT for Storage Commitment, PS3.4 J.3)."""
+    """Our own AE title, and the port we listen on (C-MOVE destination; Storage Commitment, PS3.4 J.3)."""
 
     aet: AETitle
     port: Annotated[int | None, PORT, Field(examples=[11113])] = None
@@ -369,14 +364,11 @@ class QRSource:
     )
     transfer: Literal["c-move", "c-get"] = "c-move"
     max_associations: Annotated[int, _int(1, 64)] = 2
-    #: "by-study": one IMAGE-level C-FIND per study, a study walked only when that answer is refused, empty
-    #: or short of its NumberOfStudyRelatedInstances; "walk": SERIES then IMAGE per series, always.
+    #: "by-study": one IMAGE-level C-FIND per study, walked when short; "walk": SERIES then IMAGE, always.
     inventory: Literal["by-study", "walk"] = "by-study"
-    #: The source answers relational queries (SERIES level without a StudyInstanceUID, PS3.4 C.4.1.2.2.2):
-    #: the nightly inventory then also finds series dated in its window on studies of any age (SeriesDate).
+    #: Relational queries (PS3.4 C.4.1.2.2.2) also find new series on studies of any age.
     relational: Annotated[bool, Field(strict=True, description=_RELATIONAL)] = False
-    #: The most matches the source returns for one C-FIND (e.g. Orthanc's LimitFindResults); an answer
-    #: that reaches it is split (backup/listing.py). Set it to the source's limit or below, never above.
+    #: The source's C-FIND match limit (or below); an answer that reaches it is split (backup/listing.py).
     max_find_results: Annotated[int | None, _int(1, 10_000_000, examples=[1000], description=_LIMIT)] = None
     #: When backfills, sweeps and manual runs may load this source (backup/hours.py); () = any time.
     bulk_hours: Annotated[tuple[str, ...], check(_bulk_hours)] = ()
@@ -501,28 +493,20 @@ class Settings:
         field(default_factory=dict, hash=False)
     )
     connectivity_schedule: Cron = "*/15 * * * *"
-    # A backfill covers up to this many days per run (one C-FIND over the range, one process); nightly
-    # runs always cover one day. Per-day figures stay per partition (backup/partitions.py).
+    # Days per backfill run (one C-FIND over the range); nightly runs cover one day.
     backfill_days_per_run: Annotated[int, NIGHTS] = 7
-    # The staging cleanup job deletes a staged Mosaiq RT record only once it is verified on main AND was
-    # received by staging at least this many days ago (defs/staging_cleanup.py).
+    # A staged Mosaiq RT record is deleted once verified on main and this old (defs/staging_cleanup.py).
     staging_retention_days: Annotated[int, DAYS] = 7
-    # Late data (backup/late.py): the nightly inventory compares the studies dated this many days before
-    # its window with the archive and inventories those that grew (0: off).
+    # Late data (backup/late.py): studies dated this many days back are re-checked nightly (0: off).
     late_series_days: Annotated[int, DAYS] = 30
-    # The reconciliation sweep (backup/sweep.py): every study dated in the last `sweep_days` days is
-    # re-inventoried and compared with the archive at least once every `sweep_nights` nights, at most
-    # `sweep_max_studies` studies a night; the sweep job runs on `sweep_schedule` (0 days: no sweep).
+    # The sweep (backup/sweep.py) re-checks the last sweep_days days every sweep_nights (0 days: off).
     sweep_days: Annotated[int, DAYS] = 180
     sweep_nights: Annotated[int, NIGHTS] = 30
     sweep_max_studies: Annotated[int, _int(1, 1_000_000)] = 2000
     sweep_schedule: Cron = "30 4 * * *"
-    # The first day the site's backups cover: every source's daily partitions start here, so the UI counts
-    # no "missing" days before the backups began. Older days are backed up by moving it back. A TOML date
-    # (first_day = 2024-07-01) or the same as a string.
+    # Where every source's daily partitions start (a TOML date or the same as a string).
     first_day: Annotated[dt.date, Field(examples=[dt.date(2024, 7, 1)])] = dt.date(2020, 1, 1)
-    # A backup step that failed transiently (peer down, timeout) runs again up to `max_retries` times,
-    # the first after about `retry_delay_s` seconds, each later one after twice the previous delay.
+    # Transient failures are retried max_retries times, after retry_delay_s, then twice as long each time.
     max_retries: Annotated[int, _int(0, 20)] = 3
     retry_delay_s: Annotated[float, Field(ge=0.0, le=86400.0, examples=[30])] = 30.0
     # Downtime reports (backup/reports.py): courses treated in the last `on_treatment_days` days; files (PHI)

@@ -19,6 +19,8 @@ from dagster._core.storage.tags import (
     WILL_RETRY_TAG,
 )
 
+from dicom_backup_dagster.logs import SOURCE_TAG
+
 __all__ = [
     "ARCHIVED",
     "ASSET_PARTITION_RANGE_END_TAG",
@@ -48,7 +50,6 @@ __all__ = [
 ]
 
 # Our run tags
-SOURCE_TAG = "dicom_backup/source"  # on every run of a source's backup and sweep jobs
 KIND_TAG = "dicom_backup/kind"  # on the jobs that back up no source (connectivity, notifications, cleanup)
 IGNORE_BULK_HOURS_TAG = "dicom_backup/ignore_bulk_hours"  # "true": run now whatever bulk_hours says
 PAUSED_TAG = "dicom_backup/bulk_hours"  # "paused until ..." / "resumed ..." on a run waiting for its window

@@ -46,13 +46,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dicom_backup_dagster.dicom import stats
+from dicom_backup_dagster.logs import SOURCE_TAG
 from dicom_backup_dagster.monitoring import metrics as m
 from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, statistics
 from dicom_backup_dagster.orthanc import OrthancStatistics
 
 log = logging.getLogger(__name__)
 
-SOURCE_TAG = "dicom_backup/source"
 EVENT_TYPES = (
     DagsterEventType.ASSET_MATERIALIZATION,
     DagsterEventType.ASSET_OBSERVATION,
