@@ -137,9 +137,11 @@ def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
     keys, tag, model, infos = [], "", None, []
     for part in map(str, loc):
         tp = _bare(tp)
-        if isinstance(tp, tuple):  # the sources' union: this part is the tag
-            tag, tp = part, next(m for m in tp if part in get_args(m.__pydantic_fields__["type"].annotation))
-            continue
+        if isinstance(tp, tuple):  # the sources' union: this part is the tag, unless no member has it
+            member = next((m for m in tp if part in get_args(m.__pydantic_fields__["type"].annotation)), None)
+            if member is not None:
+                tag, tp = part, member
+                continue
         keys.append(part)
         fields = {(f.alias or n): f for n, f in getattr(tp, "__pydantic_fields__", {}).items()}
         model, info = (tp, fields.get(part)) if dataclasses.is_dataclass(tp) else (model, None)

@@ -724,3 +724,14 @@ def test_bulk_hours_is_not_a_mosaiq_key(write_config: Writer) -> None:
     data = valid_config()
     data["SITE_A"]["sources"]["MOSAIQ"]["bulk_hours"] = ["Mon-Fri 19:00-07:00"]
     issue(load_error(write_config, data), "SITE_A.sources.MOSAIQ.bulk_hours", "unknown key 'bulk_hours'")
+
+
+def test_keys_the_loader_sets_are_refused_in_a_source_table(write_config: Writer) -> None:
+    # 'alias' and 'password_secret' are set by the loader; in a source table they once crashed the loader
+    # (StopIteration while locating the error inside the sources' union) instead of naming the key.
+    data = valid_config()
+    data["SITE_A"]["sources"]["ARIA"]["alias"] = "X"
+    data["SITE_A"]["sources"]["MOSAIQ"]["password_secret"] = "Y"
+    err = load_error(write_config, data)
+    issue(err, "SITE_A.sources.ARIA.alias", "unknown key 'alias'", "remove it")
+    issue(err, "SITE_A.sources.MOSAIQ.password_secret", "unknown key 'password_secret'", "remove it")
