@@ -20,6 +20,7 @@ from dicom_backup_dagster.config.models import (
     EnvironmentConfig,
     MosaiqSource,
     QRSource,
+    RestoreTarget,
     ScriptAE,
     Secret,
     Settings,
@@ -32,7 +33,7 @@ from dicom_backup_dagster.mosaiq.connection import is_sqlite_driver
 # fmt: off
 __all__ = [
     "CONFIG_ENV_VAR", "ENVIRONMENT_ENV_VAR", "BackupTarget", "ConfigError", "ConfigIssue",
-    "EnvironmentConfig", "MosaiqSource", "QRSource", "ScriptAE", "Secret", "Settings", "SiteConfig",
-    "Source", "_summary", "ae_title_problem", "is_sqlite_driver", "load_config", "main",
+    "EnvironmentConfig", "MosaiqSource", "QRSource", "RestoreTarget", "ScriptAE", "Secret", "Settings",
+    "SiteConfig", "Source", "_summary", "ae_title_problem", "is_sqlite_driver", "load_config", "main",
 ]
 # fmt: on

@@ -131,3 +131,29 @@ def test_destination_down_names_ae_host_port(restore_env):
         env["server"].start()
     text = " ".join(result.errors)
     assert not result.passed and f"{DEST_AET}@127.0.0.1:{env['dest'].port}" in text and "C-ECHO" in text, text
+
+
+def test_restore_targets_table_is_validated(sandbox, monkeypatch, tmp_path):
+    from dicom_backup_dagster.config import ConfigError, load_config
+
+    for name, value in sandbox.env_vars().items():
+        monkeypatch.setenv(name, value)
+    base = sandbox.config_path.read_text()
+    good = tmp_path / "good.toml"
+    good.write_text(
+        base + '\n[SANDBOX.restore_targets.STANDBY]\naet = "STANDBY_TPS"\nip = "127.0.0.1"\nport = 104\n'
+    )
+    env = load_config(good, "SANDBOX").environment
+    assert env.restore_destinations()["STANDBY"] == Peer("STANDBY_TPS", "127.0.0.1", 104)
+    assert "ORTHANC_MAIN" not in env.restore_destinations() and "ARIA" in env.restore_destinations()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        base
+        + '\n[SANDBOX.restore_targets.STANDBY]\naet = "STANDBY_TPS_TOO_LONG_TITLE"\n'
+        + 'ip = "127.0.0.1"\nport = "104"\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(bad, "SANDBOX")
+    assert "restore_targets.STANDBY.aet" in str(error.value) and "restore_targets.STANDBY.port" in str(
+        error.value
+    )
