@@ -15,6 +15,7 @@ from dicom_backup_dagster.config.models import (
     EnvironmentConfig,
     MosaiqSource,
     QRSource,
+    RestoreTarget,
     ScriptAE,
     Secret,
     Settings,
@@ -26,7 +27,7 @@ from dicom_backup_dagster.config.models import (
 # fmt: off
 __all__ = [
     "CONFIG_ENV_VAR", "ENVIRONMENT_ENV_VAR", "BackupTarget", "ConfigError", "ConfigIssue",
-    "EnvironmentConfig", "MosaiqSource", "QRSource", "ScriptAE", "Secret", "Settings", "SiteConfig",
-    "Source", "_summary", "ae_title_problem", "load_config", "main",
+    "EnvironmentConfig", "MosaiqSource", "QRSource", "RestoreTarget", "ScriptAE", "Secret", "Settings",
+    "SiteConfig", "Source", "_summary", "ae_title_problem", "load_config", "main",
 ]
 # fmt: on

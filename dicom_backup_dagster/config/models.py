@@ -482,6 +482,20 @@ class BackupTarget:
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)
+class RestoreTarget:
+    """A DICOM AE the restore job may C-MOVE to from main; it must be in main's DicomModalities."""
+
+    alias: str
+    aet: AETitle
+    ip: Host
+    port: Annotated[int, PORT, Field(examples=[104])]
+
+    @property
+    def peer(self) -> Peer:
+        return Peer(self.aet, self.ip, self.port)
+
+
+@dataclass(frozen=True, config=MODEL_CONFIG)
 class Settings:
     max_uids_per_run: Annotated[int, _int(1, 10_000_000, description="an integer >= 1")] = 5000
     timezone: Annotated[str, check(_timezone)] = "UTC"
@@ -548,6 +562,9 @@ class EnvironmentConfig:
     description: str = ""
     settings: Settings = field(default_factory=Settings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings, hash=False)
+    restore_targets: Annotated[dict[str, RestoreTarget], check(_aliases, "restore targets")] = field(
+        default_factory=dict, hash=False
+    )
 
     @property
     def main_target(self) -> BackupTarget:
@@ -570,6 +587,11 @@ class EnvironmentConfig:
                 f"source {src.alias} is of type {src.type}; only mosaiq sources have a staging target"
             )
         return self.backup_targets[src.staging_target_alias]
+
+    def restore_destinations(self) -> dict[str, Peer]:
+        """Where a restore may go: every restore target, source (ARIA/MIM) and backup target but main."""
+        out = {a: p for a, p in self.peers().items() if a != self.default_backup}
+        return {**out, **{a: t.peer for a, t in self.restore_targets.items()}}
 
     def peers(self) -> dict[str, Peer]:
         """alias -> Peer for every DICOM peer: ARIA/MIM sources and all backup targets."""

@@ -1,0 +1,159 @@
+"""Restore main Orthanc -> a pynetdicom Q/R + Storage SCP (sandbox MimServer), real peers throughout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dicom_backup_dagster.backup.restore import Selection, resolve, restore
+from dicom_backup_dagster.dicom.find import FindSession
+from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.dicom.store import c_store_files
+from dicom_backup_dagster.orthanc import OrthancClient
+from dicom_backup_dagster.sandbox.mim import MimServer
+from dicom_backup_dagster.sandbox.processes import free_port
+from dicom_backup_dagster.sandbox.sandbox import ORTHANC_PASSWORD_ENV
+from tests.dicom.synthetic import make_patient
+
+FAST = Timeouts(acse=5, dimse=20, network=20, connect=2)
+DEST_AET = "RESTORE_DEST"
+
+
+class RefusingServer(MimServer):
+    """Refuses (0xA700, out of resources) the C-STOREs of the SOP Instance UIDs in `refuse`."""
+
+    refuse: set[str] = set()
+
+    def _on_store(self, event: Any) -> int:
+        if str(event.dataset.SOPInstanceUID) in self.refuse:
+            return 0xA700
+        return super()._on_store(event)
+
+
+@pytest.fixture(scope="module")
+def restore_env(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("restore")
+    instances = make_patient(root / "patient", patient_id="RESTORE-CANARY-7Q3", ct_slices=4)
+    main = sandbox.peers()["ORTHANC_MAIN"]
+    calling = sandbox.options.script_aet
+    c_store_files(main, calling, [i.path for i in instances], timeouts=FAST)
+    port = free_port()
+    server = RefusingServer(root / "dest", DEST_AET, port, relational=True, incoming_dir=root / "dest-in")
+    server.load()
+    server.start()
+    rest = OrthancClient(sandbox.main.rest_url, sandbox.options.orthanc_username,
+                         sandbox.env_vars()[ORTHANC_PASSWORD_ENV])  # fmt: skip
+    rest.put_modality(DEST_AET, DEST_AET, "127.0.0.1", port)
+    try:
+        yield {"main": main, "calling": calling, "dest": Peer(DEST_AET, "127.0.0.1", port),
+               "server": server, "instances": instances, "root": root}  # fmt: skip
+    finally:
+        server.shutdown()
+        rest.close()
+
+
+def _entries(env: dict[str, Any], selection: Selection) -> list[Any]:
+    with FindSession(env["main"], env["calling"], FAST) as main:
+        return resolve(main, selection)
+
+
+def test_restore_by_patient_id_is_present_and_identical_at_destination(restore_env):
+    env = restore_env
+    entries = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3"))
+    assert {e.sop_instance_uid for e in entries} == {i.sop_instance_uid for i in env["instances"]}
+    result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
+                     timeouts=FAST, spool_dir=env["root"] / "spool")  # fmt: skip
+    assert result.passed, (result.errors, result.missing_uids, result.content)
+    assert result.present == len(entries) == 7
+    assert result.content is not None and result.content.matched == 7
+    assert "RESTORE-CANARY-7Q3" not in repr(result)
+
+
+def test_modalities_filter_and_dry_run_moves_nothing(restore_env):
+    env = restore_env
+    entries = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3", modalities=("rtplan",)))
+    assert [e.sop_instance_uid for e in entries] == [
+        i.sop_instance_uid for i in env["instances"] if i.modality == "RTPLAN"
+    ]
+    before = len(env["server"].index)
+    result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
+                     timeouts=FAST, dry_run=True)  # fmt: skip
+    assert result.dry_run and result.outcome is None and result.selected == 1
+    assert len(env["server"].index) == before
+
+
+def test_partial_restore_names_the_refused_uids(restore_env, tmp_path):
+    env = restore_env
+    fresh = make_patient(tmp_path / "p", patient_id="RESTORE-PARTIAL", ct_slices=3)
+    c_store_files(env["main"], env["calling"], [i.path for i in fresh], timeouts=FAST)
+    refused = {fresh[0].sop_instance_uid, fresh[1].sop_instance_uid}
+    env["server"].refuse = refused
+    try:
+        entries = _entries(env, Selection(study_instance_uids=(fresh[0].study_instance_uid,)))
+        result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
+                         timeouts=FAST, verify_digests=False)  # fmt: skip
+    finally:
+        env["server"].refuse = set()
+    assert not result.passed
+    assert set(result.missing_uids) == refused
+    assert result.present == len(fresh) - 2
+
+
+def test_destination_unknown_to_orthanc_names_the_ae_and_the_fix(restore_env):
+    env = restore_env
+    entries = _entries(env, Selection(study_instance_uids=(env["instances"][0].study_instance_uid,)))
+    port = free_port()
+    other = MimServer(env["root"] / "other", "NOT_REGISTERED", port, incoming_dir=env["root"] / "other-in")
+    other.load()
+    other.start()
+    try:
+        unknown = Peer("NOT_REGISTERED", "127.0.0.1", port)
+        result = restore(entries, main=env["main"], destination=unknown, calling_aet=env["calling"],
+                         timeouts=FAST, verify_digests=False)  # fmt: skip
+    finally:
+        other.shutdown()
+    assert not result.passed and len(other.index) == 0
+    text = " ".join(result.errors)
+    assert "NOT_REGISTERED" in text and "DicomModalities" in text, text
+
+
+def test_destination_down_names_ae_host_port(restore_env):
+    env = restore_env
+    entries = _entries(env, Selection(study_instance_uids=(env["instances"][0].study_instance_uid,)))
+    down = Peer(DEST_AET, "127.0.0.1", env["dest"].port)
+    env["server"].shutdown()
+    try:
+        result = restore(entries, main=env["main"], destination=down, calling_aet=env["calling"],
+                         timeouts=FAST, verify_digests=False)  # fmt: skip
+    finally:
+        env["server"].start()
+    text = " ".join(result.errors)
+    assert not result.passed and f"{DEST_AET}@127.0.0.1:{env['dest'].port}" in text and "C-ECHO" in text, text
+
+
+def test_restore_targets_table_is_validated(sandbox, monkeypatch, tmp_path):
+    from dicom_backup_dagster.config import ConfigError, load_config
+
+    for name, value in sandbox.env_vars().items():
+        monkeypatch.setenv(name, value)
+    base = sandbox.config_path.read_text()
+    good = tmp_path / "good.toml"
+    good.write_text(
+        base + '\n[SANDBOX.restore_targets.STANDBY]\naet = "STANDBY_TPS"\nip = "127.0.0.1"\nport = 104\n'
+    )
+    env = load_config(good, "SANDBOX").environment
+    assert env.restore_destinations()["STANDBY"] == Peer("STANDBY_TPS", "127.0.0.1", 104)
+    assert "ORTHANC_MAIN" not in env.restore_destinations() and "ARIA" in env.restore_destinations()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        base
+        + '\n[SANDBOX.restore_targets.STANDBY]\naet = "STANDBY_TPS_TOO_LONG_TITLE"\n'
+        + 'ip = "127.0.0.1"\nport = "104"\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(bad, "SANDBOX")
+    assert "restore_targets.STANDBY.aet" in str(error.value) and "restore_targets.STANDBY.port" in str(
+        error.value
+    )
