@@ -12,6 +12,7 @@ from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
 from dicom_backup_dagster.defs.reports import build_report_defs
 from dicom_backup_dagster.defs.resources import build_resources
+from dicom_backup_dagster.defs.restore import build_restore_defs
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.defs.summary import build_summary_defs
 from dicom_backup_dagster.defs.sweep import build_sweep_defs
@@ -31,5 +32,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_staging_cleanup_defs(env),
         build_alert_defs(env),
         build_report_defs(env),
+        build_restore_defs(env),
     )
     return Definitions.merge(backups, build_summary_defs(env, backups))

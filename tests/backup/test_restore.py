@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -157,3 +158,47 @@ def test_restore_targets_table_is_validated(sandbox, monkeypatch, tmp_path):
     assert "restore_targets.STANDBY.aet" in str(error.value) and "restore_targets.STANDBY.port" in str(
         error.value
     )
+
+
+def test_restore_job_by_patient_id_verifies_and_leaves_no_patient_id(
+    restore_env, sandbox, monkeypatch, tmp_path
+):
+    """The Launchpad job: restore by PatientID to a configured restore target; the ID (a canary) appears
+    in no event, metadata value or tag of the run."""
+    import dagster as dg
+
+    from dicom_backup_dagster.config.models import RestoreTarget
+    from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+    from dicom_backup_dagster.defs.restore import RESTORE_JOB, build_restore_defs
+    from tests.defs.test_qr_backup import _env
+
+    env = _env(sandbox, monkeypatch)
+    dest = restore_env["dest"]
+    target = RestoreTarget(alias="STANDBY", aet=dest.aet, ip=dest.host, port=dest.port)
+    env = replace(env, restore_targets={"STANDBY": target})
+    defs = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(tmp_path)))),
+        build_restore_defs(env),
+    )
+    job = defs.resolve_job_def(RESTORE_JOB)
+    config = {"destination": "STANDBY", "patient_id": "RESTORE-CANARY-7Q3"}
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(
+            run_config={"ops": {"restore": {"config": config}}}, instance=instance
+        )
+        assert result.success
+        events = instance.all_logs(result.run_id)
+        text = " ".join(repr(e) for e in events)
+        assert "RESTORE-CANARY-7Q3" not in text
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and "RESTORE-CANARY-7Q3" not in repr(run.tags)
+        outputs = [e for e in events if e.dagster_event and e.dagster_event.is_successful_output]
+        metadata = outputs[0].dagster_event.event_specific_data.metadata  # type: ignore[union-attr]
+        assert metadata["present_at_destination"].value == 7 and metadata["digests_matched"].value == 7
+
+        bad = {"destination": "STANDBYY", "study_uids": ["1.2.3"]}
+        failed = job.execute_in_process(
+            run_config={"ops": {"restore": {"config": bad}}}, instance=instance, raise_on_error=False
+        )
+        message = failed.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
+        assert "unknown restore destination 'STANDBYY'" in message and "did you mean 'STANDBY'" in message
