@@ -143,7 +143,7 @@ def build_restore_defs(env: EnvironmentConfig) -> Definitions:
     """The `restore` job (one op), for the Launchpad."""
     plan = RestorePlan.of(env)
 
-    @op(name="restore", description=f"Restore from {plan.main_alias} to a destination AE, verified there.")
+    @op(name="restore_studies", description=f"Restore from {plan.main_alias} to a destination AE, verified.")
     def restore_op(
         context: OpExecutionContext, config: RestoreConfig, dicom: DicomNetwork, backup_storage: BackupStorage
     ) -> None:
@@ -153,8 +153,8 @@ def build_restore_defs(env: EnvironmentConfig) -> Definitions:
         name=RESTORE_JOB,
         description=(
             f"Give data back: C-MOVE from {plan.main_alias} to a destination, then prove it there (C-FIND, "
-            "digests where it serves C-GET). Launchpad: ops: restore: config: destination, study_uids | "
-            "patient_id (+ start_date, end_date, modalities), dry_run."
+            "digests where it serves C-GET). Launchpad: ops: restore_studies: config: destination, "
+            "study_uids | patient_id (+ start_date, end_date, modalities), dry_run."
         ),
         tags={KIND_TAG: "restore"},
         executor_def=in_process_executor,

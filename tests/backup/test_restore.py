@@ -184,7 +184,7 @@ def test_restore_job_by_patient_id_verifies_and_leaves_no_patient_id(
     config = {"destination": "STANDBY", "patient_id": "RESTORE-CANARY-7Q3"}
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
-            run_config={"ops": {"restore": {"config": config}}}, instance=instance
+            run_config={"ops": {"restore_studies": {"config": config}}}, instance=instance
         )
         assert result.success
         events = instance.all_logs(result.run_id)
@@ -198,7 +198,7 @@ def test_restore_job_by_patient_id_verifies_and_leaves_no_patient_id(
 
         bad = {"destination": "STANDBYY", "study_uids": ["1.2.3"]}
         failed = job.execute_in_process(
-            run_config={"ops": {"restore": {"config": bad}}}, instance=instance, raise_on_error=False
+            run_config={"ops": {"restore_studies": {"config": bad}}}, instance=instance, raise_on_error=False
         )
         message = failed.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
         assert "unknown restore destination 'STANDBYY'" in message and "did you mean 'STANDBY'" in message
