@@ -35,8 +35,6 @@ DEVICE_ONLY = frozenset(
         "node_disk_reads_completed_total",
         "node_disk_writes_completed_total",
         "node_disk_io_time_weighted_seconds_total",
-        "node_memory_SwapFree_bytes",  # served as 0 on hosts without swap, kept here for containers
-        "node_memory_SwapTotal_bytes",
     }
 )
 EXPORTERS = {
