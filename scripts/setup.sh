@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 # production deployment tests (tests/deploy/).
 packages=(orthanc dcmtk dicom3tools unixodbc unixodbc-dev libsqliteodbc odbc-postgresql prometheus prometheus-alertmanager
   systemd nginx nftables logrotate postgresql-client openssl)
+# The exporters of the host-health rules, scraped for real by tests/monitoring/test_host_exporters.py.
+packages+=(prometheus-node-exporter prometheus-process-exporter prometheus-postgres-exporter)
 # chromium (with fonts) runs the browser test of the Dagster UI (tests/test_sandbox_night.py, Playwright).
 packages+=(chromium fonts-dejavu-core)
 missing=()

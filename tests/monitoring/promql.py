@@ -15,6 +15,7 @@ DEPLOY = REPO / "deploy"
 RULES = DEPLOY / "prometheus" / "rules.yml"
 RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"  # minute-scale cases
 RULES_TEST_DAILY = DEPLOY / "prometheus" / "rules_test_daily.yml"  # hour- and day-scale cases
+RULES_TEST_HOST = DEPLOY / "prometheus" / "rules_test_host.yml"  # host, process, Dagster storage
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "dicom-backup.json"
 
@@ -38,8 +39,15 @@ KINDS = frozenset(
         "daemon_heartbeat_stale",
         "dicom_failure_rate",
         "exporter_down",
+        "host_resources",
+        "host_disk_low",
+        "process_down",
+        "dagster_storage",
     }
 )
+# Metric prefixes of node_exporter, process-exporter and postgres_exporter: tests/monitoring/
+# test_host_exporters.py checks these names against the real exporters.
+HOST_EXPORTER_PREFIXES = ("node_", "namedprocess_", "pg_")
 # Kinds whose runbook page the notifications work has not written yet (checked once they exist).
 RUNBOOKS_PENDING: frozenset[str] = frozenset()
 _KEYWORDS = frozenset(

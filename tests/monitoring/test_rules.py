@@ -17,6 +17,7 @@ from tests.monitoring.promql import (
     RULES,
     RULES_TEST,
     RULES_TEST_DAILY,
+    RULES_TEST_HOST,
     RUNBOOKS_PENDING,
     alerts,
 )
@@ -43,6 +44,25 @@ CONDITIONS = {
     "verification failed": {"DicomBackupContentVerificationFailed"},
     "instances missing on the archive": {"DicomBackupArchiveIncomplete"},
     "watchdog": {"Watchdog"},
+    # seeds/000 section 2 (host health) and the Dagster storage (issue 17).
+    "CPU average > 80% for 15 min": {"HostCpuHigh"},
+    "CPU per core > 80% for 15 min": {"HostCpuCoreHigh"},
+    "memory and swap": {"HostMemoryLow", "HostSwapUsed"},
+    "Orthanc volume latency, IOPS, queue depth": {
+        "HostDiskLatencyHigh",
+        "HostDiskIopsHigh",
+        "HostDiskQueueHigh",
+    },
+    "free space of the log and root volumes": {"HostVolumeSpaceLow", "HostVolumeSpaceCritical"},
+    "network bytes, packets, errors, drops": {"HostNetworkSaturated", "HostNetworkErrors"},
+    "TCP connection states": {"HostTcpConnectionsHigh"},
+    "process health": {"ProcessDown"},
+    "Dagster storage down, connections, slow queries, deadlocks": {
+        "DagsterStorageDown",
+        "DagsterStorageConnectionsHigh",
+        "DagsterStorageSlowQueries",
+        "DagsterStorageDeadlocks",
+    },
 }
 
 
@@ -57,10 +77,16 @@ def test_rules_file_is_valid() -> None:
 
 
 def test_every_alert_fires_and_stays_quiet_in_promtool_unit_tests() -> None:
-    result = promtool("test", "rules", RULES_TEST.name, RULES_TEST_DAILY.name, cwd=RULES.parent)
+    result = promtool(
+        "test", "rules", RULES_TEST.name, RULES_TEST_DAILY.name, RULES_TEST_HOST.name, cwd=RULES.parent
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     tested: dict[str, set[str]] = {}
-    groups = [g for f in (RULES_TEST, RULES_TEST_DAILY) for g in yaml.safe_load(f.read_text())["tests"]]
+    groups = [
+        g
+        for f in (RULES_TEST, RULES_TEST_DAILY, RULES_TEST_HOST)
+        for g in yaml.safe_load(f.read_text())["tests"]
+    ]
     for group in groups:
         for case in group.get("alert_rule_test", []):
             tested.setdefault(case["alertname"], set()).add("fires" if case["exp_alerts"] else "quiet")
@@ -76,6 +102,8 @@ def test_unit_tests_fail_when_a_threshold_changes(tmp_path: Path) -> None:
         ("< 0.20", "< 0.30", "ArchiveDiskSpaceLow", RULES_TEST),
         ("> 300\n", "> 900\n", "DagsterDaemonHeartbeatStale", RULES_TEST),
         ("> 26 * 3600", "> 28 * 3600", "DicomBackupNoRecentSuccess", RULES_TEST_DAILY),
+        ('root"} < 0.20', 'root"} < 0.12', "HostVolumeSpaceLow", RULES_TEST_HOST),
+        ("[5m]))) > 80", "[5m]))) > 95", "HostCpuHigh", RULES_TEST_HOST),
         ("< 0.5 * avg", "< 0.2 * avg", "DicomBackupInstanceCountDrop", RULES_TEST_DAILY),
     ]
     for old, new, alert, tests in mutations:
@@ -132,6 +160,6 @@ def test_prometheus_configuration_is_valid(tmp_path: Path) -> None:
     result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = {j["job_name"] for j in yaml.safe_load(config)["scrape_configs"]}
-    assert {"dicom_backup_exporter", "orthanc", "node"} <= jobs
+    assert {"dicom_backup_exporter", "orthanc", "node", "process", "postgres"} <= jobs
     orthanc = next(j for j in yaml.safe_load(config)["scrape_configs"] if j["job_name"] == "orthanc")
     assert orthanc["metrics_path"] == "/tools/metrics-prometheus"
