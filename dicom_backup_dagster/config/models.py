@@ -525,6 +525,10 @@ class Settings:
     # the first after about `retry_delay_s` seconds, each later one after twice the previous delay.
     max_retries: Annotated[int, _int(0, 20)] = 3
     retry_delay_s: Annotated[float, Field(ge=0.0, le=86400.0, examples=[30])] = 30.0
+    # Where steps run: in the run's process, or on Celery workers listening on `celery_queue` (default
+    # dicom-backup-<environment>); broker from $DICOM_BACKUP_CELERY_BROKER (defs/__init__.py).
+    executor: Literal["in_process", "celery"] = "in_process"
+    celery_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", examples=["dicom-backup-ucla"])] = ""
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:
