@@ -47,6 +47,6 @@ stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c
 if [ ! -f "$stamp" ]; then
   echo "setup: installing the Python environment (pyproject.toml, constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"  # dev includes the celery extra
   rm -f .venv/.installed-*; touch "$stamp"
 fi

@@ -527,6 +527,10 @@ class Settings:
     # go only into `reports_dir` (0700), by default <backup storage>/reports.
     on_treatment_days: Annotated[int, DAYS] = 14
     reports_dir: Annotated[str | None, Field(examples=["/var/lib/dicom-backup/reports"])] = None
+    # Where steps run: in the run's process, or on Celery workers listening on `celery_queue` (default
+    # dicom-backup-<environment>); broker from $DICOM_BACKUP_CELERY_BROKER (defs/__init__.py).
+    executor: Literal["in_process", "celery"] = "in_process"
+    celery_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", examples=["dicom-backup-ucla"])] = ""
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

@@ -22,6 +22,7 @@ SERVICES = [
     "dicom-backup-daemon.service",
     "dicom-backup-code@.service",
     "dicom-backup-exporter.service",
+    "dicom-backup-worker@.service",
 ]
 WRITABLE = {
     "/var/lib/dicom-backup/dagster_home",
@@ -65,7 +66,7 @@ def installed_units(tmp_path: Path) -> list[Path]:
     prefix = tmp_path / "opt"
     venv = prefix / "releases" / "1" / "venv" / "bin"
     venv.mkdir(parents=True)
-    for name in ("dagster", "dagster-webserver", "dagster-daemon", "dicom-backup-exporter"):
+    for name in ("dagster", "dagster-webserver", "dagster-daemon", "dicom-backup-exporter", "celery"):
         (venv / name).write_text("#!/bin/sh\n")
         (venv / name).chmod(0o755)
     (prefix / "releases" / "1" / "src" / "deploy").mkdir(parents=True)
@@ -124,6 +125,10 @@ def test_services_are_hardened_and_restart(unit: str) -> None:
     if "code@" in unit:
         assert "/etc/dicom-backup/site-%i.env" in s["EnvironmentFile"]
         assert "--location-name %i" in exec_start and "DICOM_BACKUP_ENVIRONMENT=%i" in s["Environment"]
+    if "worker@" in unit:  # dagster-celery's tasks, on the instance's queue only, broker from the env file
+        assert "--app dagster_celery.app" in exec_start
+        assert "--queues ${DICOM_BACKUP_CELERY_QUEUE} " in exec_start
+        assert "--broker ${DICOM_BACKUP_CELERY_BROKER}" in exec_start
 
 
 def test_production_workspace_points_at_code_servers() -> None:
