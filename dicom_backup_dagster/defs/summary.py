@@ -184,18 +184,16 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
     if not sources:
         return Definitions()
     notifications = env.notifications
-    check_keys = backups.resolve_asset_graph().asset_check_keys
+    graph = backups.resolve_asset_graph()
+    # The day's checks of each source's day-partitioned assets: not the sweep's `reconciled`, the on-demand
+    # backup or the on-treatment report, which have no day partitions and so no result per night.
+    check_keys = [k for k in graph.asset_check_keys if graph.get(k.asset_key).partitions_def is not None]
     plan = SummaryPlan(
         environment=env.name,
-        # The day's checks of each source's backup assets (the sweep's `reconciled` has no day partitions).
         checks={
             alias: tuple(
                 sorted(
-                    (
-                        k
-                        for k in check_keys
-                        if k.asset_key.path[:1] == [alias] and k.asset_key != SourceNames(alias).reconciled
-                    ),
+                    (k for k in check_keys if k.asset_key.path[:1] == [alias]),
                     key=lambda k: (k.asset_key.to_user_string(), k.name),
                 )
             )
