@@ -192,7 +192,7 @@ def missing_references(
 # --- reading main (Orthanc REST) ---------------------------------------------------------------------
 
 
-def _dataset(client: OrthancClient, orthanc_id: str) -> Dataset | None:
+def read_dataset(client: OrthancClient, orthanc_id: str) -> Dataset | None:
     data = client.instance_file(orthanc_id)
     return None if data is None else pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
@@ -210,12 +210,12 @@ def recent_records(client: OrthancClient, since: dt.date, until: dt.date) -> Ite
     body = {"Level": "Series", "Query": {"Modality": RTRECORD, "SeriesDate": window}}
     for series_id in client.request("POST", "/tools/find", json=body).json():
         for oid in client.get_json(f"/series/{series_id}/instances"):
-            ds = _dataset(client, str(oid["ID"]))
+            ds = read_dataset(client, str(oid["ID"]))
             if ds is not None:
                 yield ds
 
 
-def _lookup(client: OrthancClient, uid: str, level: str) -> str | None:
+def lookup(client: OrthancClient, uid: str, level: str) -> str | None:
     """Orthanc ID of the resource of `level` ("Instance", "Series") with this UID (indexed), or None."""
     for hit in client.request("POST", "/tools/lookup", data=uid).json():
         if hit.get("Type") == level:
@@ -249,12 +249,12 @@ def chase_references(client: OrthancClient, records: Sequence[Dataset]) -> Chase
             if uid in seen:
                 continue
             seen.add(uid)
-            oid = _lookup(client, uid, "Series" if is_series else "Instance")
+            oid = lookup(client, uid, "Series" if is_series else "Instance")
             if oid is None:
                 continue
             (chase.series if is_series else chase.instances).add(uid)
             if kind in ("RT Plan", "RT Structure Set"):
-                found = _dataset(client, oid)
+                found = read_dataset(client, oid)
                 if found is not None:
                     chase.objects.append(found)
                     todo.append(found)

@@ -12,7 +12,8 @@ import csv
 import datetime as dt
 import sqlite3
 import stat
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,14 @@ import pytest
 from dicom_backup_dagster.backup.manifest import read_manifest
 from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.reports import build_report_defs
-from dicom_backup_dagster.defs.resources import BackupStorage
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+from dicom_backup_dagster.defs.treatment_summary import SUMMARY_JOB, SUMMARY_OP, build_treatment_summary_defs
 from dicom_backup_dagster.orthanc import OrthancClient
 from dicom_backup_dagster.sandbox.mosaiq_db import create_mosaiq_db
-from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions, SyntheticPatient, patients
+from dicom_backup_dagster.sandbox.processes import free_port
+from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions, SyntheticPatient, generate, patients
 from tests.defs.test_mosaiq_backup import _defs, _env, _logs
+from tests.mosaiq.test_connection import PG_DRIVER
 
 ALIAS = "MOSAIQ_OT"  # its own source key: record UIDs are derived from it
 DAYS = 14
@@ -35,8 +39,17 @@ DAYS = 14
 def _options(last_night: dt.date) -> SyntheticOptions:
     """3 patients 10 days apart, 2 fractions each, such that the third starts on `last_night`."""
     for back in range(20, 60):
-        o = SyntheticOptions(patients=3, fractions=2, ct_slices=1, cbct_slices=0, beams=2, control_points=3,
-                             span_days=30, seed=4242, start_date=last_night - dt.timedelta(days=back))  # fmt: skip
+        o = SyntheticOptions(
+            patients=3,
+            fractions=2,
+            ct_slices=1,
+            cbct_slices=0,
+            beams=2,
+            control_points=3,
+            span_days=30,
+            seed=4242,
+            start_date=last_night - dt.timedelta(days=back),
+        )
         p1, p2, p3 = patients(o)
         if p3.treatment_dates[0] == last_night and p1.treatment_dates[0] < last_night - dt.timedelta(DAYS):
             assert p2.treatment_dates[-1] <= last_night
@@ -67,8 +80,8 @@ def _expected(db: Path, nights: list[dt.date], since: dt.date) -> dict[str, tupl
     return {pid: (f, day) for pid, (day, f, planned) in latest.items() if f < planned and day >= since}
 
 
-def _night_env(sandbox: Any, monkeypatch: pytest.MonkeyPatch, db: Path, first: dt.date) -> EnvironmentConfig:
-    env = _env(sandbox, monkeypatch)
+def _night_env(sandbox: Any, mp: pytest.MonkeyPatch, db: Path, first: dt.date) -> EnvironmentConfig:
+    env = _env(sandbox, mp)
     (source,) = env.mosaiq_sources.values()
     own = replace(source, alias=ALIAS, db_database=str(db))
     settings = replace(env.settings, first_day=first, on_treatment_days=DAYS)
@@ -82,41 +95,65 @@ def _remove(client: OrthancClient, uids: list[str]) -> None:
             client.delete_instance(oid)
 
 
-def test_on_treatment_after_real_mosaiq_nights(sandbox, monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    env0 = _env(sandbox, monkeypatch)
-    today = dt.datetime.now(env0.settings.tzinfo).date()
-    last_night = today - dt.timedelta(days=1)
-    while last_night.weekday() >= 5:  # the synthetic clinic treats on weekdays
-        last_night -= dt.timedelta(days=1)
-    options = _options(last_night)
-    ps = list(patients(options))
-    db = tmp_path / "mosaiq.sqlite"
-    create_mosaiq_db(db, ps)
-    nights = _nights(ps, last_night)
-    env = _night_env(sandbox, monkeypatch, db, nights[0])
-    storage = tmp_path / "storage"
-    defs = _defs(env, storage)
-    job = defs.resolve_job_def(f"{ALIAS}_backup")
-    uids: list[str] = []
-    with dg.instance_for_test() as instance:
+@dataclass
+class Nights:
+    """Mosaiq nights backed up to the sandbox's main, shared by this module's tests."""
+
+    env: EnvironmentConfig
+    instance: dg.DagsterInstance
+    storage: Path
+    db: Path
+    nights: list[dt.date]
+    today: dt.date
+    patients: list[SyntheticPatient]
+    uploaded: list[str]  # SOP Instance UIDs a test stored on main itself (removed at the end)
+    options: SyntheticOptions
+
+
+@pytest.fixture(scope="module")
+def nights(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nights]:
+    tmp = tmp_path_factory.mktemp("on_treatment")
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        today = dt.datetime.now(_env(sandbox, mp).settings.tzinfo).date()
+        last_night = today - dt.timedelta(days=1)
+        while last_night.weekday() >= 5:  # the synthetic clinic treats on weekdays
+            last_night -= dt.timedelta(days=1)
+        options = _options(last_night)
+        ps = list(patients(options))
+        db = tmp / "mosaiq.sqlite"
+        create_mosaiq_db(db, ps)
+        days = _nights(ps, last_night)
+        env = _night_env(sandbox, mp, db, days[0])
+        storage = tmp / "storage"
+        job = _defs(env, storage).resolve_job_def(f"{ALIAS}_backup")
+        shared = Nights(env, instance, storage, db, days, today, ps, [], options)
+        uids: list[str] = []
         try:
-            for night in nights:
-                result = job.execute_in_process(partition_key=night.isoformat(), instance=instance,
-                                                raise_on_error=False)  # fmt: skip
+            for night in days:
+                result = job.execute_in_process(
+                    partition_key=night.isoformat(), instance=instance, raise_on_error=False
+                )
                 manifest = storage / "manifests" / ALIAS / night.isoformat() / "archived.jsonl"
                 uids += [e.sop_instance_uid for e in read_manifest(manifest)] if manifest.exists() else []
                 assert result.success, _logs(result)
-            report = dg.materialize(
-                list(build_report_defs(env).assets or []),  # type: ignore[arg-type]
-                instance=instance,
-                resources={"backup_storage": BackupStorage(base_dir=str(storage))},
-            )
-            assert report.success, _logs(report)
-            _check_report(report, instance, storage / "reports", db, nights, today, ps)
+            yield shared
         finally:  # leave main and staging as they were
             for target in (env.main_target, env.staging_target(ALIAS)):
                 with OrthancClient(str(target.rest_url), target.rest_username, target.rest_password) as c:
-                    _remove(c, uids)
+                    _remove(c, uids + shared.uploaded)
+
+
+def test_on_treatment_after_real_mosaiq_nights(nights: Nights) -> None:
+    report = dg.materialize(
+        list(build_report_defs(nights.env).assets or []),  # type: ignore[arg-type]
+        instance=nights.instance,
+        resources={"backup_storage": BackupStorage(base_dir=str(nights.storage))},
+    )
+    assert report.success, _logs(report)
+    _check_report(
+        report, nights.instance, nights.storage / "reports", nights.db, nights.nights, nights.today,
+        nights.patients,
+    )  # fmt: skip
 
 
 def _check_report(report: Any, instance: dg.DagsterInstance, reports_dir: Path, db: Path,
@@ -130,11 +167,14 @@ def _check_report(report: Any, instance: dg.DagsterInstance, reports_dir: Path, 
     assert stat.S_IMODE(csv_path.stat().st_mode) == 0o600
     with csv_path.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    listed = {r["patient_id"]: (int(r["fractions_delivered"]), dt.date.fromisoformat(r["last_treatment_date"]))
-              for r in rows}  # fmt: skip
+    listed = {
+        r["patient_id"]: (int(r["fractions_delivered"]), dt.date.fromisoformat(r["last_treatment_date"]))
+        for r in rows
+    }
     assert listed == expected
-    assert all(int(r["fractions_planned"]) == 2 and r["machine"] and r["delivered_meterset_per_beam"]
-               for r in rows)  # fmt: skip
+    assert all(
+        int(r["fractions_planned"]) == 2 and r["machine"] and r["delivered_meterset_per_beam"] for r in rows
+    )
     (event,) = report.get_asset_materialization_events()
     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert metadata["courses"] == len(expected)
@@ -148,3 +188,80 @@ def _check_report(report: Any, instance: dg.DagsterInstance, reports_dir: Path, 
     events = " ".join(str(e) for e in instance.all_logs(report.run_id))
     for phi in ("SBX0", "SANDBOX", "MÜLLER", "ZOË", *(p.patient_id for p in ps)):
         assert phi not in events, phi
+
+
+# --- treatment summary (the `treatment_summary` job) ---------------------------------------------------
+
+
+def _summary_run(nights: Nights, env: EnvironmentConfig, patient_id: str) -> Any:
+    defs = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(env, storage=BackupStorage(base_dir=str(nights.storage)))),
+        build_treatment_summary_defs(env),
+    )
+    run_config = {"ops": {SUMMARY_OP: {"config": {"patient_id": patient_id}}}}
+    result = defs.resolve_job_def(SUMMARY_JOB).execute_in_process(
+        run_config=run_config, instance=nights.instance, raise_on_error=False
+    )
+    assert result.success, _logs(result)
+    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    metadata = {k: v.value for k, v in output.event_specific_data.metadata.items()}
+    # canary: the PatientID is in the run config only: not in any event, tag or metadata value
+    run = nights.instance.get_run_by_id(result.run_id)
+    assert run is not None
+    texts = [str(e) for e in nights.instance.all_logs(result.run_id)]
+    texts += [f"{k}={v}" for k, v in run.tags.items()] + [str(v) for v in metadata.values()]
+    assert not [t for t in texts if patient_id in t or "SANDBOX" in t]
+    return metadata
+
+
+def _rows(path: str) -> list[dict[str, str]]:
+    assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(path).parent.stat().st_mode) == 0o700
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_treatment_summary_from_mosaiq(nights: Nights) -> None:
+    p = nights.patients[0]  # QA beam-on before fraction 1; the last beam stopped by the operator at 60 %
+    metadata = _summary_run(nights, nights.env, p.patient_id)
+    assert metadata["answered_by"] == f"Mosaiq {ALIAS}" and metadata["mosaiq"] == "answered"
+    assert metadata["courses"] == 1 and Path(metadata["html"]).exists()
+    (row,) = _rows(metadata["csv"])
+    # expected from the seeded history: 2 Gy per fraction shared by meterset; the stopped beam gave 60 %
+    total_mu = sum(b.meterset for b in p.beams)
+    last = p.beams[-1]
+    delivered = 2.0 * len(p.treatment_dates) - 2.0 * 0.4 * last.meterset / total_mu
+    assert row["patient_id"] == p.patient_id and row["site"] == p.site_name
+    assert float(row["total_dose_gy"]) == pytest.approx(2.0 * len(p.treatment_dates))
+    assert float(row["delivered_dose_gy"]) == pytest.approx(delivered, abs=1e-3)
+    assert (row["fractions_delivered"], row["fractions_planned"]) == ("2", "2")
+    assert row["first_treatment_date"] == p.treatment_dates[0].isoformat()
+    assert row["last_treatment_date"] == p.treatment_dates[-1].isoformat()
+    assert row["source"] == f"Mosaiq {ALIAS}"
+
+
+def test_treatment_summary_from_the_archive_when_mosaiq_is_down(nights: Nights, tmp_path: Path) -> None:
+    p = nights.patients[2]  # one fraction of two on main (last night)
+    plan = next(r for r in generate(tmp_path / "data", nights.options) if r.modality == "RTPLAN"
+                and r.patient == p.number)  # fmt: skip
+    main = nights.env.main_target
+    with OrthancClient(str(main.rest_url), main.rest_username, main.rest_password) as client:
+        client.upload(plan.path.read_bytes())
+    nights.uploaded.append(plan.sop_instance_uid)
+    (source,) = nights.env.mosaiq_sources.values()
+    dead = free_port()  # a PostgreSQL nobody listens on: a real "server unreachable"
+    down = replace(source, odbc_driver=PG_DRIVER, db_server="127.0.0.1", db_port=dead, db_database="mosaiq",
+                   db_username="ro")  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(source.db_password_env, "unused")
+        metadata = _summary_run(nights, replace(nights.env, sources={ALIAS: down}), p.patient_id)
+    assert metadata["answered_by"] == f"archive {main.alias}"
+    assert metadata["mosaiq"].startswith("did not answer") and "unreachable" in metadata["mosaiq"]
+    (row,) = _rows(metadata["csv"])
+    assert row["patient_id"] == p.patient_id and row["course"] == p.plan_uid
+    assert row["plan_label"] and row["site"].startswith(p.site_name)
+    assert float(row["total_dose_gy"]) == pytest.approx(4.0, abs=1e-3)  # 2 Gy x 2 planned fractions
+    assert float(row["delivered_dose_gy"]) == pytest.approx(2.0, abs=1e-3)  # one fraction delivered
+    assert (row["fractions_delivered"], row["fractions_planned"]) == ("1", "2")
+    assert row["first_treatment_date"] == row["last_treatment_date"] == p.treatment_dates[0].isoformat()
+    assert row["source"] == f"archive {main.alias}"
