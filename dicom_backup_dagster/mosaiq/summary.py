@@ -6,7 +6,7 @@ so that the text runs unchanged on SQL Server, PostgreSQL and SQLite.
 
 Evidence (keys of `queries.EVIDENCE`; docs/decisions/mosaiq-columns.md, section "Treatment summary"):
 the tables, joins and the QA-mode filter are those of the backup's ``deliveries`` query; besides its
-columns this query reads ``Site.Site_Name`` [T][O], ``Site.Dose_Ttl`` [T][O] (the prescribed total, cGy)
+columns this query reads ``Site.Site_Name`` [T][O], ``Site.Dose_Ttl`` [T][C][O] (the prescribed total, cGy)
 and ``Dose_Hst.Dose_Tx_Act`` [C] (dose delivered by that field in that fraction, cGy). A QA-mode beam-on
 (a ``TrackTreatment`` row with ``WasQAMode = 1``) is not a fraction, as in the backup.
 """
@@ -22,7 +22,7 @@ from typing import Any
 #: Columns read besides the deliveries query's, with their evidence keys (`queries.EVIDENCE`).
 SUMMARY_COLUMNS = {
     "Site.Site_Name": ("pm-types", "orig"),
-    "Site.Dose_Ttl": ("pm-types", "orig"),
+    "Site.Dose_Ttl": ("pm-types", "pm-chartchecks", "orig"),
     "Dose_Hst.Dose_Tx_Act": ("pm-chartchecks",),
 }
 

@@ -265,3 +265,12 @@ def test_treatment_summary_from_the_archive_when_mosaiq_is_down(nights: Nights, 
     assert (row["fractions_delivered"], row["fractions_planned"]) == ("1", "2")
     assert row["first_treatment_date"] == row["last_treatment_date"] == p.treatment_dates[0].isoformat()
     assert row["source"] == f"archive {main.alias}"
+    # with the plan on main, the reference chase goes on from it: the plan is found, its structure set not
+    report = dg.materialize(
+        list(build_report_defs(nights.env).assets or []),  # type: ignore[arg-type]
+        instance=nights.instance,
+        resources={"backup_storage": BackupStorage(base_dir=str(nights.storage))},
+    )
+    (check,) = report.get_asset_check_evaluations()
+    missing = str(check.metadata["missing_uids"].value)
+    assert f"RT Plan {p.plan_uid}" not in missing and f"RT Structure Set {p.struct_uid}" in missing
