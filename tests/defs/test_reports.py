@@ -12,6 +12,7 @@ import csv
 import datetime as dt
 import sqlite3
 import stat
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -274,3 +275,21 @@ def test_treatment_summary_from_the_archive_when_mosaiq_is_down(nights: Nights, 
     (check,) = report.get_asset_check_evaluations()
     missing = str(check.metadata["missing_uids"].value)
     assert f"RT Plan {p.plan_uid}" not in missing and f"RT Structure Set {p.struct_uid}" in missing
+
+
+def test_the_documented_run_config_is_valid(nights: Nights) -> None:
+    """The runbook's and README's Launchpad example is what the job accepts; a missing patient_id is not."""
+    import yaml
+
+    defs = dg.Definitions.merge(
+        dg.Definitions(resources=build_resources(nights.env)), build_treatment_summary_defs(nights.env)
+    )
+    job = defs.resolve_job_def(SUMMARY_JOB)
+    for doc in ("docs/runbooks/downtime.md", "README.md"):
+        text = (Path(__file__).parents[2] / doc).read_text(encoding="utf-8")
+        (block,) = [b.split("```")[0] for b in text.split("```yaml")[1:] if SUMMARY_OP in b.split("```")[0]]
+        config = yaml.safe_load(textwrap.dedent(block))
+        config["ops"][SUMMARY_OP]["config"]["source"] = ALIAS
+        assert dg.validate_run_config(job, config)["ops"][SUMMARY_OP]["config"]["patient_id"], doc
+    with pytest.raises(dg.DagsterInvalidConfigError, match="patient_id"):
+        dg.validate_run_config(job, {"ops": {SUMMARY_OP: {"config": {"source": ALIAS}}}})
