@@ -38,8 +38,8 @@ DAYS = 14
 
 
 def _options(last_night: dt.date) -> SyntheticOptions:
-    """3 patients 10 days apart, 2 fractions each, such that the third starts on `last_night`."""
-    for back in range(20, 60):
+    """3 patients planned the same day, 2 fractions each, the first on `last_night`."""
+    for back in range(5, 20):
         o = SyntheticOptions(
             patients=3,
             fractions=2,
@@ -47,21 +47,38 @@ def _options(last_night: dt.date) -> SyntheticOptions:
             cbct_slices=0,
             beams=2,
             control_points=3,
-            span_days=30,
+            span_days=1,
             seed=4242,
             start_date=last_night - dt.timedelta(days=back),
         )
-        p1, p2, p3 = patients(o)
-        if p3.treatment_dates[0] == last_night and p1.treatment_dates[0] < last_night - dt.timedelta(DAYS):
-            assert p2.treatment_dates[-1] <= last_night
+        if all(p.treatment_dates[0] == last_night for p in patients(o)):
             return o
     raise AssertionError(f"no synthetic start date puts a first fraction on {last_night}")
 
 
-def _nights(ps: list[SyntheticPatient], last_night: dt.date) -> list[dt.date]:
-    """Patient 1: only its first fraction (a course stopped long ago); the others up to last night."""
-    days = {ps[0].treatment_dates[0]} | {d for p in ps[1:] for d in p.treatment_dates if d <= last_night}
-    return sorted(days)
+OLD = dt.timedelta(days=21)  # patient 1's course, three weeks back: outside the window
+
+
+def _shape_history(db: Path, ps: list[SyntheticPatient]) -> None:
+    """Three courses in one database (a clinic's realistic mix): patient 1 treated three weeks ago (its
+    fractions moved back 21 days; only the first is backed up: unfinished on main, but outside the window);
+    patient 2 a single-fraction course (Site.Fractions 1, its second delivery removed), finished last
+    night; patient 3 at fraction 1 of 2 last night."""
+    p1, p2 = (10000 + p.number for p in ps[:2])
+    moved = {"Dose_Hst": ("Tx_DtTm", "Create_DtTm", "Edit_DtTm"), "Fld_Hst": ("Tx_DtTm",),
+             "TrackTreatment": ("Create_DtTm", "Edit_DtTm")}  # fmt: skip
+    with sqlite3.connect(db) as cn:
+        for table, columns in moved.items():
+            for c in columns:
+                sql = f'UPDATE "{table}" SET "{c}" = strftime(?, "{c}", ?) WHERE "Pat_ID1" = ?'
+                cn.execute(sql, ("%Y-%m-%d %H:%M:%f", f"-{OLD.days} days", p1))
+        cn.execute('UPDATE "Site" SET "Fractions" = 1, "Dose_Ttl" = 200 WHERE "Pat_ID1" = ?', (p2,))
+        cn.execute('DELETE FROM "Dose_Hst" WHERE "Pat_ID1" = ? AND "Fractions_Tx" > 1', (p2,))
+
+
+def _nights(last_night: dt.date) -> list[dt.date]:
+    """Patient 1's first fraction three weeks ago, and last night."""
+    return [last_night - OLD, last_night]
 
 
 def _expected(db: Path, nights: list[dt.date], since: dt.date) -> dict[str, tuple[int, dt.date]]:
@@ -123,7 +140,8 @@ def nights(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
         ps = list(patients(options))
         db = tmp / "mosaiq.sqlite"
         create_mosaiq_db(db, ps)
-        days = _nights(ps, last_night)
+        _shape_history(db, ps)
+        days = _nights(last_night)
         env = _night_env(sandbox, mp, db, days[0])
         storage = tmp / "storage"
         job = _defs(env, storage).resolve_job_def(f"{ALIAS}_backup")
@@ -179,8 +197,7 @@ def _check_report(report: Any, instance: dg.DagsterInstance, reports_dir: Path, 
     (event,) = report.get_asset_materialization_events()
     metadata = {k: v.value for k, v in event.materialization.metadata.items()}
     assert metadata["courses"] == len(expected)
-    since = today - dt.timedelta(days=DAYS)
-    recent = sum(len(p.beams) for p in ps for d in p.treatment_dates if d in nights and d >= since)
+    recent = sum(len(p.beams) for p in ps[1:])  # patients 2 and 3, last night
     assert metadata["rt_records"] >= recent  # only the window's records are read (others' may be on main)
     # the plans are not on main: the reference check finds each referenced plan missing (WARN)
     (check,) = report.get_asset_check_evaluations()
@@ -236,8 +253,8 @@ def test_treatment_summary_from_mosaiq(nights: Nights) -> None:
     assert float(row["total_dose_gy"]) == pytest.approx(2.0 * len(p.treatment_dates))
     assert float(row["delivered_dose_gy"]) == pytest.approx(delivered, abs=1e-3)
     assert (row["fractions_delivered"], row["fractions_planned"]) == ("2", "2")
-    assert row["first_treatment_date"] == p.treatment_dates[0].isoformat()
-    assert row["last_treatment_date"] == p.treatment_dates[-1].isoformat()
+    assert row["first_treatment_date"] == (p.treatment_dates[0] - OLD).isoformat()
+    assert row["last_treatment_date"] == (p.treatment_dates[-1] - OLD).isoformat()
     assert row["source"] == f"Mosaiq {ALIAS}"
 
 
