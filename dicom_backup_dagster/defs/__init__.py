@@ -20,6 +20,7 @@ from dicom_backup_dagster.defs.restore import build_restore_defs
 from dicom_backup_dagster.defs.staging_cleanup import build_staging_cleanup_defs
 from dicom_backup_dagster.defs.summary import build_summary_defs
 from dicom_backup_dagster.defs.sweep import build_sweep_defs
+from dicom_backup_dagster.defs.treatment_summary import build_treatment_summary_defs
 
 BROKER_ENV_VAR = "DICOM_BACKUP_CELERY_BROKER"
 BACKEND_ENV_VAR = "DICOM_BACKUP_CELERY_BACKEND"
@@ -61,5 +62,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_alert_defs(env),
         build_report_defs(env),
         build_restore_defs(env),
+        build_treatment_summary_defs(env),
     )
     return Definitions.merge(backups, build_summary_defs(env, backups))
