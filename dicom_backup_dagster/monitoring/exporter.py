@@ -419,7 +419,7 @@ class DagsterStateCollector(Collector):
         window_text = f"the last night, 7 nights or the SLO window ({t.window_nights})"
         recovery = GaugeMetricFamily(
             m.RECOVERY_POINT,
-            "Hours since the end of the newest complete and verified day (+Inf: none yet)",
+            "Seconds since the end of the newest complete and verified day (+Inf: none yet)",
             labels=["source"],
         )
         counted = GaugeMetricFamily(
@@ -435,14 +435,22 @@ class DagsterStateCollector(Collector):
         )
         targets = [
             (
-                GaugeMetricFamily(m.RECOVERY_POINT_TARGET, "slo_recovery_point_hours", labels=["source"]),
-                t.recovery_point_hours,
+                GaugeMetricFamily(
+                    m.RECOVERY_POINT_TARGET, "settings.slo_recovery_point_hours in seconds", labels=["source"]
+                ),
+                t.recovery_point_hours * 3600,
             ),
-            (GaugeMetricFamily(m.NIGHTS_TARGET, "slo_target_ratio", labels=["source"]), t.target_ratio),
-            (GaugeMetricFamily(m.SLO_WINDOW, "slo_window_nights", labels=["source"]), t.window_nights),
+            (
+                GaugeMetricFamily(m.NIGHTS_TARGET, "settings.slo_target_ratio", labels=["source"]),
+                t.target_ratio,
+            ),
+            (
+                GaugeMetricFamily(m.SLO_WINDOW, "settings.slo_window_nights", labels=["source"]),
+                t.window_nights,
+            ),
         ]
         for source, f in sorted(figures.items()):
-            recovery.add_metric([source], f.recovery_point_hours)
+            recovery.add_metric([source], f.recovery_point_seconds)
             for window in t.windows:
                 counted.add_metric([source, window], f.counted[window])
                 verified.add_metric([source, window], f.verified[window])

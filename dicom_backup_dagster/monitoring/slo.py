@@ -4,7 +4,7 @@ A day of a source is *complete and verified* when its latest `<source>/archived`
 nothing failed or deferred, `complete_in_archive` and `content_verified` passed for that day, and no other
 ERROR check of the source failed for it (WARN checks, such as the baselines, do not count). The SLIs:
 
-- recovery point: hours since the end (midnight, site time) of the newest complete and verified day: the
+- recovery point: seconds since the end (midnight, site time) of the newest complete and verified day: the
   data a loss of the sources now would leave unprotected. +Inf while no day is verified.
 - nights verified: of the last N nights whose deadline has passed (day D's deadline is D+1 at
   `slo_verified_by_hour`, site time), those that became complete and verified by their deadline and still
@@ -70,7 +70,7 @@ class DayState:
 
 @dataclass(frozen=True)
 class SloFigures:
-    recovery_point_hours: float
+    recovery_point_seconds: float
     counted: Mapping[str, int]  # window -> nights counted
     verified: Mapping[str, int]  # window -> nights verified by their deadline
 
@@ -130,7 +130,7 @@ class Nights:
             verified = [day for day, s in states.items() if s.verified]
             if verified:
                 end = dt.datetime.combine(max(verified) + dt.timedelta(days=1), dt.time(), tz).timestamp()
-                recovery = max(0.0, now - end) / 3600
+                recovery = max(0.0, now - end)
             else:
                 recovery = math.inf
             start = max([targets.first_day, min(states, default=last + dt.timedelta(days=1))])
