@@ -119,7 +119,10 @@ class Nights:
     def sources(self) -> set[str]:
         return {source for source, _ in self.days}
 
-    def figures(self, sources: Iterable[str], targets: SloTargets, now: float) -> dict[str, SloFigures]:
+    def figures(
+        self, sources: Iterable[str], targets: SloTargets, now: float, since: dt.date | None = None
+    ) -> dict[str, SloFigures]:
+        """Per source, as of `now`; nights are counted from `since` (default: the first recorded day)."""
         tz = zoneinfo.ZoneInfo(targets.timezone)
         local = dt.datetime.fromtimestamp(now, tz)
         # The latest night whose deadline (the next day at verified_by_hour) has passed.
@@ -133,7 +136,7 @@ class Nights:
                 recovery = max(0.0, now - end)
             else:
                 recovery = math.inf
-            start = max([targets.first_day, min(states, default=last + dt.timedelta(days=1))])
+            start = max([targets.first_day, since or min(states, default=last + dt.timedelta(days=1))])
             counted, on_time = {}, {}
             for window, nights in targets.windows.items():
                 days = [last - dt.timedelta(days=i) for i in range(nights)]
