@@ -280,8 +280,8 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
         description=(
             f"Was the night complete and verified? One row per source of {env.name} for the day: instances "
             "(or Mosaiq records) found, already archived, moved, deferred and failed, how many of the day's "
-            "checks passed, a link to the run, for anything not green the runbook, and the recovery point and "
-            "nights verified in time of the SLO window (settings.slo_*). Reads Dagster's own "
+            "checks passed, a link to the run, for anything not green the runbook, and the recovery point "
+            "and nights verified in time of the SLO window (settings.slo_*). Reads Dagster's own "
             "records only; runs every morning for the previous day."
         ),
     )
