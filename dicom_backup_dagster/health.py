@@ -217,7 +217,15 @@ def run_checks(env: EnvironmentConfig, targets: Targets) -> list[Finding]:
 
     def storage_and_daemons() -> list[Finding]:
         finding, instance = check_storage(targets.timeout)
-        return [finding, *(check_daemons(instance, targets.heartbeat_tolerance) if instance else [])]
+        if instance is None:
+            return [finding]
+        try:
+            return [finding, *check_daemons(instance, targets.heartbeat_tolerance)]
+        except Exception as error:  # the storage failed between the two reads
+            detail = f"reading the daemon heartbeats failed ({type(error).__name__}); run the check again"
+            return [finding, Finding("dagster-daemon heartbeats", finding.where, False, detail)]
+        finally:
+            instance.dispose()
 
     jobs.insert(0, storage_and_daemons)
     with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as pool:

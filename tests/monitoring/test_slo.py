@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from dicom_backup_dagster.monitoring import metrics as m
-from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector, build_registry
+from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector, build_registry, site_slo
 from dicom_backup_dagster.monitoring.slo import SloTargets
 from tests.monitoring.conftest import Night
 from tests.monitoring.test_exporter import samples, value
@@ -119,3 +119,21 @@ def test_slo_figures_of_the_sandbox_night(monitored_night: Night, exposition: st
         end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC).timestamp()
         seconds = value(served, m.RECOVERY_POINT, source=source)
         assert seconds == pytest.approx(dt.datetime.now(dt.UTC).timestamp() - end, abs=1800), source
+
+
+def test_exporter_reads_the_targets_and_sources_from_the_site_configuration(
+    sandbox_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name, given in sandbox_env.items():
+        monkeypatch.setenv(name, given)
+    targets, sources = site_slo()
+    assert sources == ("ARIA", "MIM", "MOSAIQ")
+    assert (targets.timezone, targets.recovery_point_hours, targets.window_nights) == (
+        "America/New_York",
+        36,
+        30,
+    )
+    # No configuration: the defaults, the sources seen in Dagster, and an error naming the problem.
+    monkeypatch.delenv("DICOM_BACKUP_CONFIG")
+    assert site_slo() == (SloTargets(), ())
+    assert "DICOM_BACKUP_CONFIG" in caplog.text
