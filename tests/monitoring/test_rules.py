@@ -56,6 +56,7 @@ CONDITIONS = {
     },
     "free space of the log and root volumes": {"HostVolumeSpaceLow", "HostVolumeSpaceCritical"},
     "network bytes, packets, errors, drops": {"HostNetworkSaturated", "HostNetworkErrors"},
+    "unusual network traffic": {"HostNetworkTrafficUnusual"},
     "TCP connection states": {"HostTcpConnectionsHigh"},
     "process health (stopped, or never started)": {"ProcessDown", "ProcessNeverStarted"},
     "Dagster storage down, connections, slow queries, deadlocks": {
