@@ -879,6 +879,41 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
             context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
         )
 
+    @op(
+        name="send_test_alert_to_every_channel",
+        description="Sends one test message on every configured channel (Slack, PagerDuty, email).",
+    )
+    def send_test_alert_op(
+        context: OpExecutionContext,
+        slack_notifier: SlackNotifierResource,
+        pagerduty_notifier: PagerDutyNotifierResource,
+        email_notifier: EmailNotifierResource,
+    ) -> None:
+        send_test_alert_everywhere(
+            context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
+        )
+
+    @job(
+        name=TEST_ALERT_JOB,
+        description="Sends one test message on each configured notification channel (check Slack, "
+        "PagerDuty and email from the UI).",
+        tags={KIND_TAG: "notifications"},
+    )
+    def send_test_alert() -> None:
+        send_test_alert_op()
+
+    return Definitions.merge(
+        Definitions(
+            sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts],
+            jobs=[send_test_alert],
+        ),
+        lifecycle_defs(plan, status),
+    )
+
+
+def lifecycle_defs(plan: AlertPlan, status: DefaultSensorStatus) -> Definitions:
+    """The alerts/history asset, the alert_causes sensor (held cause alerts) and the resolve_alert job."""
+
     @sensor(
         name="alert_causes",
         description=(
@@ -923,31 +958,4 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
     def resolve_alert() -> None:
         resolve_alert_op()
 
-    @op(
-        name="send_test_alert_to_every_channel",
-        description="Sends one test message on every configured channel (Slack, PagerDuty, email).",
-    )
-    def send_test_alert_op(
-        context: OpExecutionContext,
-        slack_notifier: SlackNotifierResource,
-        pagerduty_notifier: PagerDutyNotifierResource,
-        email_notifier: EmailNotifierResource,
-    ) -> None:
-        send_test_alert_everywhere(
-            context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
-        )
-
-    @job(
-        name=TEST_ALERT_JOB,
-        description="Sends one test message on each configured notification channel (check Slack, "
-        "PagerDuty and email from the UI).",
-        tags={KIND_TAG: "notifications"},
-    )
-    def send_test_alert() -> None:
-        send_test_alert_op()
-
-    return Definitions(
-        assets=[HISTORY_SPEC],
-        sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts, alert_causes],
-        jobs=[send_test_alert, resolve_alert],
-    )
+    return Definitions(assets=[HISTORY_SPEC], sensors=[alert_causes], jobs=[resolve_alert])

@@ -129,8 +129,8 @@ class History:
         self, event: Event, alert: Alert, deliveries: Iterable[Delivery] = (), *, by: str | None = None
     ) -> Happened:
         now = self.clock()
-        sent = tuple(d.channel for d in deliveries if d.ok)
-        failed = tuple(d.channel for d in deliveries if not d.ok)
+        sent = tuple(sorted(d.channel for d in deliveries if d.ok))
+        failed = tuple(sorted(d.channel for d in deliveries if not d.ok))
         entries = self.entries()
         live = [e for e in entries if e.key == alert.dedup_key and e.state != "resolved"]
         entry = live[-1] if live else None
