@@ -157,3 +157,16 @@ def test_history_records_open_repeat_acknowledge_resolve_with_times_and_channels
     assert "SANDBOX^" not in str(row)  # a Person Name is mangled on its way into the Alert
     assert history.open_by_severity()["critical"] == 0
     assert [h.event for h in history.drain()] == ["trigger", "repeat", "acknowledge", "resolve"]
+
+
+def test_a_cause_alert_names_component_and_sources_and_can_be_acknowledged():
+    alert = Alert(
+        kind=AlertKind.SPOOL_FULL, severity="critical", environment="PROD", subject="spool",
+        sources=("ARIA", "MIM"), confidence="0.91 (high)", cause="spool full",
+    )  # fmt: skip
+    assert alert.dedup_key == "dicom-backup/PROD/spool/cause/spool_full"
+    assert alert.headline == "[CRITICAL] PROD: the backup host's spool is full: backups of ARIA, MIM failed"
+    event = alert.pagerduty_event("key")
+    assert event["payload"]["custom_details"]["sources"] == ["ARIA", "MIM"]  # type: ignore[index]
+    ack = Alert(**{**alert.__dict__, "action": "acknowledge"}).pagerduty_event("key")
+    assert ack == {"routing_key": "key", "event_action": "acknowledge", "dedup_key": alert.dedup_key}
