@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,24 @@ import dagster as dg
 import pytest
 
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.alert_lifecycle import HISTORY_ASSET
+from dicom_backup_dagster.defs.alert_lifecycle import HISTORY_ASSET, topology_of
 from dicom_backup_dagster.defs.alerts import build_alert_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
-from dicom_backup_dagster.defs.resources import BackupStorage, build_resources
+from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, notifier_resources
 from dicom_backup_dagster.monitoring.exporter import DagsterStateCollector
+from dicom_backup_dagster.notify.causes import CauseBook, Grouping, Signal
 from dicom_backup_dagster.notify.history import History
 from dicom_backup_dagster.sandbox.synthetic import patients
 from tests.conftest import SANDBOX_TEST_DATA
-from tests.defs.test_alerts import UI, Channels, Sensors, _canaries, _env, channels  # noqa: F401
+from tests.defs.test_alerts import (  # noqa: F401
+    Channels,
+    Sensors,
+    _alert_defs,
+    _canaries,
+    _env,
+    channels,
+)
 
 NO_RETRY = dg.RetryPolicy(max_retries=0)
 ARCHIVE_KEY = "dicom-backup/SANDBOX/ORTHANC_MAIN/cause/archive_down"
@@ -232,3 +241,31 @@ def test_no_canary_in_any_payload_or_history_entry(night, sandbox):
     assert not [c for c in canaries if c in night["payloads"]]
     history = repr(night["history"]) + repr(History(night["instance"].run_storage).entries())
     assert not [c for c in canaries if c in history]
+
+
+def test_alert_causes_pages_a_held_cause_once_its_hold_has_passed(sandbox, channels, monkeypatch):  # noqa: F811
+    """ARIA alone failed because of the archive, two minutes ago: the alert_causes sensor pages it."""
+    env = _env(sandbox, monkeypatch, channels)
+    defs = _alert_defs(env)
+    with dg.instance_for_test() as instance:
+        channels.reset()
+        book = CauseBook(instance.run_storage, topology_of(env), Grouping(900, 120))
+        fields = {
+            "peer": str(env.main_target.peer),
+            "error_class": "AssociationError",
+            "association_stage": "connect",
+        }
+        signal = Signal.of("ARIA", fields, at=time.time() - 121, partition="2026-01-05", run_id="r1")
+        assert book.on_failure(signal).action == "hold"
+        book.save()
+        resources = notifier_resources(env.notifications)
+        context = dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
+        defs.resolve_sensor_def("alert_causes")(context)  # type: ignore[operator]
+        (trig,) = channels.pd()
+        assert trig["dedup_key"] == ARCHIVE_KEY and trig["payload"]["custom_details"]["sources"] == ["ARIA"]
+        assert trig["payload"]["custom_details"]["confidence"] == "0.70 (medium)"
+        assert len(channels.slack()) == 1
+        assert (
+            CauseBook(instance.run_storage, topology_of(env)).incidents["archive_down/ORTHANC_MAIN"].state
+            == "open"
+        )
