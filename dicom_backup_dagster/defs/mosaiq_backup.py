@@ -139,6 +139,8 @@ from dicom_backup_dagster.mosaiq.deliveries import (
 from dicom_backup_dagster.rtrecord.builder import RecordOptions
 from dicom_backup_dagster.rtrecord.conformance import check_rt_record_files
 
+# MosaiqError.what_failed when no connection to the database server could be made (mosaiq/connection.py).
+UNREACHABLE = "the database server is unreachable"
 _KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -254,7 +256,7 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
     # An unreachable server (SQLSTATE class 08, HYT00/HYT01 timeouts) may clear up; a rejected login,
     # a missing driver (IM...) or a wrong database name will not. Classified by what failed, not by
     # SQLSTATE alone: psqlODBC reports a rejected password as 08001 too.
-    transient = error.what_failed == "the database server is unreachable" or (
+    transient = error.what_failed == UNREACHABLE or (
         error.what_failed == "the ODBC driver reported an error"
         and (error.sqlstate or "").startswith(("08", "HYT"))
     )
@@ -272,6 +274,9 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
             "sqlstate": error.sqlstate or "none",
             "cause": error.what_failed,
             "advice": error.what_to_do,
+            "error_class": type(error).__name__,
+            # For cause grouping (notify/causes.py): no connection to the server, like a DICOM "connect".
+            **({"association_stage": "connect"} if error.what_failed == UNREACHABLE else {}),
         },
         allow_retries=transient,
     )

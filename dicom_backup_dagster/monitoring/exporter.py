@@ -50,9 +50,12 @@ from dicom_backup_dagster.logs import SOURCE_TAG
 from dicom_backup_dagster.monitoring import metrics as m
 from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, statistics
 from dicom_backup_dagster.monitoring.slo import SloTargets
+from dicom_backup_dagster.notify.history import History
 from dicom_backup_dagster.orthanc import OrthancStatistics
 
 log = logging.getLogger(__name__)
+
+OPEN_ALERTS = "dicom_backup_open_alerts"  # alert history (notify/history.py), by severity
 
 EVENT_TYPES = (
     DagsterEventType.ASSET_MATERIALIZATION,
@@ -107,6 +110,7 @@ class DagsterStateCollector(Collector):
         self.runs: dict[str, m.RunStats] = {}
         self._runs_read_at: float | None = None
         self.heartbeats: dict[str, float] = {}
+        self.open_alerts: dict[str, int] = {}  # severity -> open alerts (notify/history.py)
         self.archive: OrthancStatistics | None = None
         self.archive_up: float | None = None
         self.dagster_up = 0.0
@@ -136,6 +140,7 @@ class DagsterStateCollector(Collector):
                 self.heartbeats = {
                     str(t): float(h.timestamp) for t, h in instance.get_daemon_heartbeats().items()
                 }
+                self.open_alerts = History(instance.run_storage).open_by_severity()
                 self.dagster_up = 1.0
                 self.last_refresh_ok = self._clock()
                 self.last_error = None
@@ -301,6 +306,15 @@ class DagsterStateCollector(Collector):
         yield from self._daemon_families()
         yield from self._archive_families()
         yield from self._self_families()
+        yield from self._alert_families()
+
+    def _alert_families(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            OPEN_ALERTS, "Alerts open now (triggered, not resolved), per severity", labels=["severity"]
+        )
+        for severity, count in sorted(self.open_alerts.items()):
+            family.add_metric([severity], float(count))
+        yield family
 
     def _run_families(self) -> Iterable[Metric]:
         started = CounterMetricFamily(
