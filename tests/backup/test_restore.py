@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from dicom_backup_dagster.backup.restore import Selection, resolve, restore
+from dicom_backup_dagster.backup.manifest import PENDING
+from dicom_backup_dagster.backup.restore import Selection, resolve, restore, sizes_on_main
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.dicom.store import c_store_files
@@ -75,9 +76,10 @@ def test_restore_by_patient_id_is_present_and_identical_at_destination(restore_e
 def test_modalities_filter_and_dry_run_moves_nothing(restore_env):
     env = restore_env
     entries = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3", modalities=("rtplan",)))
-    assert [e.sop_instance_uid for e in entries] == [
+    assert [e.sop_instance_uid for e in entries if e.state == PENDING] == [
         i.sop_instance_uid for i in env["instances"] if i.modality == "RTPLAN"
     ]
+    assert len(entries) == 7  # the other series stay in the entries, not selected: no STUDY-level move
     before = len(env["server"].index)
     result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
                      timeouts=FAST, dry_run=True)  # fmt: skip
@@ -202,3 +204,25 @@ def test_restore_job_by_patient_id_verifies_and_leaves_no_patient_id(
         )
         message = failed.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[union-attr]
         assert "unknown restore destination 'STANDBYY'" in message and "did you mean 'STANDBY'" in message
+
+
+def test_dry_run_sizes_come_from_main_statistics(restore_env, sandbox):
+    """Whole study (one /studies statistics call), whole series of a partly selected study, and a partly
+    selected series (instance by instance): bytes equal the sizes of the files main serves (stored
+    uncompressed)."""
+    env = restore_env
+    rest = OrthancClient(sandbox.main.rest_url, sandbox.options.orthanc_username,
+                         sandbox.env_vars()[ORTHANC_PASSWORD_ENV])  # fmt: skip
+    with rest:
+        size = {i.sop_instance_uid: len(rest.instance_file(rest.lookup_instance(i.sop_instance_uid) or "") or b"")
+                for i in env["instances"]}  # fmt: skip
+        whole = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3"))
+        assert sizes_on_main(rest, whole).bytes == sum(size.values())
+        plans = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3", modalities=("RTPLAN",)))
+        plan_uids = [e.sop_instance_uid for e in plans if e.state == PENDING]
+        assert sizes_on_main(rest, plans).bytes == sum(size[u] for u in plan_uids) > 0
+        ct = [e for e in whole if e.sop_instance_uid in {i.sop_instance_uid for i in env["instances"]
+                                                         if i.modality == "CT"}]  # fmt: skip
+        partial = [replace(e, state="already_archived") if e in ct[:2] else e for e in whole]
+        chosen = [e.sop_instance_uid for e in partial if e.state == PENDING]
+        assert sizes_on_main(rest, partial).bytes == sum(size[u] for u in chosen)
