@@ -211,7 +211,9 @@ def destination_slot(context: OpExecutionContext, pool: str) -> Iterator[None]:
     if not storage.supports_global_concurrency_limits:
         yield
         return
-    storage.initialize_concurrency_limit_to_default(pool)
+    default = context.instance.global_op_concurrency_default_limit
+    if default and pool not in {limit.name for limit in storage.get_pool_limits()}:
+        storage.initialize_concurrency_limit_to_default(pool)  # as Dagster does for a pool first seen
     waited_since: float | None = None
     while True:
         limit = storage.get_concurrency_info(pool).slot_count

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -214,8 +216,8 @@ def test_dry_run_sizes_come_from_main_statistics(restore_env, sandbox):
     rest = OrthancClient(sandbox.main.rest_url, sandbox.options.orthanc_username,
                          sandbox.env_vars()[ORTHANC_PASSWORD_ENV])  # fmt: skip
     with rest:
-        size = {i.sop_instance_uid: len(rest.instance_file(rest.lookup_instance(i.sop_instance_uid) or "") or b"")
-                for i in env["instances"]}  # fmt: skip
+        ids = {i.sop_instance_uid: rest.lookup_instance(i.sop_instance_uid) or "" for i in env["instances"]}
+        size = {uid: len(rest.instance_file(oid) or b"") for uid, oid in ids.items()}
         whole = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3"))
         assert sizes_on_main(rest, whole).bytes == sum(size.values())
         plans = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3", modalities=("RTPLAN",)))
@@ -226,3 +228,181 @@ def test_dry_run_sizes_come_from_main_statistics(restore_env, sandbox):
         partial = [replace(e, state="already_archived") if e in ct[:2] else e for e in whole]
         chosen = [e.sop_instance_uid for e in partial if e.state == PENDING]
         assert sizes_on_main(rest, partial).bytes == sum(size[u] for u in chosen)
+
+
+# --- the Launchpad job: selection by source, the destination's pool, a second Orthanc with commitment ---
+
+
+def _job_defs(env: Any, tmp_path: Any, **network: Any) -> Any:
+    import dagster as dg
+
+    from dicom_backup_dagster.defs.resources import BackupStorage, build_resources, dicom_network
+    from dicom_backup_dagster.defs.restore import build_restore_defs
+
+    resources = build_resources(env, storage=BackupStorage(base_dir=str(tmp_path)))
+    if network:
+        base = dicom_network(env)
+        fields = ("calling_aet", "listen_port", "acse_timeout_s", "dimse_timeout_s", "network_timeout_s")
+        resources["dicom"] = type(base)(**{f: getattr(base, f) for f in fields}, **network)
+    return dg.Definitions.merge(dg.Definitions(resources=resources), build_restore_defs(env))
+
+
+def _launch(defs: Any, instance: Any, config: dict[str, Any]) -> Any:
+    from dicom_backup_dagster.defs.restore import RESTORE_JOB, RESTORE_OP
+
+    return defs.resolve_job_def(RESTORE_JOB).execute_in_process(
+        run_config={"ops": {RESTORE_OP: {"config": config}}}, instance=instance, raise_on_error=False
+    )
+
+
+def _output_metadata(instance: Any, result: Any) -> dict[str, Any]:
+    events = instance.all_logs(result.run_id)
+    outputs = [e for e in events if e.dagster_event and e.dagster_event.is_successful_output]
+    metadata = outputs[0].dagster_event.event_specific_data.metadata
+    return {k: v.value for k, v in metadata.items()}
+
+
+def _failure_message(result: Any) -> str:
+    return result.get_step_failure_events()[0].event_specific_data.error.message  # type: ignore[no-any-return]
+
+
+def test_restore_by_source_and_dates_takes_what_the_backup_recorded(
+    restore_env, sandbox, monkeypatch, tmp_path
+):
+    """ARIA's backup of one day (lookback 0) recorded its instances; a restore of "what ARIA sent" on that
+    day and the next (never backed up: a warning) moves exactly them; the dry run gives their bytes."""
+    import dagster as dg
+
+    from dicom_backup_dagster.config.models import RestoreTarget
+    from tests.defs.test_qr_backup import _defs as backup_defs
+    from tests.defs.test_qr_backup import _env, _sandbox_uids
+    from tests.defs.test_qr_backup import _run as run_backup
+
+    env = _env(sandbox, monkeypatch, lookback_days=0)
+    dest = restore_env["dest"]
+    env = replace(env, restore_targets={"STANDBY": RestoreTarget(alias="STANDBY", aet=dest.aet, ip=dest.host,
+                                                                  port=dest.port)})  # fmt: skip
+    day = dt.date(2026, 1, 12)
+    expected = set(_sandbox_uids(sandbox, "ARIA", [day]))
+    assert expected
+    with dg.instance_for_test() as instance:
+        assert run_backup(backup_defs(env, tmp_path), "ARIA", day.isoformat(), instance).success
+        defs = _job_defs(env, tmp_path)
+        config = {
+            "destination": "STANDBY",
+            "source": "ARIA",
+            "start_date": "2026-01-12",
+            "end_date": "2026-01-13",
+        }
+        dry = _launch(defs, instance, {**config, "dry_run": True})
+        assert dry.success
+        dry_meta = _output_metadata(instance, dry)
+        assert dry_meta["instances"] == len(expected) and dry_meta["moved"] == 0 and dry_meta["bytes"] > 0
+        assert "patient" not in " ".join(dry_meta).lower()
+        result = _launch(defs, instance, config)
+        assert result.success, _failure_message(result)
+        meta = _output_metadata(instance, result)
+        assert meta["instances"] == meta["present_at_destination"] == len(expected)
+        assert expected <= set(restore_env["server"].index.by_sop)
+        logs = " ".join(e.message for e in instance.all_logs(result.run_id) if e.message)
+        assert "no backup recorded for 1 of the days (2026-01-13): run ARIA_backup" in logs
+
+        both = _launch(defs, instance, {**config, "patient_id": "X"})
+        assert (
+            "exactly one of study_uids, patient_id or source in the run config (given: patient_id, source)"
+            in _failure_message(both)
+        )
+        no_start = _launch(defs, instance, {"destination": "STANDBY", "source": "ARIA"})
+        assert "a restore by source needs start_date" in _failure_message(no_start)
+        typo = _launch(
+            defs, instance, {"destination": "STANDBY", "source": "ARIAA", "start_date": "2026-01-12"}
+        )
+        assert "unknown source 'ARIAA'" in _failure_message(
+            typo
+        ) and "did you mean 'ARIA'" in _failure_message(typo)
+
+
+def test_restore_waits_for_a_slot_in_the_destination_pool(restore_env, sandbox, monkeypatch, tmp_path):
+    """Pool dicom_<destination AET> with limit 1 held by another run: the restore waits, then runs once
+    the slot is free, and frees its own slot at the end."""
+    import threading
+
+    import dagster as dg
+
+    from dicom_backup_dagster.config.models import RestoreTarget
+    from dicom_backup_dagster.defs import restore as restore_defs
+    from tests.defs.test_qr_backup import _env
+
+    monkeypatch.setattr(restore_defs, "POOL_POLL_SECONDS", 0.2)
+    env = _env(sandbox, monkeypatch)
+    dest = restore_env["dest"]
+    env = replace(env, restore_targets={"STANDBY": RestoreTarget(alias="STANDBY", aet=dest.aet, ip=dest.host,
+                                                                  port=dest.port)})  # fmt: skip
+    pool = f"dicom_{dest.aet}"
+    study = restore_env["instances"][0].study_instance_uid
+    with dg.instance_for_test() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots(pool, 1)
+        assert storage.claim_concurrency_slot(pool, "other-run", "other-step").is_claimed
+        box: dict[str, Any] = {}
+        defs = _job_defs(env, tmp_path)
+        config = {"destination": "STANDBY", "study_uids": [study]}
+        worker = threading.Thread(target=lambda: box.update(result=_launch(defs, instance, config)))
+        worker.start()
+        deadline = time.monotonic() + 20
+        waiting = False
+        while time.monotonic() < deadline and not waiting:
+            time.sleep(0.2)
+            waiting = any("waiting for a slot in pool" in (e.message or "")
+                          for r in instance.get_runs() for e in instance.all_logs(r.run_id))  # fmt: skip
+        assert waiting and worker.is_alive()
+        storage.free_concurrency_slot_for_step("other-run", "other-step")
+        worker.join(30)
+        result = box["result"]
+        assert result.success, _failure_message(result)
+        logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+        assert any(m.startswith(f"pool {pool}: slot after") for m in logs)
+        assert storage.get_concurrency_info(pool).active_slot_count == 0
+
+
+def test_restore_to_a_second_orthanc_registered_by_rest_with_storage_commitment(
+    restore_env, sandbox, monkeypatch, tmp_path
+):
+    """The staging-Orthanc role: a second real Orthanc main does not know yet. With
+    restore_registers_destinations the job registers it (PUT /modalities), moves, finds every instance
+    there, compares every digest (C-GET) and gets every instance committed (N-ACTION / N-EVENT-REPORT)."""
+    import dagster as dg
+
+    from dicom_backup_dagster.config.models import RestoreTarget
+    from dicom_backup_dagster.sandbox.orthanc import OrthancServer
+    from tests.defs.test_qr_backup import _env
+
+    env = _env(sandbox, monkeypatch, restore_registers_destinations=True)
+    assert env.script_ae.port
+    main = restore_env["main"]
+    ours = Peer(env.script_ae.aet, "127.0.0.1", env.script_ae.port)
+    second = OrthancServer(tmp_path / "second", "STAGE2_ORTHANC", free_port(), free_port(), "backup", "pw-2",
+                           modalities={"main": main, "script": ours})  # fmt: skip
+    second.start()
+    try:
+        target = RestoreTarget(alias="STAGE2", aet=second.aet, ip="127.0.0.1", port=second.dicom_port,
+                               storage_commitment=True)  # fmt: skip
+        env = replace(env, restore_targets={"STAGE2": target})
+        defs = _job_defs(env, tmp_path, listen_host="127.0.0.1")
+        study = restore_env["instances"][0].study_instance_uid
+        with dg.instance_for_test() as instance:
+            result = _launch(defs, instance, {"destination": "STAGE2", "study_uids": [study]})
+            assert result.success, _failure_message(result)
+            meta = _output_metadata(instance, result)
+        n = len(restore_env["instances"])
+        assert meta["instances"] == meta["present_at_destination"] == meta["digests_matched"] == n
+        assert meta["committed"] == n and meta["commitment_failed"] == 0
+        assert second.count_instances() == n
+        rest = OrthancClient(sandbox.main.rest_url, sandbox.options.orthanc_username,
+                             sandbox.env_vars()[ORTHANC_PASSWORD_ENV])  # fmt: skip
+        with rest:
+            modalities = rest.get_json("/modalities?expand")
+            assert modalities[second.aet]["AET"] == second.aet
+            rest.request("DELETE", f"/modalities/{second.aet}")
+    finally:
+        second.stop()
