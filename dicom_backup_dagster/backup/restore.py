@@ -21,6 +21,7 @@ configured for it, Storage Commitment (`dicom.commitment`). Sizes come from Orth
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,7 @@ class RestoreResult:
     missing_on_main: list[str] = field(default_factory=list)  # recorded as archived, not on main now
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. digests not checked: no C-GET there
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase: move, presence, digests, commitment
 
     @property
     def passed(self) -> bool:
@@ -273,17 +275,27 @@ def restore(
     )
     if dry_run or not selected:
         return result
+    clock = time.monotonic()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        result.seconds[phase] = round(now - clock, 3)
+        clock = now
+
     outcome = result.outcome = transfer(
         entries, source=main, archive=destination, calling_aet=calling_aet, timeouts=timeouts, mode="c-move"
     )
     result.errors.extend(
         _explain(error, main, destination, calling_aet, timeouts) for error in outcome.errors
     )
+    lap("move")
     try:
         found = present_at(destination, selected, calling_aet, timeouts)
     except DicomError as error:
         result.errors.append(f"presence check at the destination {destination}: {error}")
         return result
+    lap("presence")
     present = [e for e in selected if e.sop_instance_uid in found]
     result.present = len(present)
     result.missing_uids = [e.sop_instance_uid for e in selected if e.sop_instance_uid not in found][:keep]
@@ -303,8 +315,10 @@ def restore(
         except DicomError as error:
             result.content = None  # no C-GET at the destination: presence is what we can prove
             result.notes.append(f"content check skipped: {destination} did not serve C-GET ({error})")
+        lap("digests")
     if commitment_listener is not None and present:
         _commit(result, present, destination, calling_aet, timeouts, commitment_listener, commitment_timeout)
+        lap("commitment")
     return result
 
 

@@ -259,6 +259,7 @@ def restore_metadata(result: RestoreResult) -> dict[str, Any]:
     if commitment is not None:
         metadata["committed"] = len(commitment.committed)
         metadata["commitment_failed"] = len(commitment.failed)
+    metadata.update({f"seconds_{phase}": seconds for phase, seconds in result.seconds.items()})
     if result.missing_on_main:
         metadata["missing_on_main"] = MetadataValue.json(result.missing_on_main[:100])
     metadata["missing_uids"] = MetadataValue.json(result.missing_uids)
