@@ -274,6 +274,7 @@ def test_restore_by_source_and_dates_takes_what_the_backup_recorded(
     import dagster as dg
 
     from dicom_backup_dagster.config.models import RestoreTarget
+    from dicom_backup_dagster.defs.restore import RestoreConfig, RestorePlan, selection_of
     from tests.defs.test_qr_backup import _defs as backup_defs
     from tests.defs.test_qr_backup import _env, _sandbox_uids
     from tests.defs.test_qr_backup import _run as run_backup
@@ -307,27 +308,28 @@ def test_restore_by_source_and_dates_takes_what_the_backup_recorded(
         logs = " ".join(e.message for e in instance.all_logs(result.run_id) if e.message)
         assert "no backup recorded for 1 of the days (2026-01-13): run ARIA_backup" in logs
 
-        both = _launch(defs, instance, {**config, "patient_id": "X"})
-        assert (
-            "exactly one of study_uids, patient_id or source in the run config (given: patient_id, source)"
-            in _failure_message(both)
-        )
-        no_start = _launch(defs, instance, {"destination": "STANDBY", "source": "ARIA"})
-        assert "a restore by source needs start_date" in _failure_message(no_start)
-        typo = _launch(
-            defs, instance, {"destination": "STANDBY", "source": "ARIAA", "start_date": "2026-01-12"}
-        )
-        assert "unknown source 'ARIAA'" in _failure_message(
-            typo
-        ) and "did you mean 'ARIA'" in _failure_message(typo)
+    plan = RestorePlan.of(env)
+    for bad, message in [
+        ({**config, "patient_id": "X"}, "exactly one of study_uids, patient_id or source in the run config "
+                                        "(given: patient_id, source)"),
+        ({"destination": "STANDBY", "source": "ARIA"}, "a restore by source needs start_date"),
+        ({"destination": "STANDBY", "source": "ARIAA", "start_date": "2026-01-12"}, "did you mean 'ARIA'"),
+        ({**config, "modalities": ["CT"]}, "modalities go with patient_id or study_uids, not with source"),
+        ({**config, "end_date": "2026-01-11"}, "end_date 2026-01-11 is before start_date 2026-01-12"),
+    ]:  # fmt: skip
+        with pytest.raises(dg.Failure) as failure:
+            selection_of(plan, RestoreConfig(**bad))
+        assert message in str(failure.value.description), (bad, failure.value.description)
+    assert selection_of(plan, RestoreConfig(**config))[1].end == dt.date(2026, 1, 13)
 
 
 def test_restore_waits_for_a_slot_in_the_destination_pool(restore_env, sandbox, monkeypatch, tmp_path):
-    """Pool dicom_<destination AET> with limit 1 held by another run: the restore waits, then runs once
-    the slot is free, and frees its own slot at the end."""
+    """Pool dicom_<destination AET> with limit 1 held by another step's slot, then by a running backup
+    run of that pool: the restore waits, runs once both are gone, and frees its own slot at the end."""
     import threading
 
     import dagster as dg
+    from dagster._core.test_utils import create_run_for_test
 
     from dicom_backup_dagster.config.models import RestoreTarget
     from dicom_backup_dagster.defs import restore as restore_defs
@@ -351,12 +353,21 @@ def test_restore_waits_for_a_slot_in_the_destination_pool(restore_env, sandbox, 
         worker.start()
         deadline = time.monotonic() + 20
         waiting = False
-        while time.monotonic() < deadline and not waiting:
+        while time.monotonic() < deadline and not waiting:  # our step queued for a slot of the pool
             time.sleep(0.2)
-            waiting = any("waiting for a slot in pool" in (e.message or "")
-                          for r in instance.get_runs() for e in instance.all_logs(r.run_id))  # fmt: skip
+            waiting = any(
+                step.step_key == "restore_studies"
+                for step in storage.get_concurrency_info(pool).pending_steps
+            )
         assert waiting and worker.is_alive()
+        # A running backup of the same AE (granularity run: its run carries the pool tag, no slot) still
+        # fills the pool once the other step's slot is free.
+        backup = create_run_for_test(instance, job_name="ARIA_backup", status=dg.DagsterRunStatus.STARTED,
+                                     tags={f"dagster/pool/{pool}": "true"})  # fmt: skip
         storage.free_concurrency_slot_for_step("other-run", "other-step")
+        time.sleep(1.0)
+        assert worker.is_alive()
+        instance.report_run_failed(backup)
         worker.join(30)
         result = box["result"]
         assert result.success, _failure_message(result)
