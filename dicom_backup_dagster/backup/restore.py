@@ -28,10 +28,11 @@ from pathlib import Path
 
 from dicom_backup_dagster.dicom.commitment import CommitmentResult, request_storage_commitment
 from dicom_backup_dagster.dicom.echo import c_echo
-from dicom_backup_dagster.dicom.errors import DicomError
+from dicom_backup_dagster.dicom.errors import AssociationError, DicomError
 from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, study_date_range
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.dicom.scp import StorageSCP
+from dicom_backup_dagster.dicom.sop_classes import StorageCommitmentPushModel
 from dicom_backup_dagster.orthanc import OrthancClient
 
 from .errors import MOVE_DESTINATION_UNKNOWN
@@ -242,6 +243,14 @@ def _commit(
     try:
         result.commitment = request_storage_commitment(
             destination, calling_aet, refs, listener, report_timeout=report_timeout, timeouts=timeouts
+        )
+    except AssociationError as error:
+        # pynetdicom aborts itself when the destination accepts no proposed context, which reads as the
+        # peer's abort: the usual cause here is a destination without the SOP Class.
+        result.errors.append(
+            f"storage commitment at the destination {destination}: {error}; if it does not support the "
+            f"Storage Commitment Push Model SOP Class ({StorageCommitmentPushModel}), set "
+            "storage_commitment = false for it"
         )
     except DicomError as error:
         result.errors.append(f"storage commitment at the destination {destination}: {error}")

@@ -417,3 +417,21 @@ def test_restore_to_a_second_orthanc_registered_by_rest_with_storage_commitment(
             rest.request("DELETE", f"/modalities/{second.aet}")
     finally:
         second.stop()
+
+
+def test_storage_commitment_at_a_destination_without_it_fails_naming_the_destination(restore_env, tmp_path):
+    """The pynetdicom destination has no Storage Commitment SCP: the restore is present and identical
+    there, but the requested commitment fails, saying where and why."""
+    from dicom_backup_dagster.dicom.scp import StorageSCP
+
+    env = restore_env
+    entries = _entries(env, Selection(patient_id="RESTORE-CANARY-7Q3", modalities=("RTPLAN",)))
+    with StorageSCP(env["calling"], tmp_path / "reports", port=free_port(), timeouts=FAST) as listener:
+        result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
+                         timeouts=FAST, verify_digests=False, commitment_listener=listener,
+                         commitment_timeout=5)  # fmt: skip
+    assert result.present == result.selected == 1 and result.commitment is None and not result.passed
+    text = " ".join(result.errors)
+    assert (
+        f"storage commitment at the destination {env['dest']}" in text and "1.2.840.10008.1.20.1" in text
+    ), text
