@@ -14,19 +14,24 @@ copies: nothing is deleted anywhere, and a destination keeps what it already has
 
 Verification at the destination (docs/decisions/restore.md): presence of every selected instance by
 IMAGE-level C-FIND per series (works on hierarchical SCPs), and, where the destination serves C-GET, the
-content digest of every instance against main's (`verify.verify_content`), and, where the destination is
-configured for it, Storage Commitment (`dicom.commitment`). Sizes come from Orthanc's REST statistics.
+content digest of every instance against main's (C-GET from both; main's copies are fetched and digested
+in a background thread while main moves the data), and, where the destination is configured for it,
+Storage Commitment (`dicom.commitment`). Sizes come from Orthanc's REST statistics.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_backup_dagster.dicom.commitment import CommitmentResult, request_storage_commitment
+from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.echo import c_echo
 from dicom_backup_dagster.dicom.errors import AssociationError, DicomError
 from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, study_date_range
@@ -37,8 +42,8 @@ from dicom_backup_dagster.orthanc import OrthancClient
 
 from .errors import MOVE_DESTINATION_UNKNOWN
 from .manifest import ALREADY_ARCHIVED, MOVED, PENDING, InstanceEntry, by_series
-from .transfer import TransferOutcome, transfer
-from .verify import ContentResult, verify_content
+from .transfer import RetrieveSession, TransferOutcome, transfer
+from .verify import ContentResult, retrieve_digests
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,34 @@ def restore(
         result.seconds[phase] = round(now - clock, 3)
         clock = now
 
+    spool = Path(spool_dir) if spool_dir is not None else Path()
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="restore-digests") as background:
+        # Main's digests are fetched while main moves the data (two associations to main at once).
+        at_main = (
+            background.submit(_digests_at, main, selected, calling_aet, timeouts, spool / "main", stop=stop)
+            if verify_digests and spool_dir is not None
+            else None
+        )
+        try:
+            present = _move_and_verify(result, entries, selected, main, destination, calling_aet, timeouts,
+                                       lap, at_main, spool, keep)  # fmt: skip
+        finally:
+            stop.set()
+            if spool_dir is not None:
+                background.submit(shutil.rmtree, spool, ignore_errors=True)
+    if commitment_listener is not None and present:
+        _commit(result, present, destination, calling_aet, timeouts, commitment_listener, commitment_timeout)
+        lap("commitment")
+    return result
+
+
+def _move_and_verify(
+    result: RestoreResult, entries: list[InstanceEntry], selected: list[InstanceEntry], main: Peer,
+    destination: Peer, calling_aet: str, timeouts: Timeouts, lap: Callable[[str], None],
+    main_digests: Future[tuple[dict[str, str], list[str]]] | None, spool: Path, keep: int,
+) -> list[InstanceEntry]:  # fmt: skip
+    """The move, then presence and digests at the destination; returns the instances present there."""
     outcome = result.outcome = transfer(
         entries, source=main, archive=destination, calling_aet=calling_aet, timeouts=timeouts, mode="c-move"
     )
@@ -303,32 +336,69 @@ def restore(
         found = present_at(destination, selected, calling_aet, timeouts)
     except DicomError as error:
         result.errors.append(f"presence check at the destination {destination}: {error}")
-        return result
+        return []
     lap("presence")
     present = [e for e in selected if e.sop_instance_uid in found]
     result.present = len(present)
     result.missing_uids = [e.sop_instance_uid for e in selected if e.sop_instance_uid not in found][:keep]
-    if verify_digests and spool_dir is not None and present:
+    if main_digests is not None and present:
         try:
-            # verify_content fetches its `source` per series (hierarchical) and its `archive` by UID list
-            # (Orthanc): the destination is the hierarchical side here, main the Orthanc.
-            result.content = verify_content(
-                present,
-                source=destination,
-                archive=main,
-                calling_aet=calling_aet,
-                timeouts=timeouts,
-                spool_dir=spool_dir,
-                keep=keep,
-            )
-        except DicomError as error:
-            result.content = None  # no C-GET at the destination: presence is what we can prove
+            at_destination, errors = _digests_at(destination, present, calling_aet, timeouts,
+                                                 spool / "destination", per_series=True)  # fmt: skip
+        except DicomError as error:  # no C-GET at the destination: presence is what we can prove
             result.notes.append(f"content check skipped: {destination} did not serve C-GET ({error})")
+            return present
+        try:
+            at_main = main_digests.result()
+        except DicomError as error:
+            result.errors.append(f"content check: C-GET from {main} failed: {error}")
+            return present
+        result.content = _compare(present, at_destination, errors, at_main, keep)
         lap("digests")
-    if commitment_listener is not None and present:
-        _commit(result, present, destination, calling_aet, timeouts, commitment_listener, commitment_timeout)
-        lap("commitment")
-    return result
+    return present
+
+
+def _digests_at(
+    peer: Peer, entries: Sequence[InstanceEntry], calling_aet: str, timeouts: Timeouts, spool: Path,
+    *, per_series: bool = False, stop: threading.Event | None = None, chunk: int = 100,
+) -> tuple[dict[str, str], list[str]]:  # fmt: skip
+    """(SOP Instance UID -> content digest, errors) of what C-GETs of `entries` at `peer` bring back: per
+    series (a hierarchical SCP), or by UID lists (Orthanc), `chunk` UIDs at a time until `stop` is set."""
+    out: dict[str, str] = {}
+    errors: list[str] = []
+    with RetrieveSession(peer, calling_aet, timeouts, operation="C-GET") as session:
+        for (study, series), group in by_series(entries):
+            uids = [e.sop_instance_uid for e in group]
+            for start in range(0, len(uids), chunk):
+                if stop is not None and stop.is_set():
+                    return out, errors
+                where = (study, series) if per_series else None
+                out.update(
+                    retrieve_digests(
+                        session, spool, uids[start : start + chunk], errors, _digest, series=where
+                    )
+                )
+    return out, errors
+
+
+def _digest(path: Path) -> str:
+    """content_digest of a retrieved file, without a pydicom Dataset for Explicit VR Little Endian."""
+    return fast_content_digest(path.read_bytes())
+
+
+def _compare(
+    present: Sequence[InstanceEntry], at_destination: dict[str, str], errors: list[str],
+    at_main: tuple[dict[str, str], list[str]], keep: int,
+) -> ContentResult:  # fmt: skip
+    content = ContentResult(errors=[*errors, *at_main[1]])
+    for e in present:
+        content.compare(
+            e.sop_instance_uid,
+            at_destination.get(e.sop_instance_uid),
+            at_main[0].get(e.sop_instance_uid),
+            keep,
+        )
+    return content
 
 
 def register_destination(client: OrthancClient, destination: Peer) -> str | None:

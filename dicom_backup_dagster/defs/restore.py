@@ -353,8 +353,11 @@ def run_restore(
     if config.dry_run:
         result = core.restore(entries, main=plan.main, destination=destination, calling_aet=dicom.calling_aet,
                               timeouts=dicom.timeouts, dry_run=True)  # fmt: skip
-        with plan.main_rest() as client:
-            result.sizes = core.sizes_on_main(client, entries)
+        try:
+            with plan.main_rest() as client:
+                result.sizes = core.sizes_on_main(client, entries)
+        except OrthancRestError as error:
+            raise Failure(f"dry run: sizes from {plan.main_alias}'s REST statistics: {error}") from None
     else:
         prepare_destination(context, plan, destination)
         reports = spool.with_name(spool.name + "-commitment")
