@@ -489,6 +489,7 @@ class RestoreTarget:
     aet: AETitle
     ip: Host
     port: Annotated[int, PORT, Field(examples=[104])]
+    storage_commitment: bool = False  # ask it to commit what was restored (PS3.4 J; it reports to script_ae)
 
     @property
     def peer(self) -> Peer:
@@ -531,6 +532,9 @@ class Settings:
     # dicom-backup-<environment>); broker from $DICOM_BACKUP_CELERY_BROKER (defs/__init__.py).
     executor: Literal["in_process", "celery"] = "in_process"
     celery_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", examples=["dicom-backup-ucla"])] = ""
+    # The restore may add a destination main lacks to its DicomModalities (PUT /modalities/<AE>).
+    restore_registers_destinations: bool = False
+
     # Backup SLOs (monitoring/slo.py): the newest complete and verified day ends at most this many hours
     # ago, and this share of the last `slo_window_nights` nights is verified by `slo_verified_by_hour`.
     slo_recovery_point_hours: Annotated[float, Field(strict=True, ge=1, le=8760, examples=[36])] = 36.0
