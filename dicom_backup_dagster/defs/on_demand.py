@@ -338,9 +338,10 @@ def build_source_on_demand(
     partitions_def: DailyPartitionsDefinition,
     *,
     retry_policy: RetryChoice = FROM_SETTINGS,
+    multi_site: bool = False,
 ) -> Definitions:
     """`<source>/on_demand` and the job `<source>_backup_studies` that the Launchpad runs."""
-    plan = QRPlan.of(env, source, partitions_def)
+    plan = QRPlan.of(env, source, partitions_def, multi_site=multi_site)
     names = plan.names
     policy = resolve_retry_policy(retry_policy, env.settings)
 
@@ -378,13 +379,19 @@ def build_source_on_demand(
 
 
 def build_on_demand_defs(
-    env: EnvironmentConfig, *, start_date: str | None = None, retry_policy: RetryChoice = FROM_SETTINGS
+    env: EnvironmentConfig,
+    *,
+    start_date: str | None = None,
+    retry_policy: RetryChoice = FROM_SETTINGS,
+    multi_site: bool = False,
 ) -> Definitions:
     """The on-demand backup of every ARIA/MIM source of `env`."""
     partitions_def = daily_partitions(env, start_date)
     return Definitions.merge(
         *(
-            build_source_on_demand(env, source, partitions_def, retry_policy=retry_policy)
+            build_source_on_demand(
+                env, source, partitions_def, retry_policy=retry_policy, multi_site=multi_site
+            )
             for source in env.qr_sources.values()
         )
     )
