@@ -373,7 +373,7 @@ def build_source_on_demand(
         # Not the source's tag: the exporter's per-source run figures (last success, last run failed) are
         # the backups', and a mistyped UID must not fire DicomBackupFailed nor a success mask a failed night.
         tags={KIND_TAG: "on_demand_backup"},
-        executor_def=in_process_executor,
+        executor_def=None if env.settings.executor == "celery" else in_process_executor,
     )
     return Definitions(assets=[on_demand], jobs=[job])
 

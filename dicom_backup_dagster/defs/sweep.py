@@ -513,7 +513,7 @@ def build_source_sweep(
         # (last success, DicomBackupNoRecentSuccess) must not count a successful sweep as one. Failure
         # alerts still name the source, from the run's selected asset.
         tags={KIND_TAG: "sweep"},
-        executor_def=in_process_executor,
+        executor_def=None if settings.executor == "celery" else in_process_executor,
     )
     schedule = ScheduleDefinition(
         name=names.sweep_schedule,
