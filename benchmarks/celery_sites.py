@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -85,7 +86,9 @@ def fresh_phase(
     config = root / f"environments-{name}.toml"
     config.write_text(sandbox.toml_text().replace('executor = "celery"', f'executor = "{executor}"'))
     home = root / f"home-{name}"
-    home.mkdir(parents=True, exist_ok=True)
+    for old in (home, root / f"storage-{name}"):  # a fresh instance and storage each run
+        shutil.rmtree(old, ignore_errors=True)
+    home.mkdir(parents=True)
     env.update(
         {"DICOM_BACKUP_CONFIG": str(config), "DICOM_BACKUP_STORAGE_DIR": str(root / f"storage-{name}")}
     )
