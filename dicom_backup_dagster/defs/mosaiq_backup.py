@@ -115,7 +115,7 @@ from dicom_backup_dagster.defs.common import (
     resolve_retry_policy,
     uids_metadata,
 )
-from dicom_backup_dagster.defs.keys import SourceNames
+from dicom_backup_dagster.defs.keys import SourceNames, pool_id
 from dicom_backup_dagster.defs.manifests import handle_path, load_handle, save_handle
 from dicom_backup_dagster.defs.resources import (
     BackupStorage,
@@ -158,10 +158,12 @@ class MosaiqPlan:
     options: RecordOptions
 
     @classmethod
-    def of(cls, env: EnvironmentConfig, source: MosaiqSource) -> "MosaiqPlan":
+    def of(cls, env: EnvironmentConfig, source: MosaiqSource, *, multi_site: bool = False) -> "MosaiqPlan":
         staging = env.staging_target(source)
         return cls(
-            names=SourceNames(source.alias, staging.aet),
+            names=SourceNames(
+                source.alias, pool_id(staging.aet, staging.ip, staging.port, multi_site=multi_site)
+            ),
             source=source,
             settings=env.settings,
             staging=staging,
@@ -862,9 +864,10 @@ def build_mosaiq_source_backup(
     *,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
-    plan = MosaiqPlan.of(env, source)
+    plan = MosaiqPlan.of(env, source, multi_site=multi_site)
     names, staging = plan.names, plan.staging
     policy = resolve_retry_policy(retry_policy, env.settings)
     step = _step_arguments(names, partitions_def, policy)
@@ -976,13 +979,16 @@ def build_mosaiq_backup_defs(
     start_date: str | dt.date | None = None,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.
     Their resources (`mosaiq_<alias>`, `dicom`, `backup_storage`) come from defs/resources.build_resources."""
     partitions_def = daily_partitions(env, start_date)
     return Definitions.merge(
         *(
-            build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
+            build_mosaiq_source_backup(
+                env, source, partitions_def, retry_policy=retry_policy, rules=rules, multi_site=multi_site
+            )
             for source in env.mosaiq_sources.values()
         )
     )

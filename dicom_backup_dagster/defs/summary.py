@@ -243,7 +243,14 @@ def materialize_summary(context: AssetExecutionContext, plan: SummaryPlan) -> Ma
     )
 
 
-def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definitions:
+def summary_key(site: str, *, multi_site: bool = False) -> AssetKey:
+    """`nightly_summary`, or `nightly_summary/<site>` when several sites share the instance."""
+    return AssetKey([*SUMMARY_KEY.path, site]) if multi_site else SUMMARY_KEY
+
+
+def build_summary_defs(
+    env: EnvironmentConfig, backups: Definitions, *, multi_site: bool = False
+) -> Definitions:
     """Asset `nightly_summary` (daily partitions, like the backups), its job and its schedule; `backups`
     holds the sources' assets and checks it summarizes."""
     sources = tuple(sorted([*env.qr_sources, *env.mosaiq_sources]))
@@ -270,9 +277,10 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
         slo=SloTargets.from_settings(env.settings),
     )
     partitions = daily_partitions(env)
+    key = summary_key(env.name, multi_site=multi_site)
 
     @asset(
-        key=SUMMARY_KEY,
+        key=key,
         partitions_def=partitions,
         group_name="summary",
         deps=[SourceNames(alias).archived for alias in sources],
@@ -290,7 +298,7 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
 
     job = define_asset_job(
         SUMMARY_JOB,
-        selection=[SUMMARY_KEY],
+        selection=[key],
         tags={KIND_TAG: "summary"},
         description="Builds nightly_summary for a day (read-only: Dagster's records of the backups).",
     )
