@@ -28,6 +28,16 @@ from dicom_backup_dagster.notify.history import Entry, Happened, History
 
 HISTORY_ASSET = AssetKey(["alerts", "history"])
 
+
+def history_key(site: str = "") -> AssetKey:
+    """`alerts/history`, or `alerts/history/<site>` when several sites share the instance."""
+    return AssetKey([*HISTORY_ASSET.path, site]) if site else HISTORY_ASSET
+
+
+def history_spec(site: str = "") -> AssetSpec:
+    return HISTORY_SPEC.replace_attributes(key=history_key(site))
+
+
 HISTORY_SPEC = AssetSpec(
     key=HISTORY_ASSET,
     group_name="alerts",
@@ -86,14 +96,14 @@ def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> Any:
 
 
 def history_observation(
-    happened: list[Happened], recent: list[Entry], open_by_severity: dict[str, int]
+    happened: list[Happened], recent: list[Entry], open_by_severity: dict[str, int], site: str = ""
 ) -> Any:
     metadata: dict[str, Any] = {
         "events": _table([h.row() for h in happened], _EVENT_COLUMNS),
         "alerts": _table([e.row() for e in recent], _ALERT_COLUMNS),
         **{f"open_{severity}": n for severity, n in open_by_severity.items()},
     }
-    return AssetObservation(asset_key=HISTORY_ASSET, metadata=metadata)
+    return AssetObservation(asset_key=history_key(site), metadata=metadata)
 
 
 @dataclass
@@ -108,16 +118,21 @@ class Lifecycle:
     history: History
     resolved_by: str = "recovery"
     log: Any = None
+    site: str = ""  # set when several sites share the instance: their own ledger, state and asset
     notes: list[str] = field(default_factory=list)
 
     @classmethod
     def of(
-        cls, instance: DagsterInstance, d: Dispatcher, topology: Topology, grouping: Grouping
+        cls,
+        instance: DagsterInstance,
+        d: Dispatcher,
+        topology: Topology,
+        grouping: Grouping,
+        site: str = "",
     ) -> "Lifecycle":
         store = instance.run_storage
-        life = cls(
-            instance, d, IncidentBook(store), CauseBook(store, topology, grouping), History(store), log=d.log
-        )
+        causes = CauseBook(store, topology, grouping, site=site)
+        life = cls(instance, d, IncidentBook(store), causes, History(store, site=site), log=d.log, site=site)
 
         def record(event: str, alert: Alert, deliveries: list[Delivery]) -> None:
             by = life.resolved_by if event == "resolve" else None
@@ -131,7 +146,8 @@ class Lifecycle:
         happened = self.history.drain()
         if not happened:
             return
-        observation = history_observation(happened, self.history.recent(), self.history.open_by_severity())
+        history = self.history
+        observation = history_observation(happened, history.recent(), history.open_by_severity(), self.site)
         try:
             self.instance.report_runless_asset_event(observation)
         except Exception as error:  # the history in the UI must never stop an alert

@@ -56,7 +56,7 @@ from dagster import (
 from dagster import DagsterRunStatus as RunStatus
 
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.alert_lifecycle import HISTORY_SPEC, Lifecycle, topology_of
+from dicom_backup_dagster.defs.alert_lifecycle import Lifecycle, history_spec, topology_of
 from dicom_backup_dagster.defs.checks import JUDGED, RESTATED_FROM_RUN
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -131,10 +131,12 @@ class AlertPlan:
     settings: NotificationSettings
     sources: frozenset[str]
     topology: Topology | None = None  # None: no cause grouping (every failure pages per source)
+    site: str = ""  # several sites in one instance: this site's own alert ledger, state and history asset
 
     @classmethod
-    def of(cls, env: EnvironmentConfig) -> "AlertPlan":
-        return cls(env.name, env.notifications, frozenset(env.sources), topology_of(env))
+    def of(cls, env: EnvironmentConfig, *, multi_site: bool = False) -> "AlertPlan":
+        site = env.name if multi_site else ""
+        return cls(env.name, env.notifications, frozenset(env.sources), topology_of(env), site)
 
     @property
     def grouping(self) -> Grouping:
@@ -142,7 +144,7 @@ class AlertPlan:
 
     def lifecycle(self, instance: DagsterInstance, d: Dispatcher) -> Lifecycle:
         topology = self.topology or Topology("", "", {}, {}, {}, self.sources)
-        return Lifecycle.of(instance, d, topology, self.grouping)
+        return Lifecycle.of(instance, d, topology, self.grouping, self.site)
 
     def cause_alert(self, incident: CauseIncident, run_id: str | None = None) -> Alert:
         """The one alert of a shared cause: its component, the affected sources and partitions, and how
@@ -818,10 +820,10 @@ def send_test_alert_everywhere(context: OpExecutionContext, plan: AlertPlan, cha
 # The wiring
 
 
-def build_alert_defs(env: EnvironmentConfig) -> Definitions:
+def build_alert_defs(env: EnvironmentConfig, *, multi_site: bool = False) -> Definitions:
     """The three alert sensors and the send_test_alert job for `env` (the notifier resources they take
     come from defs/resources.build_resources)."""
-    plan = AlertPlan.of(env)
+    plan = AlertPlan.of(env, multi_site=multi_site)
     status = DefaultSensorStatus.RUNNING if plan.settings.enabled else DefaultSensorStatus.STOPPED
 
     @run_failure_sensor(
@@ -958,4 +960,4 @@ def lifecycle_defs(plan: AlertPlan, status: DefaultSensorStatus) -> Definitions:
     def resolve_alert() -> None:
         resolve_alert_op()
 
-    return Definitions(assets=[HISTORY_SPEC], sensors=[alert_causes], jobs=[resolve_alert])
+    return Definitions(assets=[history_spec(plan.site)], sensors=[alert_causes], jobs=[resolve_alert])

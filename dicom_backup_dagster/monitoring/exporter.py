@@ -92,6 +92,7 @@ class DagsterStateCollector(Collector):
         clock: Callable[[], float] = time.time,
         slo: SloTargets | None = None,
         slo_sources: Iterable[str] = (),
+        alert_sites: Iterable[str] = ("",),
     ) -> None:
         self._instance_factory = instance_factory
         self._instance: DagsterInstance | None = None
@@ -102,6 +103,7 @@ class DagsterStateCollector(Collector):
         self._clock = clock
         self.slo = slo or SloTargets()
         self.slo_sources = tuple(slo_sources)  # the configured sources: served before their first run
+        self.alert_sites = tuple(alert_sites)  # whose alert ledgers: "" for one site, else every site
         self._lock = threading.Lock()  # one refresh at a time
         self._refreshing: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -140,7 +142,7 @@ class DagsterStateCollector(Collector):
                 self.heartbeats = {
                     str(t): float(h.timestamp) for t, h in instance.get_daemon_heartbeats().items()
                 }
-                self.open_alerts = History(instance.run_storage).open_by_severity()
+                self.open_alerts = open_alerts(instance, self.alert_sites)
                 self.dagster_up = 1.0
                 self.last_refresh_ok = self._clock()
                 self.last_error = None
@@ -582,6 +584,26 @@ def build_registry(collector: DagsterStateCollector) -> CollectorRegistry:
     return registry
 
 
+def open_alerts(instance: DagsterInstance, sites: Iterable[str]) -> dict[str, int]:
+    """Open alerts by severity, summed over the sites' ledgers (one per site when several share it)."""
+    counts: dict[str, int] = {}
+    for site in sites:
+        for severity, n in History(instance.run_storage, site=site).open_by_severity().items():
+            counts[severity] = counts.get(severity, 0) + n
+    return counts
+
+
+def alert_sites() -> tuple[str, ...]:
+    """The alert ledgers to read: `("",)` for a one-site file, else every site's (defs/alert_lifecycle)."""
+    from dicom_backup_dagster.config import ConfigError, load_config
+
+    try:
+        names = load_config().environment_names
+    except ConfigError:
+        return ("",)  # site_slo() logs the configuration problem
+    return names if len(names) > 1 else ("",)
+
+
 def site_slo() -> tuple[SloTargets, tuple[str, ...]]:
     """The SLO targets and sources of the site configuration ($DICOM_BACKUP_CONFIG), or the defaults."""
     from dicom_backup_dagster.config import ConfigError, load_config
@@ -619,6 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         orthanc=OrthancTarget.from_env(),
         slo=slo,
         slo_sources=sources,
+        alert_sites=alert_sites(),
     )
     registry = build_registry(collector)
     server, thread = start_http_server(args.port, addr=args.address, registry=registry)

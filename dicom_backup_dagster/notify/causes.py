@@ -261,11 +261,14 @@ class CauseBook:
         topology: Topology,
         grouping: Grouping | None = None,
         clock: Callable[[], float] = time.time,
+        *,
+        site: str = "",
     ) -> None:
         self.store, self.topology = store, topology
+        self.key = f"{STATE_KEY}/{site}" if site else STATE_KEY  # per site, as History
         self.grouping = grouping or Grouping()
         self.clock = clock
-        raw = store.get_cursor_values({STATE_KEY}).get(STATE_KEY)
+        raw = store.get_cursor_values({self.key}).get(self.key)
         try:
             data = json.loads(raw) if raw else {}
             self.incidents = {k: CauseIncident.from_dict(v) for k, v in data.get("incidents", {}).items()}
@@ -278,7 +281,7 @@ class CauseBook:
             "incidents": {k: v.to_dict() for k, v in self.incidents.items()},
             "observations": self.observations[-_KEEP_SIGNALS:],
         }
-        self.store.set_cursor_values({STATE_KEY: json.dumps(data, sort_keys=True)})
+        self.store.set_cursor_values({self.key: json.dumps(data, sort_keys=True)})
 
     # --------------------------------------------------------------------------------------------------
     # Peer observations for the network rule: [address, reachable, at]

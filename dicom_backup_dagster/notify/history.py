@@ -106,12 +106,15 @@ class History:
     """The alert ledger in a key-value store; `happened` collects this process's events since the last
     `drain()` (a sensor evaluation writes them to the UI)."""
 
-    def __init__(self, store: KeyValueStore, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.clock = store, clock
+    def __init__(
+        self, store: KeyValueStore, clock: Callable[[], float] = time.time, *, site: str = ""
+    ) -> None:
+        # One ledger per site when several sites share the instance: each site's sensors rewrite it whole.
+        self.store, self.clock, self.key = store, clock, f"{HISTORY_KEY}/{site}" if site else HISTORY_KEY
         self.happened: list[Happened] = []
 
     def entries(self) -> list[Entry]:
-        raw = self.store.get_cursor_values({HISTORY_KEY}).get(HISTORY_KEY)
+        raw = self.store.get_cursor_values({self.key}).get(self.key)
         try:
             return [Entry(**e) for e in json.loads(raw)] if raw else []
         except (ValueError, TypeError):
@@ -119,7 +122,7 @@ class History:
 
     def _save(self, entries: list[Entry]) -> None:
         kept = sorted(entries, key=lambda e: e.opened_at)[-KEEP_ENTRIES:]
-        self.store.set_cursor_values({HISTORY_KEY: json.dumps([asdict(e) for e in kept])})
+        self.store.set_cursor_values({self.key: json.dumps([asdict(e) for e in kept])})
 
     def current(self, key: str) -> Entry | None:
         """The latest entry of `key` that is not resolved."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import dagster as dg
 import pytest
 from dagster import AssetKey, Definitions
 
@@ -45,6 +46,8 @@ def test_two_locations_of_the_example_file_do_not_collide(
     assert checks["UCLA"] and not checks["UCLA"] & checks["TJU"]
     assert AssetKey(["nightly_summary", "UCLA"]) in keys["UCLA"]
     assert AssetKey(["nightly_summary", "TJU"]) in keys["TJU"]
+    assert AssetKey(["alerts", "history", "UCLA"]) in keys["UCLA"]
+    assert AssetKey(["alerts", "history", "TJU"]) in keys["TJU"]
     assert (
         AssetKey(["ARIA_MAIN", "archived"]) in keys["UCLA"] and AssetKey(["ARIA", "archived"]) in keys["TJU"]
     )
@@ -124,3 +127,23 @@ def test_flows_of_every_site(example_secrets: None, capsys: pytest.CaptureFixtur
     assert tju.startswith("# site TJU:") and both.startswith("# site UCLA+TJU:")
     assert "UCLA_ARIA" in both or "ARIA_MAIN" in both
     assert set(tju.splitlines()[1:]) <= set(both.splitlines()[1:])
+
+
+def test_two_sites_keep_their_own_alert_ledgers_and_the_exporter_sums_them() -> None:
+    """Each site's sensors rewrite their ledger whole: one shared value would lose the other site's
+    entries. The exporter's open-alert figure counts both."""
+    from dicom_backup_dagster.monitoring.exporter import open_alerts
+    from dicom_backup_dagster.notify import Alert, AlertKind
+    from dicom_backup_dagster.notify.history import History
+
+    with dg.instance_for_test() as instance:
+        store = instance.run_storage
+        for site, source in (("UCLA", "ARIA_MAIN"), ("TJU", "ARIA")):
+            alert = Alert(kind=AlertKind.BACKUP_FAILED, environment=site, subject=source, severity="critical")
+            History(store, site=site).record("trigger", alert, [])
+        ucla, tju = History(store, site="UCLA").entries(), History(store, site="TJU").entries()
+        assert [e.key for e in ucla] == ["dicom-backup/UCLA/ARIA_MAIN/backup-failed"]
+        assert [e.key for e in tju] == ["dicom-backup/TJU/ARIA/backup-failed"]
+        assert History(store).entries() == []
+        assert open_alerts(instance, ("UCLA", "TJU"))["critical"] == 2
+        assert open_alerts(instance, ("",))["critical"] == 0
