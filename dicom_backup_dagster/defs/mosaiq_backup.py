@@ -7,7 +7,7 @@ treatment date in the site's timezone (same start date as the Q/R backups):
   (DHS_ID and state: delivery, quarantined or skipped, with the reason).
 - `<source>/rt_records`: one RT Beams Treatment Record per delivery, written into a spool under
   BackupStorage, with the content digest computed from the encoded bytes: rt_records.jsonl. Check
-  `conformance` (ERROR): check_rt_record on every record file.
+  `conformance` (ERROR): check_rt_record on every record file; it writes conformant.jsonl.
 - `<source>/staged`: every record C-STOREd over one association to the source's staging target
   (staging_target_alias): staged.jsonl.
 - `<source>/archived`: IMAGE-level C-MOVEs of the run's records from staging to the main archive's AE
@@ -29,8 +29,12 @@ Each asset hands the next its manifest through a handle file in the partition's 
 as the Q/R sources do; nothing goes through an IO manager. `rt_records` reads the day's rows again and
 renders the DHS_IDs `deliveries` listed, rather than passing Delivery objects between steps: those hold
 PHI, which must stay out of the files and of Dagster's storage.
-SOP Instance UIDs are derived from Mosaiq keys, so a re-run stores and moves the same instances again and
-the archive keeps one copy of each (no new instances).
+SOP Instance UIDs are derived from Mosaiq keys, so a re-run renders the same instances. A record whose new
+render has the digest the partition's verified.jsonl and conformant.jsonl hold for its UID (both proven in
+an earlier run) and which main holds now (IMAGE-level C-FINDs by UID list in `rt_records`) is
+ALREADY_ARCHIVED: it is not spooled, checked for conformance, stored, moved nor retrieved again, and the
+checks count it as verified earlier (`complete_in_archive` still finds every record on main). Every other
+record goes through the whole chain; a re-run of a finished day moves nothing (backup.records).
 
 Concurrency: `staged` and `archived` talk to the staging SCP and run in the pool `dicom_<staging AET>`.
 Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and codes only), never PHI.
@@ -70,6 +74,7 @@ from dagster import (
 
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.manifest import (
+    ALREADY_ARCHIVED,
     FAILED,
     MOVED,
     PENDING,
@@ -80,17 +85,22 @@ from dicom_backup_dagster.backup.manifest import (
 from dicom_backup_dagster.backup.records import (
     DELIVERY,
     delivery_lines,
+    earlier_proof,
     fresh_spool,
+    mark_conformant,
     mark_verified,
     read_delivery_lines,
     reasons_by_dhs_id,
     record_path,
+    reusable_uids,
+    reused_entry,
     spool_record,
     verify_recorded_digests,
     write_delivery_lines,
     write_entries,
 )
 from dicom_backup_dagster.backup.transfer import RetrieveSession
+from dicom_backup_dagster.backup.verify import ContentResult
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, MosaiqSource, Settings
 from dicom_backup_dagster.defs.checks import (
     baseline_checks,
@@ -333,14 +343,20 @@ def materialize_deliveries(
 
 
 def materialize_rt_records(
-    context: AssetExecutionContext, plan: MosaiqPlan, database: MosaiqDatabase, storage: BackupStorage
+    context: AssetExecutionContext,
+    plan: MosaiqPlan,
+    database: MosaiqDatabase,
+    dicom: DicomNetwork,
+    storage: BackupStorage,
 ) -> MaterializeResult:
-    """One RT Beams Treatment Record per delivery `deliveries` listed, into the partition's spool."""
+    """One RT Beams Treatment Record per delivery `deliveries` listed, into the partition's spool; a
+    record proven conformant and identical on main before, and still there, is not spooled again."""
     alias, partition = plan.alias, context.partition_key
     deliveries = plan.upstream(storage, context, "deliveries")
     folder = plan.folder(storage, context.instance, partition)
     started = time.monotonic()
     wanted = {line.dhs_id for line in read_delivery_lines(deliveries.path) if line.state == DELIVERY}
+    proven = earlier_proof(folder)
     # A new render may change content under the same UIDs: the partition is unverified until
     # content_verified passes again, so the staging cleanup leaves its records alone meanwhile.
     mark_verified(folder, None)
@@ -348,14 +364,20 @@ def materialize_rt_records(
     read = time.monotonic()
     chosen = [d for d in batch.deliveries if d.dhs_id in wanted]
     rendered = render_deliveries(chosen, plan.options)
+    records = [record for _, record in rendered.records]
+    reuse = still_on_main(context, plan, dicom, reusable_uids(records, proven))
     out = fresh_spool(plan.spool(storage, context.instance, partition))
-    entries = [spool_record(record, out) for _, record in rendered.records]
+    entries = [
+        reused_entry(record) if record.sop_instance_uid in reuse else spool_record(record, out)
+        for record in records
+    ]
     path = folder / "rt_records.jsonl"
     write_entries(path, entries)
     done = time.monotonic()
     seconds_render = done - read
     context.log.info(
-        f"{alias} {partition}: {len(entries)} records rendered, {len(rendered.quarantined)} "
+        f"{alias} {partition}: {len(entries)} records rendered ({len(reuse)} of them unchanged since "
+        f"verified and still on {plan.archive}: not stored or moved again), {len(rendered.quarantined)} "
         f"quarantined, {len(rendered.skipped)} skipped ({seconds_render:.2f} s)"
     )
     for q in rendered.quarantined[:_KEEP_REASONS]:
@@ -363,10 +385,11 @@ def materialize_rt_records(
     # Handles carry the cumulative seconds of the chain so far: archived's seconds_total is the whole
     # partition's time (read + render + store + move), what duration_vs_baseline judges.
     seconds = deliveries.seconds + done - started
-    save_handle(_handle(path, alias, partition, {PENDING: len(entries)}, seconds), folder, "rt_records")
+    save_handle(_handle(path, alias, partition, _count(entries), seconds), folder, "rt_records")
     return MaterializeResult(
         metadata={
             "records": len(entries),
+            "already_archived": len(reuse),
             "quarantined": len(rendered.quarantined),
             "skipped": len(rendered.skipped),
             "quarantined_reasons": _reasons(rendered.quarantined),
@@ -380,6 +403,24 @@ def materialize_rt_records(
             "manifest": MetadataValue.path(str(path)),
         },
     )
+
+
+def still_on_main(
+    context: AssetExecutionContext, plan: MosaiqPlan, dicom: DicomNetwork, uids: list[str]
+) -> set[str]:
+    """The records among `uids` (unchanged since proven) that main holds now, by IMAGE-level C-FINDs of
+    SOP Instance UID lists. Main unreachable: none (every record goes through, and the move says why)."""
+    if not uids:
+        return set()
+    try:
+        with find_session(plan.archive, dicom) as main:
+            return {r.sop_instance_uid for r in main.instances_by_uid(uids)} & set(uids)
+    except DicomError as error:
+        context.log.warning(
+            f"{plan.alias} {context.partition_key}: cannot ask {plan.archive} which records it holds "
+            f"({error}); every record is stored and moved again"
+        )
+        return set()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -396,11 +437,12 @@ def materialize_staged(
     out = plan.spool(storage, context.instance, partition)
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "staged.jsonl"
+    pending = [e for e in records if e.state != ALREADY_ARCHIVED]  # the others are on main, unchanged
     try:
         result = c_store_files(
             stage,
             dicom.calling_aet,
-            [record_path(out, e.sop_instance_uid) for e in records],
+            [record_path(out, e.sop_instance_uid) for e in pending],
             raise_on_failure=False,
             timeouts=dicom.timeouts,
         )
@@ -409,10 +451,14 @@ def materialize_staged(
             alias, f"C-STORE to staging {plan.staging.alias} ({stage})", partition, error
         ) from error
     failed = {o.sop_instance_uid for o in result.failed}
-    entries = [e.with_state(FAILED if e.sop_instance_uid in failed else PENDING) for e in records]
+    stored = {e.sop_instance_uid: FAILED if e.sop_instance_uid in failed else PENDING for e in pending}
+    entries = [
+        e.with_state(stored[e.sop_instance_uid]) if e.sop_instance_uid in stored else e for e in records
+    ]
     write_entries(path, entries)
     metadata: dict[str, Any] = {
         "stored": len(result.stored),
+        "already_archived": len(records) - len(pending),
         "failed": len(result.failed),
         "warnings": len(result.warnings),
         "seconds_store": round(result.seconds, 3),
@@ -433,7 +479,7 @@ def materialize_staged(
         raise Failure(
             description=(
                 f"{alias} backup, C-STORE of partition {partition} to staging {plan.staging.alias} "
-                f"({stage}): {len(result.failed)} of {len(records)} records refused, first "
+                f"({stage}): {len(result.failed)} of {len(pending)} records refused, first "
                 f"{first.sop_instance_uid}: {first.status_meaning}"
                 + (f" ({first.error_comment})" if first.error_comment else "")
                 + f"; check {stage.aet}'s log and disk, then re-run {plan.names.job} for {partition}"
@@ -559,19 +605,23 @@ def materialize_archived(
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "archived.jsonl"
     started = time.monotonic()
-    requests, series = move_requests(plan, records)
-    tally = move_to_archive(plan, dicom, requests, partition)
+    pending = [e for e in records if e.state == PENDING]  # the others are on main, unchanged
+    requests, series = move_requests(plan, pending)
+    tally = move_to_archive(plan, dicom, requests, partition) if requests else MoveTally()
     seconds = time.monotonic() - started
-    entries = [e.with_state(FAILED if e.sop_instance_uid in tally.failed else MOVED) for e in records]
+    entries = [
+        e.with_state(FAILED if e.sop_instance_uid in tally.failed else MOVED) if e.state == PENDING else e
+        for e in records
+    ]
     write_entries(path, entries)
     metadata: dict[str, Any] = {
         # `records` is the volume baseline's key (the Q/R sources' instances_found); moved / failed /
         # deferred / already_archived / seconds_total / bytes follow the archived metadata contract
-        # that monitoring reads. Nothing is ever deferred or skipped as already archived here: every
-        # record of the day is moved (the archive keeps one copy of a UID).
+        # that monitoring reads. Nothing is ever deferred; already_archived are the records rt_records
+        # found unchanged since verified and still on main (not stored or moved again).
         # The day's own figures first (a Mosaiq run is always one day).
         "records": len(records),
-        "already_archived": 0,
+        "already_archived": len(records) - len(pending),
         "moved": tally.completed,
         "deferred": 0,
         "failed": len(tally.failed),
@@ -593,14 +643,14 @@ def materialize_archived(
         raise backup_failure(
             alias,
             f"C-MOVE from staging {plan.staging.alias} to {plan.archive.aet} ({len(tally.failed)} of "
-            f"{len(records)} records not moved)",
+            f"{len(pending)} records not moved)",
             partition,
             explain_destination(tally.errors[0], plan.archive, dicom),
             metadata,
         )
     context.log.info(
         f"{alias} {partition}: moved {tally.completed} records in {series} series to "
-        f"{plan.archive.aet} ({seconds:.2f} s)"
+        f"{plan.archive.aet} ({seconds:.2f} s); {len(records) - len(pending)} already there, unchanged"
     )
     save_handle(
         _handle(path, alias, partition, _count(entries), staged.seconds + seconds), folder, "archived"
@@ -644,9 +694,12 @@ def evaluate_conformance(
 def conformance_day(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, storage: BackupStorage, partition: str, path: Path
 ) -> AssetCheckResult:
-    entries = list(read_manifest(path))
-    if not entries:
+    every = list(read_manifest(path))
+    if not every:
         return nothing_to_verify(partition, "records")
+    # Records reused from an earlier run are those very bytes proven conformant then (rt_records).
+    entries = [e for e in every if e.state != ALREADY_ARCHIVED]
+    reused = [e for e in every if e.state == ALREADY_ARCHIVED]
     out = plan.spool(storage, context.instance, partition)
     bad: dict[str, list[str]] = {}
     files: dict[Path, str] = {}
@@ -661,9 +714,11 @@ def conformance_day(
         checked += 1
         if found:
             bad[files[file]] = [str(f) for f in found[:5]]
+    mark_conformant(path.parent, [*reused, *(e for e in entries if e.sop_instance_uid not in bad)])
     metadata: dict[str, Any] = {
         "partition": partition,
         "checked": checked,
+        "conformant_earlier": len(reused),
         "nonconformant": len(bad),
         "findings": MetadataValue.json(dict(list(bad.items())[:20])),
     }
@@ -677,8 +732,9 @@ def conformance_day(
             ),
             metadata=metadata,
         )
+    earlier = f" ({len(reused)} more unchanged since checked in an earlier run)" if reused else ""
     return AssetCheckResult(
-        passed=True, description=f"{partition}: all {checked} records conformant", metadata=metadata
+        passed=True, description=f"{partition}: all {checked} records conformant{earlier}", metadata=metadata
     )
 
 
@@ -719,14 +775,21 @@ def content_day(
     if not entries:
         mark_verified(path.parent, entries)  # nothing on staging waits for this day
         return nothing_to_verify(partition, "records")
-    compared = f"content digests of {len(entries)} records: recorded at render vs C-GET from {archive}"
+    # Reused records (rt_records): these bytes were verified on main before and main still holds them.
+    reused = [e for e in entries if e.state == ALREADY_ARCHIVED]
+    moved = [e for e in entries if e.state != ALREADY_ARCHIVED]
+    compared = f"content digests of {len(moved)} records: recorded at render vs C-GET from {archive}"
     try:
-        result = verify_recorded_digests(
-            entries,
-            archive=archive,
-            calling_aet=dicom.calling_aet,
-            timeouts=dicom.timeouts,
-            spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+        result = (
+            verify_recorded_digests(
+                moved,
+                archive=archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+            )
+            if moved
+            else ContentResult()
         )
     except DicomError as error:
         return peer_unreachable_result("retrieve for verification", error, partition, compared)
@@ -734,22 +797,24 @@ def content_day(
         "partition": partition,
         "compared": compared,
         "records": len(entries),
-        "sampled": len(entries),  # every record is verified (the Q/R sources may sample)
+        "sampled": len(moved),  # every record moved is verified (the Q/R sources may sample)
         "matched": result.matched,
+        "verified_earlier": len(reused),
         "mismatched_uids": uids_metadata(result.mismatched_uids),
         "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
     }
     if result.errors:
         metadata["errors"] = MetadataValue.json(result.errors[:5])
-    if result.passed and result.matched == len(entries):
+    if result.passed and result.matched == len(moved):
         mark_verified(path.parent, entries)  # what the staging cleanup trusts (backup.staging)
         plan.release_spool(storage, context.instance, partition)
+        earlier = f" ({len(reused)} of them unchanged since verified in an earlier run)" if reused else ""
         return AssetCheckResult(
             passed=True,
-            description=f"{partition}: all {result.matched} records identical on {archive}",
+            description=f"{partition}: all {len(entries)} records identical on {archive}{earlier}",
             metadata=metadata,
         )
-    mark_verified(path.parent, None)
+    mark_verified(path.parent, reused or None)
     bad = result.mismatched_uids or result.missing_on_archive
     return AssetCheckResult(
         passed=False,
@@ -886,9 +951,12 @@ def build_mosaiq_source_backup(
     @explained
     @database
     def rt_records(
-        context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
+        context: AssetExecutionContext,
+        database: MosaiqDatabase,
+        dicom: DicomNetwork,
+        backup_storage: BackupStorage,
     ) -> MaterializeResult:
-        return materialize_rt_records(context, plan, database, backup_storage)
+        return materialize_rt_records(context, plan, database, dicom, backup_storage)
 
     @asset(
         key=names.staged,
