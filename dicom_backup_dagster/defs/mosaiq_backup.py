@@ -29,12 +29,14 @@ Each asset hands the next its manifest through a handle file in the partition's 
 as the Q/R sources do; nothing goes through an IO manager. `rt_records` reads the day's rows again and
 renders the DHS_IDs `deliveries` listed, rather than passing Delivery objects between steps: those hold
 PHI, which must stay out of the files and of Dagster's storage.
-SOP Instance UIDs are derived from Mosaiq keys, so a re-run renders the same instances. A record whose new
-render has the digest the partition's verified.jsonl and conformant.jsonl hold for its UID (both proven in
-an earlier run) and which main holds now (IMAGE-level C-FINDs by UID list in `rt_records`) is
-ALREADY_ARCHIVED: it is not spooled, checked for conformance, stored, moved nor retrieved again, and the
-checks count it as verified earlier (`complete_in_archive` still finds every record on main). Every other
-record goes through the whole chain; a re-run of a finished day moves nothing (backup.records).
+SOP Instance UIDs are derived from Mosaiq keys, so a re-run renders the same instances. Re-runs: `deliveries`
+compares each delivery's input fingerprint (backup.records.input_fingerprint: delivery, options and the
+builder's source) with the one its record was rendered from; a record that would come out the same, whose
+digest the partition's verified.jsonl and conformant.jsonl hold (both proven in an earlier run), and which
+main holds now (IMAGE-level C-FINDs by UID list) is ALREADY_ARCHIVED: it is not rendered, spooled, checked
+for conformance, stored, moved nor retrieved again, and the checks count it as verified earlier
+(`complete_in_archive` still finds every record on main). `rt_records` reads the day again only for the
+others, which go through the whole chain; a re-run of a finished day moves nothing (backup.records).
 
 Concurrency: `staged` and `archived` talk to the staging SCP and run in the pool `dicom_<staging AET>`.
 Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and codes only), never PHI.
@@ -87,17 +89,20 @@ from dicom_backup_dagster.backup.records import (
     delivery_lines,
     earlier_proof,
     fresh_spool,
+    input_fingerprint,
     mark_conformant,
     mark_verified,
     read_delivery_lines,
+    read_fingerprints,
+    read_reusable,
     reasons_by_dhs_id,
     record_path,
-    reusable_uids,
-    reused_entry,
     spool_record,
     verify_recorded_digests,
     write_delivery_lines,
     write_entries,
+    write_fingerprints,
+    write_reusable,
 )
 from dicom_backup_dagster.backup.transfer import RetrieveSession
 from dicom_backup_dagster.backup.verify import ContentResult
@@ -143,6 +148,7 @@ from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
 from dicom_backup_dagster.mosaiq.deliveries import (
     DeliveryBatch,
     MosaiqQueryError,
+    RenderBatch,
     read_deliveries_for_date,
     render_deliveries,
 )
@@ -311,14 +317,22 @@ def _per_second(count: int, seconds: float) -> float:
 
 
 def materialize_deliveries(
-    context: AssetExecutionContext, plan: MosaiqPlan, database: MosaiqDatabase, storage: BackupStorage
+    context: AssetExecutionContext,
+    plan: MosaiqPlan,
+    database: MosaiqDatabase,
+    dicom: DicomNetwork,
+    storage: BackupStorage,
 ) -> MaterializeResult:
-    """The day's delivery rows into deliveries.jsonl (DHS_IDs and states, no PHI)."""
+    """The day's delivery rows into deliveries.jsonl (DHS_IDs and states, no PHI), and which of their
+    records a re-run may reuse (reusable.jsonl)."""
     alias, partition = plan.alias, context.partition_key
     batch = read_day(database, plan, partition)
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "deliveries.jsonl"
     write_delivery_lines(path, delivery_lines(batch))
+    began = time.monotonic()
+    reused = find_reusable(context, plan, dicom, folder, batch)
+    seconds = batch.seconds + time.monotonic() - began
     counts = batch.counts
     context.log.info(
         f"{alias} {partition}: {counts['deliveries']} deliveries, {counts['quarantined']} "
@@ -327,7 +341,7 @@ def materialize_deliveries(
     for q in batch.quarantined[:_KEEP_REASONS]:
         context.log.warning(f"{alias} {partition}: DHS_ID {q.dhs_id} quarantined: {q.reason}")
     states = {k: v for k, v in counts.items() if k != "plan_missing"}
-    save_handle(_handle(path, alias, partition, states, batch.seconds), folder, "deliveries")
+    save_handle(_handle(path, alias, partition, states, seconds), folder, "deliveries")
     return MaterializeResult(
         metadata={
             "deliveries": counts["deliveries"],
@@ -335,42 +349,76 @@ def materialize_deliveries(
             "skipped": counts["skipped"],
             "quarantined_reasons": _reasons(batch.quarantined),
             "skipped_reasons": _reasons(batch.skipped),
+            "reusable": len(reused),
             "rows": MetadataValue.json(dict(batch.rows)),
             "seconds": round(batch.seconds, 3),
+            "seconds_reuse": round(seconds - batch.seconds, 3),  # render + C-FIND on main, re-runs only
             "manifest": MetadataValue.path(str(path)),
         },
     )
 
 
-def materialize_rt_records(
+def find_reusable(
     context: AssetExecutionContext,
     plan: MosaiqPlan,
-    database: MosaiqDatabase,
     dicom: DicomNetwork,
-    storage: BackupStorage,
+    folder: Path,
+    batch: DeliveryBatch,
+) -> dict[int, InstanceEntry]:
+    """DHS_ID -> ALREADY_ARCHIVED entry of each delivery whose input is unchanged since its record was
+    rendered (backup.records.input_fingerprint: the same bytes would come out), whose record was proven
+    conformant and identical on main since (earlier_proof), and which main holds now; into
+    reusable.jsonl. Nothing is rendered here; rt_records renders (and reads the day again) only for the
+    deliveries not reused."""
+    proven = earlier_proof(folder)
+    rendered_before = read_fingerprints(folder) if proven else {}
+    candidates: dict[int, InstanceEntry] = {}
+    for delivery in batch.deliveries:
+        before = rendered_before.get(delivery.dhs_id)
+        if before is None:
+            continue
+        fingerprint, entry = before
+        if proven.get(entry.sop_instance_uid) == entry.digest and fingerprint == input_fingerprint(
+            delivery, plan.options
+        ):
+            candidates[delivery.dhs_id] = entry.with_state(ALREADY_ARCHIVED)
+    on_main = still_on_main(context, plan, dicom, [e.sop_instance_uid for e in candidates.values()])
+    reused = {dhs_id: e for dhs_id, e in candidates.items() if e.sop_instance_uid in on_main}
+    write_reusable(folder, reused)
+    return reused
+
+
+def materialize_rt_records(
+    context: AssetExecutionContext, plan: MosaiqPlan, database: MosaiqDatabase, storage: BackupStorage
 ) -> MaterializeResult:
     """One RT Beams Treatment Record per delivery `deliveries` listed, into the partition's spool; a
-    record proven conformant and identical on main before, and still there, is not spooled again."""
+    record `deliveries` found reusable (proven before, unchanged, still on main) is not spooled again, and
+    a day whose records are all reusable is not read from Mosaiq again."""
     alias, partition = plan.alias, context.partition_key
     deliveries = plan.upstream(storage, context, "deliveries")
     folder = plan.folder(storage, context.instance, partition)
     started = time.monotonic()
     wanted = {line.dhs_id for line in read_delivery_lines(deliveries.path) if line.state == DELIVERY}
-    proven = earlier_proof(folder)
+    reused = {dhs_id: e for dhs_id, e in read_reusable(folder).items() if dhs_id in wanted}
     # A new render may change content under the same UIDs: the partition is unverified until
     # content_verified passes again, so the staging cleanup leaves its records alone meanwhile.
     mark_verified(folder, None)
-    batch = read_day(database, plan, partition)
+    rendered = RenderBatch()
+    chosen: list[Any] = []
+    if set(reused) != wanted:
+        batch = read_day(database, plan, partition)
     read = time.monotonic()
-    chosen = [d for d in batch.deliveries if d.dhs_id in wanted]
-    rendered = render_deliveries(chosen, plan.options)
-    records = [record for _, record in rendered.records]
-    reuse = still_on_main(context, plan, dicom, reusable_uids(records, proven))
+    if set(reused) != wanted:
+        chosen = [d for d in batch.deliveries if d.dhs_id in wanted and d.dhs_id not in reused]
+        rendered = render_deliveries(chosen, plan.options)
     out = fresh_spool(plan.spool(storage, context.instance, partition))
-    entries = [
-        reused_entry(record) if record.sop_instance_uid in reuse else spool_record(record, out)
-        for record in records
-    ]
+    prints = {dhs_id: p for dhs_id, p in read_fingerprints(folder).items() if dhs_id in reused}
+    for delivery, record in rendered.records:
+        prints[delivery.dhs_id] = (input_fingerprint(delivery, plan.options), spool_record(record, out))
+    write_fingerprints(folder, prints)
+    by_dhs = {dhs_id: entry for dhs_id, (_, entry) in prints.items()} | reused
+    entries = [by_dhs[dhs_id] for dhs_id in sorted(by_dhs)]
+    reuse = reused
     path = folder / "rt_records.jsonl"
     write_entries(path, entries)
     done = time.monotonic()
@@ -393,10 +441,10 @@ def materialize_rt_records(
             "quarantined": len(rendered.quarantined),
             "skipped": len(rendered.skipped),
             "quarantined_reasons": _reasons(rendered.quarantined),
-            "vanished_since_read": len(wanted) - len(chosen),
+            "vanished_since_read": len(wanted) - len(chosen) - len(reused),
             "series": len({e.series_instance_uid for e in entries}),
             "bytes": sum(e.size or 0 for e in entries),
-            "seconds_read": round(read - started, 3),
+            "seconds_read": round(read - started, 3),  # read + render of what is not reused
             "seconds_render": round(seconds_render, 3),
             "records_per_second": _per_second(len(entries), seconds_render),
             "spool": MetadataValue.path(str(out)),
@@ -937,9 +985,12 @@ def build_mosaiq_source_backup(
     @explained
     @database
     def deliveries(
-        context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
+        context: AssetExecutionContext,
+        database: MosaiqDatabase,
+        dicom: DicomNetwork,
+        backup_storage: BackupStorage,
     ) -> MaterializeResult:
-        return materialize_deliveries(context, plan, database, backup_storage)
+        return materialize_deliveries(context, plan, database, dicom, backup_storage)
 
     @asset(
         key=names.rt_records,
@@ -951,12 +1002,9 @@ def build_mosaiq_source_backup(
     @explained
     @database
     def rt_records(
-        context: AssetExecutionContext,
-        database: MosaiqDatabase,
-        dicom: DicomNetwork,
-        backup_storage: BackupStorage,
+        context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
     ) -> MaterializeResult:
-        return materialize_rt_records(context, plan, database, dicom, backup_storage)
+        return materialize_rt_records(context, plan, database, backup_storage)
 
     @asset(
         key=names.staged,

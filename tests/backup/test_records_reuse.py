@@ -9,12 +9,14 @@ from dicom_backup_dagster.backup.records import (
     CONFORMANT_MANIFEST,
     VERIFIED_MANIFEST,
     earlier_proof,
+    input_fingerprint,
     mark_verified,
     reusable_uids,
     reused_entry,
     write_entries,
 )
-from dicom_backup_dagster.rtrecord.builder import RenderedRecord
+from dicom_backup_dagster.rtrecord.builder import RecordOptions, RenderedRecord
+from tests.rtrecord.test_model import vmat_delivery
 
 
 def _record(uid: str, digest: str) -> RenderedRecord:
@@ -46,3 +48,11 @@ def test_a_withdrawn_verification_leaves_nothing_reusable_but_the_last_renders_r
     assert reused.state == ALREADY_ARCHIVED and reused.digest == "da" and reused.size == 10
     write_entries(tmp_path / "rt_records.jsonl", [reused, _entry("b", "db")])
     assert earlier_proof(tmp_path) == {"a": "da"}
+
+
+def test_the_input_fingerprint_tells_an_unchanged_delivery_without_rendering_it() -> None:
+    options = RecordOptions(source_key="MOSAIQ")
+    same = input_fingerprint(vmat_delivery(), options)
+    assert same == input_fingerprint(vmat_delivery(), options)  # built again from the same rows
+    assert same != input_fingerprint(vmat_delivery(delivered_meterset="149.9"), options)  # Mosaiq changed
+    assert same != input_fingerprint(vmat_delivery(), RecordOptions(source_key="OTHER"))

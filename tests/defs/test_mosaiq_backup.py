@@ -122,9 +122,9 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
         name: defs.resolve_assets_def(dg.AssetKey([ALIAS, name])).required_resource_keys - {"io_manager"}
         for name in ASSETS
     }
-    assert needs["deliveries"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
-    # rt_records asks main which unchanged records it still holds (not stored or moved again)
-    assert needs["rt_records"] == {mosaiq_resource_key(ALIAS), "dicom", "backup_storage"}
+    # deliveries asks main which unchanged records it still holds (not stored or moved again)
+    assert needs["deliveries"] == {mosaiq_resource_key(ALIAS), "dicom", "backup_storage"}
+    assert needs["rt_records"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
     assert needs["staged"] == needs["archived"] == {"dicom", "backup_storage"}
     rt_records = defs.resolve_assets_def(dg.AssetKey([ALIAS, "rt_records"]))
     assert rt_records.asset_deps[rt_records.key] == {dg.AssetKey([ALIAS, "deliveries"])}
@@ -212,7 +212,9 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
 
 def _assert_reused(result: Any, records: int, reused: int) -> None:
     """A re-run: `reused` of `records` records skipped store, move and C-GET; every check still passed."""
+    assert _metadata(result, "deliveries")["reusable"] == reused
     assert _metadata(result, "rt_records")["already_archived"] == reused
+    assert _metadata(result, "rt_records")["records"] == records
     assert _metadata(result, "staged")["stored"] == records - reused
     archived = _metadata(result, "archived")
     assert archived["records"] == records and archived["already_archived"] == reused
