@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,13 +37,12 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # runnable as a plain script
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from qr_backfill import Baseline, load, log, print_table, run_baseline  # noqa: E402
+from qr_backfill import Baseline, load, log, print_table, run_baseline, storescu_to_main  # noqa: E402
 
 from dicom_backup_dagster.sandbox.night import DagsterDev, DagsterGraphQL, sandbox_environment  # noqa: E402
 from dicom_backup_dagster.sandbox.sandbox import Sandbox, SandboxOptions  # noqa: E402
 from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions  # noqa: E402
 
-STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
 SOURCE = "ARIA"
 JOB = f"{SOURCE}_backup"
 GOAL_NIGHTLY = 0.8  # x movescu of the same studies (issue 19)
@@ -115,24 +113,6 @@ def launch_night(client: DagsterGraphQL, sandbox: Sandbox, day: str, timeout_s: 
     assert sandbox.main is not None
     result.instances_on_main = sandbox.main.count_instances()
     return result
-
-
-def storescu_to_main(sandbox: Sandbox, files: list[Path], folder: Path) -> float:
-    """storescu of `files` to main over one association (TCP_NODELAY=1), from one folder of links."""
-    assert sandbox.main is not None
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for i, path in enumerate(files):
-        (folder / f"{i:06d}.dcm").symlink_to(path)
-    main = sandbox.main
-    cmd = [STORESCU, "-aet", sandbox.options.script_aet, "-aec", main.aet, "+sd", "+r", "127.0.0.1",
-           str(main.dicom_port), str(folder)]  # fmt: skip
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"})
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        raise RuntimeError(f"storescu to main failed ({done.returncode}): {done.stderr[-500:]}")
-    return seconds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
