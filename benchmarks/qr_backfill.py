@@ -60,6 +60,7 @@ from dicom_backup_dagster.sandbox.sandbox import (  # noqa: E402
 from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions  # noqa: E402
 
 MOVESCU = shutil.which("movescu") or "/usr/bin/movescu"
+STORESCU = shutil.which("storescu") or "/usr/bin/storescu"
 TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None  # GNU time, for movescu's peak RSS
 GOAL_RATIO = 0.8
 SOURCE = "ARIA"  # the ARIA source alias in the sandbox TOML
@@ -223,6 +224,24 @@ def run_baseline(sandbox: Sandbox, studies: list[str], jobs: int, log_dir: Path)
     assert sandbox.main is not None
     result.instances_on_main = sandbox.main.count_instances()
     return result
+
+
+def storescu_to_main(sandbox: Sandbox, files: list[Path], folder: Path) -> float:
+    """storescu of `files` to main over one association (TCP_NODELAY=1), from one folder of links."""
+    assert sandbox.main is not None
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i, path in enumerate(files):
+        (folder / f"{i:06d}.dcm").symlink_to(path)
+    main = sandbox.main
+    cmd = [STORESCU, "-aet", sandbox.options.script_aet, "-aec", main.aet, "+sd", "+r", "127.0.0.1",
+           str(main.dicom_port), str(folder)]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"})
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"storescu to main failed ({done.returncode}): {done.stderr[-500:]}")
+    return seconds
 
 
 # --------------------------------------------------------------------------------------------------
@@ -437,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     rerun: BackfillResult | None = None
     dagster_error: str | None = None
     aria_instances, studies, partitions = 0, [], 0
+    limit_s: float | None = None
     loads = {"start": load()}
     log(f"load average {loads['start']} on {os.cpu_count()} cores; root {root}")
     try:
@@ -457,6 +477,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         if aria_instances < args.min_instances:
             raise SystemExit(f"ARIA holds {aria_instances} instances < --min-instances {args.min_instances}")
+
+        loads["limit"] = load()
+        log(f"physical limit: storescu of {aria_instances} files to main (load {loads['limit']}) ...")
+        files = [Path(r.path) for r in sandbox.manifest.for_source(SOURCE)]
+        limit_s = storescu_to_main(sandbox, files, sandbox.run_dir / "storescu")
+        if sandbox.main.count_instances() != aria_instances:
+            problems.append(f"storescu: {sandbox.main.count_instances()} on main, expected {aria_instances}")
+        sandbox.main.clear()
 
         loads["baseline"] = load()
         log(f"baseline: movescu -S per study, {args.baseline_jobs} at a time (load {loads['baseline']}) ...")
@@ -563,7 +591,11 @@ def main(argv: list[str] | None = None) -> int:
         ("  launch -> last run's end (diagnostic)", _fmt(d_rate), _fmt(b_rate), _ratio(d_rate, b_rate)),
         ("  first run's start -> last run's end", _fmt(r_rate), _fmt(b_rate), _ratio(r_rate, b_rate)),
         ("  of which C-MOVE phase only (diagnostic)", _fmt(t_rate), _fmt(b_rate), _ratio(t_rate, b_rate)),
-        ("re-run of the finished backfill, s", _fmt(rerun.seconds if rerun else None), "-", "-"),
+        ("physical limit: storescu -> main, instances/s", _fmt(aria_instances / limit_s if limit_s else None),
+         _fmt(b_rate), _ratio(aria_instances / limit_s if limit_s else None, b_rate)),
+        ("re-run of the finished backfill, s (vs the backfill)", _fmt(rerun.seconds if rerun else None),
+         _fmt(first.seconds if first else None),
+         _ratio(rerun.seconds if rerun else None, first.seconds if first else None)),
         ("re-run: instances moved", _fmt(rerun.metadata_sums["moved"] if rerun else None), "-", "-"),
         ("peak RSS of one run process, MiB", _fmt(worker_mib), _fmt(movescu_mib),
          _ratio(worker_mib, movescu_mib)),

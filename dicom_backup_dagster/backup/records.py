@@ -8,8 +8,20 @@ A Mosaiq backup of one day is a chain of files in the partition's manifest folde
   encoded bytes), plus ``rt_records_quarantined.jsonl`` for deliveries the renderer refused.
 - ``staged.jsonl`` / ``archived.jsonl``: the records with their state after C-STORE and C-MOVE.
 - ``verified.jsonl``: written by ``content_verified`` when every record of the partition was retrieved from
-  main with the recorded digest; removed when it fails and before every new render. It is what the staging
+  main with the recorded digest (records reused from an earlier run, below, count as verified then); removed
+  before every new render; a failing check leaves only the reused records in it. It is what the staging
   cleanup (backup.staging) trusts: no file, no deletion from staging.
+- ``conformant.jsonl``: the records (by digest) that passed the conformance check.
+
+- ``rt_records_inputs.jsonl``: per DHS_ID, the input fingerprint (`input_fingerprint`) a record was rendered
+  from and its manifest entry; ``reusable.jsonl``: the records a re-run's ``deliveries`` found reusable.
+
+Re-runs: a delivery whose input fingerprint is the one its record was rendered from (so the builder, being
+deterministic, would render the same bytes), whose record's digest both verified.jsonl and conformant.jsonl
+hold for its SOP Instance UID (`earlier_proof`), and which an IMAGE-level C-FIND finds on main now, is
+ALREADY_ARCHIVED: it is neither rendered, spooled, checked for conformance, stored, moved nor retrieved
+again (these very bytes were proven conformant and identical on main, and main still holds them). Every
+other record (new, changed, missing on main, never verified, not conformant) goes through the whole chain.
 
 The record files themselves (PHI) live in a spool folder next to the manifests and are replaced on every
 render; their UIDs are deterministic, so a re-render overwrites rather than duplicates.
@@ -17,28 +29,38 @@ render; their UIDs are deterministic, so a re-render overwrites rather than dupl
 
 from __future__ import annotations
 
+import copyreg
+import functools
+import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicom_backup_dagster import rtrecord
 from dicom_backup_dagster.backup.staging import VerifiedRecord
 from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
-from dicom_backup_dagster.rtrecord.builder import RenderedRecord, write_rt_record
+from dicom_backup_dagster.rtrecord.builder import RecordOptions, RenderedRecord, write_rt_record
+from dicom_backup_dagster.rtrecord.model import Delivery
 
-from .manifest import InstanceEntry, ManifestWriter, read_manifest
+from .manifest import ALREADY_ARCHIVED, InstanceEntry, ManifestWriter, read_manifest
 from .transfer import RetrieveSession
 from .verify import ContentResult, retrieve_digests
 
 RT_BEAMS_TREATMENT_RECORD = "1.2.840.10008.5.1.4.1.1.481.4"
 
 VERIFIED_MANIFEST = "verified.jsonl"
+CONFORMANT_MANIFEST = "conformant.jsonl"
 
 DELIVERY = "delivery"
 QUARANTINED = "quarantined"
@@ -184,6 +206,134 @@ def read_verified(manifest_root: Path, aliases: Iterable[str]) -> dict[str, Veri
             except FileNotFoundError:  # withdrawn by a new render meanwhile: not verified
                 continue
     return out
+
+
+def verified_digests(partition_dir: Path) -> dict[str, str]:
+    """SOP Instance UID -> digest of the partition's verified.jsonl (empty when there is none)."""
+    return _digests(partition_dir / VERIFIED_MANIFEST)
+
+
+def earlier_proof(partition_dir: Path) -> dict[str, str]:
+    """SOP Instance UID -> digest of every record of the partition proven earlier both identical on main
+    (verified.jsonl) and conformant (conformant.jsonl), for `reusable_uids`. The ALREADY_ARCHIVED entries
+    of the last render count as both: they were reusable then, and a run that failed before
+    content_verified left no verified.jsonl behind for them."""
+    verified = verified_digests(partition_dir)
+    conformant = _digests(partition_dir / CONFORMANT_MANIFEST)
+    proven = {uid: d for uid, d in verified.items() if conformant.get(uid) == d}
+    for uid, digest in _digests(partition_dir / "rt_records.jsonl", ALREADY_ARCHIVED).items():
+        proven.setdefault(uid, digest)
+    return proven
+
+
+def reusable_uids(records: Iterable[RenderedRecord], proven: Mapping[str, str]) -> list[str]:
+    """SOP Instance UIDs of the rendered records whose digest is the proven one: unchanged since then.
+    They may skip the chain if main still holds them (the caller asks main)."""
+    return [r.sop_instance_uid for r in records if r.digest and proven.get(r.sop_instance_uid) == r.digest]
+
+
+def reused_entry(record: RenderedRecord) -> InstanceEntry:
+    """The manifest entry of a record not spooled again: ALREADY_ARCHIVED, with its digest and size."""
+    return InstanceEntry(
+        study_instance_uid=record.study_instance_uid,
+        series_instance_uid=record.series_instance_uid,
+        sop_instance_uid=record.sop_instance_uid,
+        sop_class_uid=RT_BEAMS_TREATMENT_RECORD,
+        transfer_syntax_uid=str(ExplicitVRLittleEndian),
+        size=len(record.data),
+        digest=record.digest,
+        state=ALREADY_ARCHIVED,
+    )
+
+
+REUSABLE_MANIFEST = "reusable.jsonl"
+FINGERPRINTS = "rt_records_inputs.jsonl"
+
+
+@functools.cache
+def _builder_version() -> bytes:
+    """A digest of the record builder's own source (rtrecord/): a new builder renders anew."""
+    h = hashlib.sha256()
+    for path in sorted(Path(rtrecord.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
+def input_fingerprint(delivery: Delivery, options: RecordOptions) -> str:
+    """SHA-256 of what a record is rendered from: the delivery, the options and the builder's source.
+    Equal fingerprints render equal bytes (the builder is deterministic), so a re-run can tell an
+    unchanged delivery without rendering it. A hash, like the content digest: no PHI is stored."""
+    h = hashlib.sha256(_builder_version())
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.dispatch_table = _DISPATCH  # the enum tables are read-only mappings (rtrecord.enums)
+    pickler.dump((options, delivery))
+    h.update(buffer.getvalue())
+    return h.hexdigest()
+
+
+def _reduce_mapping(mapping: MappingProxyType[Any, Any]) -> tuple[type, tuple[dict[Any, Any]]]:
+    return dict, (dict(mapping),)
+
+
+_DISPATCH = {**copyreg.dispatch_table, MappingProxyType: _reduce_mapping}
+
+
+def write_fingerprints(partition_dir: Path, by_dhs_id: Mapping[int, tuple[str, InstanceEntry]]) -> None:
+    """DHS_ID -> (input fingerprint, manifest entry) of every record rendered now."""
+    lines = (
+        json.dumps({"dhs_id": dhs_id, "input": fp, **json.loads(e.to_json())})
+        for dhs_id, (fp, e) in by_dhs_id.items()
+    )
+    _atomic_lines(partition_dir / FINGERPRINTS, lines)
+
+
+def read_fingerprints(partition_dir: Path) -> dict[int, tuple[str, InstanceEntry]]:
+    out: dict[int, tuple[str, InstanceEntry]] = {}
+    try:
+        with open(partition_dir / FINGERPRINTS, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    data = json.loads(line)
+                    out[int(data["dhs_id"])] = (str(data["input"]), InstanceEntry.from_json(line))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def write_reusable(partition_dir: Path, reused: Mapping[int, InstanceEntry]) -> None:
+    """The records `deliveries` found reusable, by DHS_ID (manifest entry lines with a `dhs_id` key)."""
+    lines = (json.dumps({"dhs_id": dhs_id, **json.loads(e.to_json())}) for dhs_id, e in reused.items())
+    _atomic_lines(partition_dir / REUSABLE_MANIFEST, lines)
+
+
+def read_reusable(partition_dir: Path) -> dict[int, InstanceEntry]:
+    """DHS_ID -> the ALREADY_ARCHIVED entry of its record (empty when the file is missing)."""
+    out: dict[int, InstanceEntry] = {}
+    try:
+        with open(partition_dir / REUSABLE_MANIFEST, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    out[int(json.loads(line)["dhs_id"])] = InstanceEntry.from_json(line)
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def mark_conformant(partition_dir: Path, entries: Iterable[InstanceEntry]) -> None:
+    """Record the partition's records that passed the conformance check (by digest)."""
+    write_entries(partition_dir / CONFORMANT_MANIFEST, entries)
+
+
+def _digests(path: Path, state: str | None = None) -> dict[str, str]:
+    try:
+        return {
+            e.sop_instance_uid: e.digest
+            for e in read_manifest(path)
+            if e.digest and (state is None or e.state == state)
+        }
+    except FileNotFoundError:
+        return {}
 
 
 def _fast_digest(path: Path) -> str:

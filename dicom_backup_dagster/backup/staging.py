@@ -7,7 +7,8 @@ staging only when ALL of these hold:
 
 1. its partition passed ``content_verified`` (every record retrieved by C-GET from main had the digest
    recorded at render time): the check writes the partition's ``verified.jsonl``
-   (`backup.records.VERIFIED_MANIFEST`), and a new render of the partition removes it first;
+   (`backup.records.VERIFIED_MANIFEST`), and a new render of the partition removes it first (records a
+   re-run reused, unchanged and still on main, are in it again once the re-run's checks ran);
 2. an IMAGE-level C-FIND on main finds it now (``on_main``; the archive may have lost data since);
 3. the staging copy still has the verified content digest (a re-render with changed content, stored
    while this job ran, is kept);

@@ -118,6 +118,8 @@ class ContentResult:
     def passed(self) -> bool:
         return not (self.mismatched_uids or self.missing_on_archive or self.missing_on_source or self.errors)
 
+    matched_uids: list[str] = field(default_factory=list)  # every one (what a later run may reuse)
+
     def compare(self, uid: str, at_source: str | None, at_archive: str | None, keep: int) -> None:
         """Count one instance's digests (None: not retrieved there); at most `keep` UIDs per list."""
         if at_source is None and len(self.missing_on_source) < keep:
@@ -129,8 +131,51 @@ class ContentResult:
         self.compared += 1
         if at_source == at_archive:
             self.matched += 1
+            self.matched_uids.append(uid)
         elif len(self.mismatched_uids) < keep:
             self.mismatched_uids.append(uid)
+
+
+VERIFIED_SAMPLE = "content_verified.jsonl"  # per day: the sampled instances found identical (UIDs only)
+
+
+def split_reusable(
+    chosen: Iterable[InstanceEntry], verified_before: set[str]
+) -> tuple[list[InstanceEntry], list[InstanceEntry]]:
+    """(to retrieve, reused) of a verification sample: an instance that was already on the archive before
+    this run (ALREADY_ARCHIVED) and was found identical on source and archive by an earlier run is not
+    retrieved again; everything moved by this run is."""
+    fresh: list[InstanceEntry] = []
+    reused: list[InstanceEntry] = []
+    for entry in chosen:
+        if entry.state == ALREADY_ARCHIVED and entry.sop_instance_uid in verified_before:
+            reused.append(entry)
+        else:
+            fresh.append(entry)
+    return fresh, reused
+
+
+def read_verified_sample(day_dir: Path) -> set[str]:
+    """The SOP Instance UIDs of the day found identical by earlier content checks (empty when none)."""
+    path = day_dir / VERIFIED_SAMPLE
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return {line.strip() for line in fh if line.strip()}
+    except FileNotFoundError:
+        return set()
+
+
+def record_verified_sample(day_dir: Path, retrieved: Iterable[str], matched: Iterable[str]) -> None:
+    """Update the day's record after a content check: the instances it retrieved count as verified only
+    if they `matched` now; the others of the record stay as they were. Written atomically."""
+    known = read_verified_sample(day_dir)
+    new = (known - set(retrieved)) | set(matched)
+    if new == known:
+        return
+    day_dir.mkdir(parents=True, exist_ok=True)
+    tmp = day_dir / f".{VERIFIED_SAMPLE}.tmp"
+    tmp.write_text("".join(f"{uid}\n" for uid in sorted(new)), encoding="utf-8")
+    os.replace(tmp, day_dir / VERIFIED_SAMPLE)
 
 
 def retrieve_digests(

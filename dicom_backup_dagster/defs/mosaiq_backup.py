@@ -7,7 +7,7 @@ treatment date in the site's timezone (same start date as the Q/R backups):
   (DHS_ID and state: delivery, quarantined or skipped, with the reason).
 - `<source>/rt_records`: one RT Beams Treatment Record per delivery, written into a spool under
   BackupStorage, with the content digest computed from the encoded bytes: rt_records.jsonl. Check
-  `conformance` (ERROR): check_rt_record on every record file.
+  `conformance` (ERROR): check_rt_record on every record file; it writes conformant.jsonl.
 - `<source>/staged`: every record C-STOREd over one association to the source's staging target
   (staging_target_alias): staged.jsonl.
 - `<source>/archived`: IMAGE-level C-MOVEs of the run's records from staging to the main archive's AE
@@ -29,8 +29,14 @@ Each asset hands the next its manifest through a handle file in the partition's 
 as the Q/R sources do; nothing goes through an IO manager. `rt_records` reads the day's rows again and
 renders the DHS_IDs `deliveries` listed, rather than passing Delivery objects between steps: those hold
 PHI, which must stay out of the files and of Dagster's storage.
-SOP Instance UIDs are derived from Mosaiq keys, so a re-run stores and moves the same instances again and
-the archive keeps one copy of each (no new instances).
+SOP Instance UIDs are derived from Mosaiq keys, so a re-run renders the same instances. Re-runs: `deliveries`
+compares each delivery's input fingerprint (backup.records.input_fingerprint: delivery, options and the
+builder's source) with the one its record was rendered from; a record that would come out the same, whose
+digest the partition's verified.jsonl and conformant.jsonl hold (both proven in an earlier run), and which
+main holds now (IMAGE-level C-FINDs by UID list) is ALREADY_ARCHIVED: it is not rendered, spooled, checked
+for conformance, stored, moved nor retrieved again, and the checks count it as verified earlier
+(`complete_in_archive` still finds every record on main). `rt_records` reads the day again only for the
+others, which go through the whole chain; a re-run of a finished day moves nothing (backup.records).
 
 Concurrency: `staged` and `archived` talk to the staging SCP and run in the pool `dicom_<staging AET>`.
 Metadata carries counts, seconds, UIDs, DHS_IDs and quarantine reasons (keys and codes only), never PHI.
@@ -70,6 +76,7 @@ from dagster import (
 
 from dicom_backup_dagster.backup import baseline
 from dicom_backup_dagster.backup.manifest import (
+    ALREADY_ARCHIVED,
     FAILED,
     MOVED,
     PENDING,
@@ -80,17 +87,25 @@ from dicom_backup_dagster.backup.manifest import (
 from dicom_backup_dagster.backup.records import (
     DELIVERY,
     delivery_lines,
+    earlier_proof,
     fresh_spool,
+    input_fingerprint,
+    mark_conformant,
     mark_verified,
     read_delivery_lines,
+    read_fingerprints,
+    read_reusable,
     reasons_by_dhs_id,
     record_path,
     spool_record,
     verify_recorded_digests,
     write_delivery_lines,
     write_entries,
+    write_fingerprints,
+    write_reusable,
 )
 from dicom_backup_dagster.backup.transfer import RetrieveSession
+from dicom_backup_dagster.backup.verify import ContentResult
 from dicom_backup_dagster.config import BackupTarget, EnvironmentConfig, MosaiqSource, Settings
 from dicom_backup_dagster.defs.checks import (
     baseline_checks,
@@ -133,6 +148,7 @@ from dicom_backup_dagster.mosaiq.connection import MosaiqConnectionError
 from dicom_backup_dagster.mosaiq.deliveries import (
     DeliveryBatch,
     MosaiqQueryError,
+    RenderBatch,
     read_deliveries_for_date,
     render_deliveries,
 )
@@ -308,14 +324,22 @@ def _per_second(count: int, seconds: float) -> float:
 
 
 def materialize_deliveries(
-    context: AssetExecutionContext, plan: MosaiqPlan, database: MosaiqDatabase, storage: BackupStorage
+    context: AssetExecutionContext,
+    plan: MosaiqPlan,
+    database: MosaiqDatabase,
+    dicom: DicomNetwork,
+    storage: BackupStorage,
 ) -> MaterializeResult:
-    """The day's delivery rows into deliveries.jsonl (DHS_IDs and states, no PHI)."""
+    """The day's delivery rows into deliveries.jsonl (DHS_IDs and states, no PHI), and which of their
+    records a re-run may reuse (reusable.jsonl)."""
     alias, partition = plan.alias, context.partition_key
     batch = read_day(database, plan, partition)
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "deliveries.jsonl"
     write_delivery_lines(path, delivery_lines(batch))
+    began = time.monotonic()
+    reused = find_reusable(context, plan, dicom, folder, batch)
+    seconds = batch.seconds + time.monotonic() - began
     counts = batch.counts
     context.log.info(
         f"{alias} {partition}: {counts['deliveries']} deliveries, {counts['quarantined']} "
@@ -324,7 +348,7 @@ def materialize_deliveries(
     for q in batch.quarantined[:_KEEP_REASONS]:
         context.log.warning(f"{alias} {partition}: DHS_ID {q.dhs_id} quarantined: {q.reason}")
     states = {k: v for k, v in counts.items() if k != "plan_missing"}
-    save_handle(_handle(path, alias, partition, states, batch.seconds), folder, "deliveries")
+    save_handle(_handle(path, alias, partition, states, seconds), folder, "deliveries")
     return MaterializeResult(
         metadata={
             "deliveries": counts["deliveries"],
@@ -332,37 +356,83 @@ def materialize_deliveries(
             "skipped": counts["skipped"],
             "quarantined_reasons": _reasons(batch.quarantined),
             "skipped_reasons": _reasons(batch.skipped),
+            "reusable": len(reused),
             "rows": MetadataValue.json(dict(batch.rows)),
             "seconds": round(batch.seconds, 3),
+            "seconds_reuse": round(seconds - batch.seconds, 3),  # render + C-FIND on main, re-runs only
             "manifest": MetadataValue.path(str(path)),
         },
     )
 
 
+def find_reusable(
+    context: AssetExecutionContext,
+    plan: MosaiqPlan,
+    dicom: DicomNetwork,
+    folder: Path,
+    batch: DeliveryBatch,
+) -> dict[int, InstanceEntry]:
+    """DHS_ID -> ALREADY_ARCHIVED entry of each delivery whose input is unchanged since its record was
+    rendered (backup.records.input_fingerprint: the same bytes would come out), whose record was proven
+    conformant and identical on main since (earlier_proof), and which main holds now; into
+    reusable.jsonl. Nothing is rendered here; rt_records renders (and reads the day again) only for the
+    deliveries not reused."""
+    proven = earlier_proof(folder)
+    rendered_before = read_fingerprints(folder) if proven else {}
+    candidates: dict[int, InstanceEntry] = {}
+    for delivery in batch.deliveries:
+        before = rendered_before.get(delivery.dhs_id)
+        if before is None:
+            continue
+        fingerprint, entry = before
+        if proven.get(entry.sop_instance_uid) == entry.digest and fingerprint == input_fingerprint(
+            delivery, plan.options
+        ):
+            candidates[delivery.dhs_id] = entry.with_state(ALREADY_ARCHIVED)
+    on_main = still_on_main(context, plan, dicom, [e.sop_instance_uid for e in candidates.values()])
+    reused = {dhs_id: e for dhs_id, e in candidates.items() if e.sop_instance_uid in on_main}
+    write_reusable(folder, reused)
+    return reused
+
+
 def materialize_rt_records(
     context: AssetExecutionContext, plan: MosaiqPlan, database: MosaiqDatabase, storage: BackupStorage
 ) -> MaterializeResult:
-    """One RT Beams Treatment Record per delivery `deliveries` listed, into the partition's spool."""
+    """One RT Beams Treatment Record per delivery `deliveries` listed, into the partition's spool; a
+    record `deliveries` found reusable (proven before, unchanged, still on main) is not spooled again, and
+    a day whose records are all reusable is not read from Mosaiq again."""
     alias, partition = plan.alias, context.partition_key
     deliveries = plan.upstream(storage, context, "deliveries")
     folder = plan.folder(storage, context.instance, partition)
     started = time.monotonic()
     wanted = {line.dhs_id for line in read_delivery_lines(deliveries.path) if line.state == DELIVERY}
+    reused = {dhs_id: e for dhs_id, e in read_reusable(folder).items() if dhs_id in wanted}
     # A new render may change content under the same UIDs: the partition is unverified until
     # content_verified passes again, so the staging cleanup leaves its records alone meanwhile.
     mark_verified(folder, None)
-    batch = read_day(database, plan, partition)
+    rendered = RenderBatch()
+    chosen: list[Any] = []
+    if set(reused) != wanted:
+        batch = read_day(database, plan, partition)
     read = time.monotonic()
-    chosen = [d for d in batch.deliveries if d.dhs_id in wanted]
-    rendered = render_deliveries(chosen, plan.options)
+    if set(reused) != wanted:
+        chosen = [d for d in batch.deliveries if d.dhs_id in wanted and d.dhs_id not in reused]
+        rendered = render_deliveries(chosen, plan.options)
     out = fresh_spool(plan.spool(storage, context.instance, partition))
-    entries = [spool_record(record, out) for _, record in rendered.records]
+    prints = {dhs_id: p for dhs_id, p in read_fingerprints(folder).items() if dhs_id in reused}
+    for delivery, record in rendered.records:
+        prints[delivery.dhs_id] = (input_fingerprint(delivery, plan.options), spool_record(record, out))
+    write_fingerprints(folder, prints)
+    by_dhs = {dhs_id: entry for dhs_id, (_, entry) in prints.items()} | reused
+    entries = [by_dhs[dhs_id] for dhs_id in sorted(by_dhs)]
+    reuse = reused
     path = folder / "rt_records.jsonl"
     write_entries(path, entries)
     done = time.monotonic()
     seconds_render = done - read
     context.log.info(
-        f"{alias} {partition}: {len(entries)} records rendered, {len(rendered.quarantined)} "
+        f"{alias} {partition}: {len(entries)} records rendered ({len(reuse)} of them unchanged since "
+        f"verified and still on {plan.archive}: not stored or moved again), {len(rendered.quarantined)} "
         f"quarantined, {len(rendered.skipped)} skipped ({seconds_render:.2f} s)"
     )
     for q in rendered.quarantined[:_KEEP_REASONS]:
@@ -370,23 +440,42 @@ def materialize_rt_records(
     # Handles carry the cumulative seconds of the chain so far: archived's seconds_total is the whole
     # partition's time (read + render + store + move), what duration_vs_baseline judges.
     seconds = deliveries.seconds + done - started
-    save_handle(_handle(path, alias, partition, {PENDING: len(entries)}, seconds), folder, "rt_records")
+    save_handle(_handle(path, alias, partition, _count(entries), seconds), folder, "rt_records")
     return MaterializeResult(
         metadata={
             "records": len(entries),
+            "already_archived": len(reuse),
             "quarantined": len(rendered.quarantined),
             "skipped": len(rendered.skipped),
             "quarantined_reasons": _reasons(rendered.quarantined),
-            "vanished_since_read": len(wanted) - len(chosen),
+            "vanished_since_read": len(wanted) - len(chosen) - len(reused),
             "series": len({e.series_instance_uid for e in entries}),
             "bytes": sum(e.size or 0 for e in entries),
-            "seconds_read": round(read - started, 3),
+            "seconds_read": round(read - started, 3),  # read + render of what is not reused
             "seconds_render": round(seconds_render, 3),
             "records_per_second": _per_second(len(entries), seconds_render),
             "spool": MetadataValue.path(str(out)),
             "manifest": MetadataValue.path(str(path)),
         },
     )
+
+
+def still_on_main(
+    context: AssetExecutionContext, plan: MosaiqPlan, dicom: DicomNetwork, uids: list[str]
+) -> set[str]:
+    """The records among `uids` (unchanged since proven) that main holds now, by IMAGE-level C-FINDs of
+    SOP Instance UID lists. Main unreachable: none (every record goes through, and the move says why)."""
+    if not uids:
+        return set()
+    try:
+        with find_session(plan.archive, dicom) as main:
+            return {r.sop_instance_uid for r in main.instances_by_uid(uids)} & set(uids)
+    except DicomError as error:
+        context.log.warning(
+            f"{plan.alias} {context.partition_key}: cannot ask {plan.archive} which records it holds "
+            f"({error}); every record is stored and moved again"
+        )
+        return set()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -403,11 +492,12 @@ def materialize_staged(
     out = plan.spool(storage, context.instance, partition)
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "staged.jsonl"
+    pending = [e for e in records if e.state != ALREADY_ARCHIVED]  # the others are on main, unchanged
     try:
         result = c_store_files(
             stage,
             dicom.calling_aet,
-            [record_path(out, e.sop_instance_uid) for e in records],
+            [record_path(out, e.sop_instance_uid) for e in pending],
             raise_on_failure=False,
             timeouts=dicom.timeouts,
         )
@@ -416,10 +506,14 @@ def materialize_staged(
             alias, f"C-STORE to staging {plan.staging.alias} ({stage})", partition, error
         ) from error
     failed = {o.sop_instance_uid for o in result.failed}
-    entries = [e.with_state(FAILED if e.sop_instance_uid in failed else PENDING) for e in records]
+    stored = {e.sop_instance_uid: FAILED if e.sop_instance_uid in failed else PENDING for e in pending}
+    entries = [
+        e.with_state(stored[e.sop_instance_uid]) if e.sop_instance_uid in stored else e for e in records
+    ]
     write_entries(path, entries)
     metadata: dict[str, Any] = {
         "stored": len(result.stored),
+        "already_archived": len(records) - len(pending),
         "failed": len(result.failed),
         "warnings": len(result.warnings),
         "seconds_store": round(result.seconds, 3),
@@ -440,7 +534,7 @@ def materialize_staged(
         raise Failure(
             description=(
                 f"{alias} backup, C-STORE of partition {partition} to staging {plan.staging.alias} "
-                f"({stage}): {len(result.failed)} of {len(records)} records refused, first "
+                f"({stage}): {len(result.failed)} of {len(pending)} records refused, first "
                 f"{first.sop_instance_uid}: {first.status_meaning}"
                 + (f" ({first.error_comment})" if first.error_comment else "")
                 + f"; check {stage.aet}'s log and disk, then re-run {plan.names.job} for {partition}"
@@ -566,19 +660,23 @@ def materialize_archived(
     folder = plan.folder(storage, context.instance, partition)
     path = folder / "archived.jsonl"
     started = time.monotonic()
-    requests, series = move_requests(plan, records)
-    tally = move_to_archive(plan, dicom, requests, partition)
+    pending = [e for e in records if e.state == PENDING]  # the others are on main, unchanged
+    requests, series = move_requests(plan, pending)
+    tally = move_to_archive(plan, dicom, requests, partition) if requests else MoveTally()
     seconds = time.monotonic() - started
-    entries = [e.with_state(FAILED if e.sop_instance_uid in tally.failed else MOVED) for e in records]
+    entries = [
+        e.with_state(FAILED if e.sop_instance_uid in tally.failed else MOVED) if e.state == PENDING else e
+        for e in records
+    ]
     write_entries(path, entries)
     metadata: dict[str, Any] = {
         # `records` is the volume baseline's key (the Q/R sources' instances_found); moved / failed /
         # deferred / already_archived / seconds_total / bytes follow the archived metadata contract
-        # that monitoring reads. Nothing is ever deferred or skipped as already archived here: every
-        # record of the day is moved (the archive keeps one copy of a UID).
+        # that monitoring reads. Nothing is ever deferred; already_archived are the records rt_records
+        # found unchanged since verified and still on main (not stored or moved again).
         # The day's own figures first (a Mosaiq run is always one day).
         "records": len(records),
-        "already_archived": 0,
+        "already_archived": len(records) - len(pending),
         "moved": tally.completed,
         "deferred": 0,
         "failed": len(tally.failed),
@@ -600,14 +698,14 @@ def materialize_archived(
         raise backup_failure(
             alias,
             f"C-MOVE from staging {plan.staging.alias} to {plan.archive.aet} ({len(tally.failed)} of "
-            f"{len(records)} records not moved)",
+            f"{len(pending)} records not moved)",
             partition,
             explain_destination(tally.errors[0], plan.archive, dicom),
             metadata,
         )
     context.log.info(
         f"{alias} {partition}: moved {tally.completed} records in {series} series to "
-        f"{plan.archive.aet} ({seconds:.2f} s)"
+        f"{plan.archive.aet} ({seconds:.2f} s); {len(records) - len(pending)} already there, unchanged"
     )
     save_handle(
         _handle(path, alias, partition, _count(entries), staged.seconds + seconds), folder, "archived"
@@ -651,9 +749,12 @@ def evaluate_conformance(
 def conformance_day(
     context: AssetCheckExecutionContext, plan: MosaiqPlan, storage: BackupStorage, partition: str, path: Path
 ) -> AssetCheckResult:
-    entries = list(read_manifest(path))
-    if not entries:
+    every = list(read_manifest(path))
+    if not every:
         return nothing_to_verify(partition, "records")
+    # Records reused from an earlier run are those very bytes proven conformant then (rt_records).
+    entries = [e for e in every if e.state != ALREADY_ARCHIVED]
+    reused = [e for e in every if e.state == ALREADY_ARCHIVED]
     out = plan.spool(storage, context.instance, partition)
     bad: dict[str, list[str]] = {}
     files: dict[Path, str] = {}
@@ -668,9 +769,11 @@ def conformance_day(
         checked += 1
         if found:
             bad[files[file]] = [str(f) for f in found[:5]]
+    mark_conformant(path.parent, [*reused, *(e for e in entries if e.sop_instance_uid not in bad)])
     metadata: dict[str, Any] = {
         "partition": partition,
         "checked": checked,
+        "conformant_earlier": len(reused),
         "nonconformant": len(bad),
         "findings": MetadataValue.json(dict(list(bad.items())[:20])),
     }
@@ -684,8 +787,9 @@ def conformance_day(
             ),
             metadata=metadata,
         )
+    earlier = f" ({len(reused)} more unchanged since checked in an earlier run)" if reused else ""
     return AssetCheckResult(
-        passed=True, description=f"{partition}: all {checked} records conformant", metadata=metadata
+        passed=True, description=f"{partition}: all {checked} records conformant{earlier}", metadata=metadata
     )
 
 
@@ -726,14 +830,21 @@ def content_day(
     if not entries:
         mark_verified(path.parent, entries)  # nothing on staging waits for this day
         return nothing_to_verify(partition, "records")
-    compared = f"content digests of {len(entries)} records: recorded at render vs C-GET from {archive}"
+    # Reused records (rt_records): these bytes were verified on main before and main still holds them.
+    reused = [e for e in entries if e.state == ALREADY_ARCHIVED]
+    moved = [e for e in entries if e.state != ALREADY_ARCHIVED]
+    compared = f"content digests of {len(moved)} records: recorded at render vs C-GET from {archive}"
     try:
-        result = verify_recorded_digests(
-            entries,
-            archive=archive,
-            calling_aet=dicom.calling_aet,
-            timeouts=dicom.timeouts,
-            spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+        result = (
+            verify_recorded_digests(
+                moved,
+                archive=archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+            )
+            if moved
+            else ContentResult()
         )
     except DicomError as error:
         return peer_unreachable_result("retrieve for verification", error, partition, compared)
@@ -741,22 +852,24 @@ def content_day(
         "partition": partition,
         "compared": compared,
         "records": len(entries),
-        "sampled": len(entries),  # every record is verified (the Q/R sources may sample)
+        "sampled": len(moved),  # every record moved is verified (the Q/R sources may sample)
         "matched": result.matched,
+        "verified_earlier": len(reused),
         "mismatched_uids": uids_metadata(result.mismatched_uids),
         "missing_on_archive_uids": uids_metadata(result.missing_on_archive),
     }
     if result.errors:
         metadata["errors"] = MetadataValue.json(result.errors[:5])
-    if result.passed and result.matched == len(entries):
+    if result.passed and result.matched == len(moved):
         mark_verified(path.parent, entries)  # what the staging cleanup trusts (backup.staging)
         plan.release_spool(storage, context.instance, partition)
+        earlier = f" ({len(reused)} of them unchanged since verified in an earlier run)" if reused else ""
         return AssetCheckResult(
             passed=True,
-            description=f"{partition}: all {result.matched} records identical on {archive}",
+            description=f"{partition}: all {len(entries)} records identical on {archive}{earlier}",
             metadata=metadata,
         )
-    mark_verified(path.parent, None)
+    mark_verified(path.parent, reused or None)
     bad = result.mismatched_uids or result.missing_on_archive
     return AssetCheckResult(
         passed=False,
@@ -880,9 +993,12 @@ def build_mosaiq_source_backup(
     @explained
     @database
     def deliveries(
-        context: AssetExecutionContext, database: MosaiqDatabase, backup_storage: BackupStorage
+        context: AssetExecutionContext,
+        database: MosaiqDatabase,
+        dicom: DicomNetwork,
+        backup_storage: BackupStorage,
     ) -> MaterializeResult:
-        return materialize_deliveries(context, plan, database, backup_storage)
+        return materialize_deliveries(context, plan, database, dicom, backup_storage)
 
     @asset(
         key=names.rt_records,

@@ -63,7 +63,14 @@ from dicom_backup_dagster.backup.manifest import (
     read_manifest,
 )
 from dicom_backup_dagster.backup.partitions import RunDays, counts_by_partition
-from dicom_backup_dagster.backup.verify import ContentResult, sample, verify_content
+from dicom_backup_dagster.backup.verify import (
+    ContentResult,
+    read_verified_sample,
+    record_verified_sample,
+    sample,
+    split_reusable,
+    verify_content,
+)
 from dicom_backup_dagster.config import EnvironmentConfig, QRSource, Settings
 from dicom_backup_dagster.defs.checks import (
     baseline_checks,
@@ -561,25 +568,36 @@ def content_day(
             description=f"no instance of {day} on the archive yet ({len(entries)} found): nothing to verify",
             metadata={"partition": day, "sampled": 0},
         )
+    # Sampled instances that were on the archive before this run and found identical by an earlier
+    # check of the day are not retrieved again (a re-run of a finished night); what this run moved is.
+    day_dir = storage.partition_dir(context.instance, plan.alias, day)
+    fresh, reused = split_reusable(chosen, read_verified_sample(day_dir))
     compared = (
-        f"content digests of {len(chosen)} sampled instances of {day}: C-GET from {plan.source.peer} vs "
+        f"content digests of {len(fresh)} sampled instances of {day}: C-GET from {plan.source.peer} vs "
         f"C-GET from {plan.archive}"
+        + (f" ({len(reused)} more sampled, verified by an earlier run)" if reused else "")
     )
     try:
-        result = verify_content(
-            chosen,
-            source=plan.source.peer,
-            archive=plan.archive,
-            calling_aet=dicom.calling_aet,
-            timeouts=dicom.timeouts,
-            spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+        result = (
+            verify_content(
+                fresh,
+                source=plan.source.peer,
+                archive=plan.archive,
+                calling_aet=dicom.calling_aet,
+                timeouts=dicom.timeouts,
+                spool_dir=storage.spool_dir(context.instance, plan.alias, context.run.run_id, "verify"),
+            )
+            if fresh
+            else ContentResult()
         )
     except DicomError as error:
         return peer_unreachable_result("retrieve for verification", error, day, compared)
+    record_verified_sample(day_dir, (e.sop_instance_uid for e in fresh), result.matched_uids)
     metadata: dict[str, Any] = {
         "partition": day,
         "compared": compared,
-        "sampled": len(chosen),
+        "sampled": len(fresh),  # retrieved and compared by this check
+        "verified_earlier": len(reused),
         "verification_fraction": plan.settings.verification_fraction,
         "matched": result.matched,
         "mismatched_uids": uids_metadata(result.mismatched_uids),
@@ -588,11 +606,10 @@ def content_day(
     }
     if result.errors:
         metadata["errors"] = MetadataValue.json(result.errors[:5])
-    return AssetCheckResult(
-        passed=result.passed,
-        description=f"{day}: {content_description(result, len(chosen))}",
-        metadata=metadata,
-    )
+    description = content_description(result, len(fresh))
+    if reused:
+        description += f"; {len(reused)} more sampled instances verified by an earlier run"
+    return AssetCheckResult(passed=result.passed, description=f"{day}: {description}", metadata=metadata)
 
 
 def content_description(result: ContentResult, sampled: int) -> str:

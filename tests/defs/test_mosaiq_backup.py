@@ -122,7 +122,9 @@ def test_definitions_have_assets_checks_job_schedule(sandbox, monkeypatch):
         name: defs.resolve_assets_def(dg.AssetKey([ALIAS, name])).required_resource_keys - {"io_manager"}
         for name in ASSETS
     }
-    assert needs["deliveries"] == needs["rt_records"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
+    # deliveries asks main which unchanged records it still holds (not stored or moved again)
+    assert needs["deliveries"] == {mosaiq_resource_key(ALIAS), "dicom", "backup_storage"}
+    assert needs["rt_records"] == {mosaiq_resource_key(ALIAS), "backup_storage"}
     assert needs["staged"] == needs["archived"] == {"dicom", "backup_storage"}
     rt_records = defs.resolve_assets_def(dg.AssetKey([ALIAS, "rt_records"]))
     assert rt_records.asset_deps[rt_records.key] == {dg.AssetKey([ALIAS, "deliveries"])}
@@ -191,8 +193,38 @@ def test_treatment_day_becomes_verified_records_on_main_and_rerun_adds_nothing(
         again = _run(defs, DAY, instance)
         assert again.success, _logs(again)
         assert sandbox.main.count_instances() == before
-        assert all(c.passed for c in _checks(again).values())
         assert [e.sop_instance_uid for e in read_manifest(manifest)] == [e.sop_instance_uid for e in entries]
+        _assert_reused(again, expected, expected)
+        verified = manifest.with_name("verified.jsonl")
+        assert {e.sop_instance_uid for e in read_manifest(verified)} == {e.sop_instance_uid for e in entries}
+
+        # A record deleted from main between runs goes through the chain again, and only it.
+        gone = entries[len(entries) // 2].sop_instance_uid
+        assert sandbox.main.delete_instance(gone)
+        third = _run(defs, DAY, instance)
+        assert third.success, _logs(third)
+        _assert_reused(third, expected, expected - 1)
+        assert sandbox.main.has_instance(gone) and sandbox.main.count_instances() == before
+        assert [e.sop_instance_uid for e in read_manifest(manifest) if e.state == "moved"] == [gone]
+        assert {e.sop_instance_uid for e in read_manifest(verified)} == {e.sop_instance_uid for e in entries}
+        assert not spool.exists()
+
+
+def _assert_reused(result: Any, records: int, reused: int) -> None:
+    """A re-run: `reused` of `records` records skipped store, move and C-GET; every check still passed."""
+    assert _metadata(result, "deliveries")["reusable"] == reused
+    assert _metadata(result, "rt_records")["already_archived"] == reused
+    assert _metadata(result, "rt_records")["records"] == records
+    assert _metadata(result, "staged")["stored"] == records - reused
+    archived = _metadata(result, "archived")
+    assert archived["records"] == records and archived["already_archived"] == reused
+    assert archived["moved"] == archived["sub_operations_completed"] == records - reused
+    checks = _checks(result)
+    assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
+    assert checks["conformance"].metadata["checked"].value == records - reused
+    verified = checks["content_verified"].metadata
+    assert verified["sampled"].value == verified["matched"].value == records - reused
+    assert verified["verified_earlier"].value == reused
 
 
 def test_staging_down_fails_naming_the_staging_ae_and_what_to_do(sandbox, monkeypatch, tmp_path):

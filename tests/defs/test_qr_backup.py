@@ -203,6 +203,22 @@ def test_mim_c_get_path_records_digests(sandbox, monkeypatch, tmp_path):
         assert all(c.passed for c in checks.values()), {n: c.description for n, c in checks.items()}
         assert checks["content_verified"].metadata["sampled"].value == len(uids)  # fraction 1.0: every one
 
+        # A re-run reuses what the first run verified: nothing moved, nothing retrieved again.
+        again = _run(defs, "MIM", day.isoformat(), instance)
+        assert again.success
+        assert _metadata(again, "MIM")["moved"] == 0
+        verified = _checks(again)["content_verified"]
+        assert verified.passed and verified.metadata["sampled"].value == 0
+        assert verified.metadata["verified_earlier"].value == len(uids)
+        # An instance moved again (it was lost from main) is retrieved and compared again, and only it.
+        assert sandbox.main.delete_instance(uids[0])
+        third = _run(defs, "MIM", day.isoformat(), instance)
+        assert third.success and _metadata(third, "MIM")["moved"] == 1
+        verified = _checks(third)["content_verified"]
+        assert verified.passed and verified.metadata["matched"].value == 1
+        assert verified.metadata["sampled"].value == 1
+        assert verified.metadata["verified_earlier"].value == len(uids) - 1
+
 
 def test_max_uids_per_run_defers_and_next_run_takes_the_rest(sandbox, monkeypatch, tmp_path):
     day = dt.date(2026, 1, 5)  # 11 ARIA instances (planning CT, RTSTRUCT, RTPLAN, RTDOSE)
