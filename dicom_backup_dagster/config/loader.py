@@ -141,10 +141,6 @@ def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
     return keys, tag, model, infos
 
 
-def _toml(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
-
-
 def _example(name: str, infos: list[FieldInfo]) -> str:
     """A valid value for the key, as TOML: the field's example or default, else one of its choices."""
     examples = [i.examples[0] for i in infos if i.examples]
@@ -152,7 +148,8 @@ def _example(name: str, infos: list[FieldInfo]) -> str:
     if not examples and default not in (None, PydanticUndefined, "", ()):
         examples = [default]
     if examples or not _choices(infos):
-        return _toml(examples[0] if examples else "...")
+        value = examples[0] if examples else "..."
+        return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
     return f"one of {_choices(infos)}"
 
 
