@@ -24,6 +24,8 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dicom_backup_dagster.backup.cron import cron_fields
+
 __all__ = ["ALWAYS", "WorkWindow", "WorkWindowError", "parse_work_window"]
 
 _DAY = 24 * 3600
@@ -227,6 +229,20 @@ class WorkWindow:
         if not allowed:  # cannot happen for a parsed window: every entry allows some time each week
             raise ValueError(f"bulk_hours {self.describe()} never opens")
         return min(allowed)
+
+    def closed_tick(self, schedule: str) -> dt.datetime | None:
+        """A time at which the cron ``schedule`` fires while the window is closed, in a week without DST
+        changes (north), or None; the day-of-month and month fields are not considered."""
+        minutes, hours, _day, _month, weekdays = cron_fields(schedule)
+        monday = dt.datetime(2026, 1, 5, tzinfo=self.tzinfo)
+        ticks = [
+            monday + dt.timedelta(days=day, hours=hour, minutes=minute)
+            for day in range(7)
+            if (day + 1) % 7 in {d % 7 for d in weekdays}  # cron: 0 and 7 are Sunday
+            for hour in sorted(hours)
+            for minute in sorted(minutes)
+        ]
+        return next((tick for tick in ticks if not self.allows(tick)), None)
 
     def describe(self) -> str:
         """The window in an operator's words, e.g. 'weekdays 19:00-07:00 next day and all weekend,

@@ -21,13 +21,12 @@ from dicom_backup_dagster.config.models import (
     Settings,
     SiteConfig,
     Source,
-    ae_title_problem,
 )
 
 # fmt: off
 __all__ = [
     "CONFIG_ENV_VAR", "ENVIRONMENT_ENV_VAR", "BackupTarget", "ConfigError", "ConfigIssue",
     "EnvironmentConfig", "MosaiqSource", "QRSource", "RestoreTarget", "ScriptAE", "Secret", "Settings",
-    "SiteConfig", "Source", "_summary", "ae_title_problem", "load_config", "main",
+    "SiteConfig", "Source", "_summary", "load_config", "main",
 ]
 # fmt: on

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
 import os
 import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ from dicom_backup_dagster.config.loader import CONFIG_ENV_VAR, ENVIRONMENT_ENV_V
 from dicom_backup_dagster.config.models import (
     ConfigError,
     EnvironmentConfig,
+    MosaiqSource,
     QRSource,
     SiteConfig,
-    cron_values,
 )
 
 # How a field is shown in the summary, when not as key=value; secrets themselves are never fields.
@@ -45,30 +44,29 @@ def _fields(obj: Any, skip: Iterable[str] = ()) -> str:
 
 
 def _summary(site: SiteConfig) -> list[str]:
-    env, n = site.environment, site.environment.notifications
+    env, n, port = site.environment, site.environment.notifications, site.environment.script_ae.port
     others = ", ".join(x for x in site.environment_names if x != env.name)
-    port = env.script_ae.port
     lines = [
         f"config: {site.path}",
-        f"environment: {env.name}"
-        + (f" ({env.description})" if env.description else "")
+        f"environment: {env.name}{f' ({env.description})' if env.description else ''}"
         + (f"; also defined: {others}" if others else ""),
-        f"script AE: {env.script_ae.aet}"
-        + (f" listening on port {port}" if port else " (no listening port)"),
-        "sources:",
+        f"script AE: {env.script_ae.aet}{f' listening on port {port}' if port else ' (no listening port)'}",
     ]
-    for alias, src in env.sources.items():
-        mark = " (default)" if alias == env.default_source else ""
-        peer = f" {src.peer}" if isinstance(src, QRSource) else ""
-        hours = ""
-        if isinstance(src, QRSource) and src.bulk_hours:
-            window = src.bulk_window(env.settings.timezone).describe()
-            hours = f"; backfills, sweeps and manual runs only {window}"
-        lines.append(f"  {alias}{mark}: {src.type}{peer} {_fields(src, _IDENTITY)}{hours}")
-    lines.append("backup targets:")
-    for alias, tgt in env.backup_targets.items():
-        mark = " (main)" if alias == env.default_backup else ""
-        lines.append(f"  {alias}{mark}: {tgt.type} {tgt.peer} {_fields(tgt, _IDENTITY)}")
+    tables: dict[str, tuple[Mapping[str, Any], str, str]] = {
+        "sources": (env.sources, env.default_source, " (default)"),
+        "backup targets": (env.backup_targets, env.default_backup, " (main)"),
+    }
+    for title, (peers, default, mark) in tables.items():
+        lines.append(f"{title}:")
+        for alias, x in peers.items():
+            peer = "" if isinstance(x, MosaiqSource) else f" {x.peer}"
+            window = (
+                x.bulk_window(env.settings.timezone) if isinstance(x, QRSource) and x.bulk_hours else None
+            )
+            hours = f"; backfills, sweeps and manual runs only {window.describe()}" if window else ""
+            lines.append(
+                f"  {alias}{mark if alias == default else ''}: {x.type}{peer} {_fields(x, _IDENTITY)}{hours}"
+            )
     routes = ", ".join(f"{sev} -> {'+'.join(n.routes.get(sev, ())) or 'nobody'}" for sev in n.routes)
     channels = f"configured: {', '.join(n.configured_channels)}; Dagster UI {n.dagster_ui_url or 'not set'}"
     alerts = f"{routes} ({channels})" if n.enabled else "none configured (alerts are only logged)"
@@ -105,20 +103,9 @@ def _warnings(site: SiteConfig) -> list[str]:
 def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
     """Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
     nightly tick outside bulk_hours may then wait for the window like the backfill does."""
-    s = env.settings
-    minutes, hours, _dom, _month, weekdays = (cron_values(p, i) for i, p in enumerate(s.schedule.split()))
-    out = []
+    s, out = env.settings, []
     for alias, src in ((a, q) for a, q in env.qr_sources.items() if q.bulk_hours):
-        window = src.bulk_window(s.timezone)
-        monday = dt.datetime(2026, 1, 5, tzinfo=window.tzinfo)  # a week without DST changes (north)
-        ticks = [
-            monday + dt.timedelta(days=day, hours=hour, minutes=minute)
-            for day in range(7)
-            if (day + 1) % 7 in {d % 7 for d in weekdays}  # cron: 0 and 7 are Sunday
-            for hour in sorted(hours)
-            for minute in sorted(minutes)
-        ]
-        outside = next((tick for tick in ticks if not window.allows(tick)), None)
+        outside = src.bulk_window(s.timezone).closed_tick(s.schedule)
         if outside is not None:
             out.append(
                 f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule {s.schedule!r} "

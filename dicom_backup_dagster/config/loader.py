@@ -19,16 +19,17 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from dicom_backup_dagster.config.models import (
+    LOADER_KEYS,
     NAME_RE,
     SOURCE_TYPES,
     ConfigError,
     ConfigIssue,
     EnvironmentConfig,
     SiteConfig,
-    ae_title_problem,
     close_match,
     hint,
 )
+from dicom_backup_dagster.dicom.network import ae_title_problem
 from dicom_backup_dagster.notify.settings import shown, type_name
 
 CONFIG_ENV_VAR = "DICOM_BACKUP_CONFIG"
@@ -45,7 +46,7 @@ _RENAMED_KEYS = {
     "mosaiq_backup_sql_query": "mosaiq_queries",
     "modality_to_query": 'query_keys (e.g. query_keys = { Modality = "CT" } on the source)',
 }
-# Examples of a table (the fix when it is missing or not a table), and of the keys of notify/settings.py.
+# Examples of a table (the fix when it is missing or not a table).
 _TABLES = {
     "script_ae": 'aet = "DICOM_BACKUP"',
     "settings": "max_uids_per_run = 5000",
@@ -56,12 +57,6 @@ _TABLES = {
     "email": 'smtp_host = "smtp.example.org"',
     "pagerduty": 'routing_key_env = "<ENV>_PAGERDUTY_ROUTING_KEY"',
 }
-_EXAMPLES = {
-    "routing_key_env": "<ENV>_PAGERDUTY_ROUTING_KEY",
-    "smtp_host": "smtp.example.org",
-    "from": "dicom-backup@example.org",
-    "to": ["radonc-it@example.org"],
-}
 # pydantic's error types (numbers and dates by the field's type) -> (problem, fix). {name}: the key, {got}:
 # the value (or {a}: its type), {what}: what it must be, {example}: a valid value, {choices}: the valid ones.
 _MESSAGES = {
@@ -69,13 +64,9 @@ _MESSAGES = {
     "union_tag_not_found": ("missing required key 'type'", "add type = one of {choices}"),
     "union_tag_invalid": ("unknown source type {got}{hint}", "set type to one of {choices}"),
     "literal_error": ("unknown {what} {got}{hint}", "set {name} to one of {choices}"),
-    "int": (
+    "number": (
         "must be {what}, got {got}",
-        "set {name} to an integer {range} (no quotes), e.g. {name} = {example}",
-    ),
-    "float": (
-        "must be {what}, got {got}",
-        "set {name} to a number {range} (no quotes), e.g. {name} = {example}",
+        "set {name} to {a_number} {range} (no quotes), e.g. {name} = {example}",
     ),
     "bool_type": ("must be {what}, got {a}", "write {name} = true or {name} = false (no quotes)"),
     "string_type": ("must be a string, got {got}", "write it as {name} = {example}"),
@@ -88,7 +79,6 @@ _SECRET_KEY_FIX = (
     "never put a password in the file: export it as an environment variable and name that variable "
     'with {new} (e.g. {new} = "<SITE>_<ALIAS>_PASSWORD")'
 )
-_NOT_KEYS = {"alias", "name", "password_secret", "rest_password_secret"}  # set by the loader, not the file
 _ADAPTER = TypeAdapter(EnvironmentConfig)
 
 
@@ -126,7 +116,7 @@ def _bare(tp: Any) -> Any:
 
 def _keys(model: Any) -> set[str]:
     infos = getattr(model, "__pydantic_fields__", {})
-    names = [f.name for f in dataclasses.fields(model) if f.name not in _NOT_KEYS]
+    names = [f.name for f in dataclasses.fields(model) if f.name not in {*LOADER_KEYS, "name"}]
     return {getattr(infos.get(n), "alias", None) or n for n in names}
 
 
@@ -151,10 +141,6 @@ def _locate(loc: Iterable[Any]) -> tuple[list[str], str, Any, list[FieldInfo]]:
     return keys, tag, model, infos
 
 
-def _toml(value: Any) -> str:
-    return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
-
-
 def _example(name: str, infos: list[FieldInfo]) -> str:
     """A valid value for the key, as TOML: the field's example or default, else one of its choices."""
     examples = [i.examples[0] for i in infos if i.examples]
@@ -162,7 +148,8 @@ def _example(name: str, infos: list[FieldInfo]) -> str:
     if not examples and default not in (None, PydanticUndefined, "", ()):
         examples = [default]
     if examples or not _choices(infos):
-        return _toml(examples[0] if examples else _EXAMPLES.get(name, "..."))
+        value = examples[0] if examples else "..."
+        return value.isoformat() if hasattr(value, "isoformat") else json.dumps(value)
     return f"one of {_choices(infos)}"
 
 
@@ -181,7 +168,8 @@ def _values(error: Mapping[str, Any], name: str, infos: list[FieldInfo]) -> dict
     span = f"between {low} and {bounds.get('le')}" if base is int else f"from {low} to {bounds.get('le')}"
     ctx, example = error.get("ctx", {}), _example(name, infos)
     choices = ctx.get("expected_tags") or _choices(infos) or ", ".join(map(repr, SOURCE_TYPES))
-    what = {int: f"an integer {span}", float: f"a number {span}", bool: "true or false"}.get(base, name)
+    a_number = {int: "an integer", float: "a number"}.get(base)
+    what = f"{a_number} {span}" if a_number else "true or false" if base is bool else name
     return {
         "name": name,
         "got": shown(ctx.get("tag", error["input"])),
@@ -193,7 +181,8 @@ def _values(error: Mapping[str, Any], name: str, infos: list[FieldInfo]) -> dict
         "range": span,
         "table": _TABLES.get(name, ""),
         "export": f" and export {example.strip(chr(34))}=<password>" if name.endswith("_env") else "",
-        "kind": base.__name__ if error["type"] in _RANGE_ERRORS and base in (int, float) else error["type"],
+        "a_number": a_number,
+        "kind": "number" if error["type"] in _RANGE_ERRORS and a_number else error["type"],
     }
 
 
@@ -205,13 +194,8 @@ def _explain(
     if kind == "config":
         return error["ctx"]["problem"], error["ctx"]["fix"]
     if kind == "unexpected_keyword_argument":
-        where = (
-            f" for a source of type {tag!r}"
-            if tag
-            else " in an environment"
-            if model is EnvironmentConfig
-            else ""
-        )
+        where = " in an environment" if model is EnvironmentConfig else ""
+        where = f" for a source of type {tag!r}" if tag else where
         suffix, fix = _suggest(name, _keys(model))
         return f"unknown key {name!r}{where}{suffix}", fix
     if kind == "missing" and name in _TABLES:
@@ -342,13 +326,8 @@ def _select_environment(data: dict[str, Any], names: list[str], wanted: str | No
     if wanted is None and os.environ.get(ENVIRONMENT_ENV_VAR):
         wanted, origin = os.environ[ENVIRONMENT_ENV_VAR], f"${ENVIRONMENT_ENV_VAR}"
     if wanted is None:
-        wanted = (
-            default
-            if isinstance(default, str) and default in names
-            else names[0]
-            if len(names) == 1
-            else None
-        )
+        known = isinstance(default, str) and default in names
+        wanted = default if known else names[0] if len(names) == 1 else None
         if wanted is None and names:
             problem = f"no environment selected and the file defines {len(names)}"
             add(None, "default_environment", problem, _FIXES["select"].format(choices=choices))

@@ -19,9 +19,10 @@ from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
+from dicom_backup_dagster.backup.cron import cron_fields
 from dicom_backup_dagster.backup.hours import EXAMPLE as BULK_HOURS_EXAMPLE
 from dicom_backup_dagster.backup.hours import WorkWindow, WorkWindowError, parse_work_window
-from dicom_backup_dagster.dicom.network import Peer, Timeouts
+from dicom_backup_dagster.dicom.network import Peer, Timeouts, ae_title_problem
 from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 from dicom_backup_dagster.notify import settings as checks
@@ -31,6 +32,7 @@ from dicom_backup_dagster.notify.settings import MODEL_CONFIG, NotificationSetti
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SOURCE_TYPES = ("aria", "mim", "mosaiq")
+LOADER_KEYS = {"alias", "password_secret", "rest_password_secret"}  # fields the file may not set
 # Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
 # fmt: off
 _MANAGED_ODBC = {
@@ -110,22 +112,6 @@ def hint(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
     return f", did you mean {best!r}?" if best else ""
 
 
-def ae_title_problem(aet: str) -> str | None:
-    """Why ``aet`` is not a valid AE title, or None. PS3.5 6.2 (VR AE): at most 16 characters of the
-    default character repertoire, no backslash or control characters, not all spaces; leading and
-    trailing spaces are not significant (so they are stripped before the length check)."""
-    value = aet.strip(" ")
-    if not value:
-        return "an AE title may not be empty or all spaces"
-    bad = sorted({c for c in value if not (0x20 <= ord(c) <= 0x7E) or c == "\\"})
-    if bad:
-        listed = ", ".join(repr(c) for c in bad)
-        return f"AE title {value!r} contains characters not allowed in an AE title ({listed})"
-    if len(value) > 16:
-        return f"AE title {value!r} is {len(value)} characters long; the maximum is 16"
-    return None
-
-
 def _aet(value: Any, key: str) -> Any:
     problem = ae_title_problem(value) if isinstance(value, str) else None  # not a string: pydantic says so
     if problem:
@@ -137,52 +123,11 @@ def _aet(value: Any, key: str) -> Any:
     return value.strip(" ") if isinstance(value, str) else value
 
 
-CRON_LABELS = ("minute", "hour", "day of month", "month", "day of week")
-CRON_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_NAMES = {
-    3: ["", "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"],
-    4: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
-}
-
-
-def _cron_number(token: str, index: int) -> int:
-    label, (low, high) = CRON_LABELS[index], CRON_BOUNDS[index]
-    names = _CRON_NAMES.get(index, [])
-    value = int(token) if token.isdigit() else names.index(token.lower()) if token.lower() in names else None
-    if value is None or not low <= value <= high:
-        raise ValueError(f"{label} value {token!r} is outside {low}-{high}")
-    return value
-
-
-def cron_values(part: str, index: int) -> set[int]:
-    """The values one field of a 5-field cron expression matches; a ValueError says what is wrong."""
-    label, (low, high) = CRON_LABELS[index], CRON_BOUNDS[index]
-    out: set[int] = set()
-    for item in part.split(","):
-        base, _, step = item.partition("/")
-        first, dash, last = base.partition("-")
-        if step and (not step.isdigit() or int(step) < 1):
-            raise ValueError(f"step {step!r} in the {label} field must be a positive integer")
-        if base != "*" and (not first or (dash and not last)):
-            raise ValueError(f"{label} field item {item!r} is malformed")
-        start = low if base == "*" else _cron_number(first, index)
-        end = high if base == "*" or (step and not dash) else _cron_number(last if dash else first, index)
-        if start > end:
-            raise ValueError(f"{label} range {base!r} runs backwards")
-        out.update(range(start, end + 1, int(step or 1)))  # "5/15": from 5 every 15
-    return out
-
-
 def _cron(value: Any, key: str) -> Any:
     """Basic 5-field cron check (minute hour day-of-month month day-of-week), as Dagster schedules use."""
-    parts = value.split() if isinstance(value, str) else []
     try:
-        if isinstance(value, str) and len(parts) != 5:
-            raise ValueError(
-                f"{len(parts)} fields; a cron expression needs 5 (minute hour day month weekday)"
-            )
-        for index, part in enumerate(parts):
-            cron_values(part, index)
+        if isinstance(value, str):
+            cron_fields(value)
     except ValueError as exc:
         fail(
             f"{value!r}: {exc}",
@@ -276,16 +221,6 @@ def _bulk_hours(value: Any, key: str) -> tuple[str, ...]:
     return tuple(" ".join(e.split()) for e in entries)
 
 
-def _rest_url(value: Any, key: str) -> str:
-    problem = checks.url_problem(checks.string(value, key, "<EXAMPLE>"))
-    if problem and "password" in problem:
-        fix = "remove them from the URL; set rest_username and name the password's environment variable in "
-        fail(problem, fix + "rest_password_env")
-    if problem:
-        fail(problem, "set it to Orthanc's REST base URL, e.g. rest_url = <EXAMPLE>")
-    return value.rstrip("/")
-
-
 class _Absent(str):
     """A SQLite source needs no server: db_server's value when the key is absent."""
 
@@ -333,6 +268,9 @@ PasswordEnv = Annotated[
     check(checks.env_var, "<EXAMPLE>"),
 ]
 Cron = Annotated[str, check(_cron)]
+_REST_FIX = "set it to Orthanc's REST base URL, e.g. rest_url = <EXAMPLE>"
+_REST_SECRET = "set rest_username and name the password's environment variable in rest_password_env"
+RestURL = Annotated[str, check(checks.http_url, "<EXAMPLE>", _REST_FIX, _REST_SECRET)]
 
 # ------------------------------------------------------------------------------------------- models
 
@@ -443,7 +381,7 @@ class BackupTarget:
     aet: AETitle
     ip: Annotated[Host, Field(examples=["10.0.0.30"])]
     port: Annotated[int, PORT, Field(examples=[4242])]
-    rest_url: Annotated[str | None, Field(examples=["http://10.0.0.30:8042"]), check(_rest_url)] = None
+    rest_url: Annotated[RestURL | None, Field(examples=["http://10.0.0.30:8042"])] = None
     rest_username: Annotated[Text | None, Field(examples=["backup"])] = None
     rest_password_env: PasswordEnv | None = None
     rest_password_secret: Secret | None = field(default=None, repr=False, compare=False, hash=False)
@@ -565,14 +503,11 @@ def _aliases(value: Any, key: str, what: str) -> Any:
         fail(f"no {what} defined", f"add at least one [<ENV>.{key}.<ALIAS>] table")
     tables = {a: t for a, t in value.items() if isinstance(t, dict)} if isinstance(value, dict) else {}
     set_here = [
-        ((a, k), f"unknown key {k!r}", "remove it") for a, t in tables.items() for k in t if k in _SET_HERE
+        ((a, k), f"unknown key {k!r}", "remove it") for a, t in tables.items() for k in t if k in LOADER_KEYS
     ]
     if set_here:
         fail_at(set_here)
     return {**value, **{a: {**t, "alias": a} for a, t in tables.items()}} if tables else value
-
-
-_SET_HERE = {"alias", "password_secret", "rest_password_secret"}  # set by the loader, not by the file
 
 
 @dataclass(frozen=True, config=MODEL_CONFIG)

@@ -36,6 +36,22 @@ class Peer:
         return f"{self.aet}@{self.host}:{self.port}"
 
 
+def ae_title_problem(aet: str) -> str | None:
+    """Why ``aet`` is not a valid AE title, or None. PS3.5 6.2 (VR AE): at most 16 characters of the
+    default character repertoire, no backslash or control characters, not all spaces; leading and
+    trailing spaces are not significant (so they are stripped before the length check)."""
+    value = aet.strip(" ")
+    if not value:
+        return "an AE title may not be empty or all spaces"
+    bad = sorted({c for c in value if not (0x20 <= ord(c) <= 0x7E) or c == "\\"})
+    if bad:
+        listed = ", ".join(repr(c) for c in bad)
+        return f"AE title {value!r} contains characters not allowed in an AE title ({listed})"
+    if len(value) > 16:
+        return f"AE title {value!r} is {len(value)} characters long; the maximum is 16"
+    return None
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds to wait, per PS3.8 layer. `dimse` bounds each DIMSE reply (a long C-MOVE needs more).

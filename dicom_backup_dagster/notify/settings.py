@@ -142,11 +142,13 @@ def url_problem(value: str) -> str | None:
     return None
 
 
-def http_url(value: Any, key: str, example: str) -> str:
+def http_url(
+    value: Any, key: str, example: str, fix: str = "", secrets: str = "secrets are named by the *_env keys"
+) -> str:
     problem = url_problem(string(value, key, example))
     if problem:
-        fix = "remove them from the URL; secrets are named by the *_env keys"
-        fail(problem, fix if "password" in problem else f"write it as {key} = {example}")
+        fix = fix or f"write it as {key} = {example}"
+        fail(problem, f"remove them from the URL; {secrets}" if "password" in problem else fix)
     return value.rstrip("/")
 
 
@@ -281,7 +283,9 @@ class SlackSettings:
 class PagerDutySettings:
     """PagerDuty Events API v2 (trigger and resolve by dedup_key)."""
 
-    routing_key_env: Annotated[str, _env_name('"<ENV>_PAGERDUTY_ROUTING_KEY"')]
+    routing_key_env: Annotated[
+        str, Field(examples=["<ENV>_PAGERDUTY_ROUTING_KEY"]), _env_name('"<ENV>_PAGERDUTY_ROUTING_KEY"')
+    ]
     events_url: Annotated[str, _url('"https://events.pagerduty.com/v2/enqueue"')] = PAGERDUTY_EVENTS_URL
 
 
@@ -289,9 +293,15 @@ class PagerDutySettings:
 class EmailSettings:
     """SMTP submission (RFC 5321) with optional STARTTLS (RFC 3207) and AUTH (RFC 4954)."""
 
-    smtp_host: Annotated[str, check(host, '"smtp.example.org"', host_problem)]
-    sender: Annotated[str, check(lambda v, _k: email_address(v, "from"))] = Field(alias="from")
-    recipients: Annotated[tuple[str, ...], check(email_list)] = Field(alias="to")
+    smtp_host: Annotated[
+        str, Field(examples=["smtp.example.org"]), check(host, '"smtp.example.org"', host_problem)
+    ]
+    sender: Annotated[str, check(lambda v, _k: email_address(v, "from"))] = Field(
+        alias="from", examples=["dicom-backup@example.org"]
+    )
+    recipients: Annotated[tuple[str, ...], check(email_list)] = Field(
+        alias="to", examples=[["radonc-it@example.org"]]
+    )
     smtp_port: Annotated[int, check(port, "587")] = 587
     starttls: Annotated[bool, check(boolean, "write starttls = true")] = True
     username: Annotated[str | None, check(string, '"dicom-backup"')] = None

@@ -20,7 +20,6 @@ from dicom_backup_dagster.config import (
     MosaiqSource,
     QRSource,
     _summary,
-    ae_title_problem,
     load_config,
 )
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
@@ -151,17 +150,6 @@ def test_example_file_loads_for_both_sites(monkeypatch: pytest.MonkeyPatch) -> N
     tju = load_config(EXAMPLE, "TJU").environment
     assert tju.staging_target("MOSAIQ").type == "dicom_scp"
     assert tju.sources["MOSAIQ"].odbc_options == {"Encrypt": "yes", "TrustServerCertificate": "yes"}
-
-
-def test_ae_title_rules_follow_ps3_5_vr_ae() -> None:
-    assert ae_title_problem("ARIA_QR") is None
-    assert ae_title_problem("  PADDED  ") is None  # leading/trailing spaces are not significant
-    assert ae_title_problem("A" * 16) is None
-    assert "maximum is 16" in (ae_title_problem("A" * 17) or "")
-    assert "not allowed" in (ae_title_problem("BAD\\AE") or "")
-    assert "not allowed" in (ae_title_problem("BAD\tAE") or "")
-    assert "not allowed" in (ae_title_problem("ÄRIA") or "")
-    assert "all spaces" in (ae_title_problem("    ") or "")
 
 
 def test_aet_spaces_are_stripped(write_config: Writer) -> None:
