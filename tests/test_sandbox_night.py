@@ -225,7 +225,7 @@ def test_a_patient_restored_through_the_launchpad_path_is_verified_at_the_standb
     assert len(patients) == 2, sorted(patients.values())
     patient_id, instances = sorted(patients.items())[0]
     client = DagsterGraphQL(f"http://127.0.0.1:{night.port}")
-    config = {"destination": "STANDBY", "patient_id": patient_id}
+    config = {"destination": "STANDBY_SIM", "patient_id": patient_id}
     run_id = client.launch_job("restore", run_config={"ops": {"restore_studies": {"config": config}}})
     run = client.wait_for_run(run_id, timeout_s=300)
     assert run["status"] == "SUCCESS", _step_failures(client, run_id)

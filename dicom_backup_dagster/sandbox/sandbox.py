@@ -13,7 +13,7 @@ docs/decisions/orthanc.md):
 - ORTHANC_STAGE lists the script AE (C-STORE of RT records, C-MOVE to main) and ORTHANC_MAIN (destination).
 - ARIA_SIM and MIM_SIM can C-MOVE to ORTHANC_MAIN, ORTHANC_STAGE and the script AE.
 - STANDBY_SIM (a pynetdicom Q/R + Storage SCP, empty at start) is the site's standby system: the restore
-  target STANDBY (ORTHANC_MAIN lists it as a C-MOVE destination) and the restore drill's scratch AE.
+  target STANDBY_SIM (ORTHANC_MAIN lists it as a C-MOVE destination) and the restore drill's scratch AE.
 
 Layout: <root>/cache/<options key>/ (generated data, reused across starts), <root>/run/ (fresh per start:
 peer configs, storage, logs, mosaiq.sqlite), <root>/state.json (PIDs and ports, for `sandbox down`).
@@ -47,7 +47,7 @@ from dicom_backup_dagster.sandbox.synthetic import Manifest, SyntheticOptions, g
 
 ENVIRONMENT = "SANDBOX"
 MAIN_AET, STAGE_AET, ARIA_AET, MIM_AET = "ORTHANC_MAIN", "ORTHANC_STAGE", "ARIA_SIM", "MIM_SIM"
-STANDBY_ALIAS, STANDBY_AET = "STANDBY", "STANDBY_SIM"
+STANDBY_ALIAS = STANDBY_AET = "STANDBY_SIM"  # alias = AE title, as for ORTHANC_MAIN
 ORTHANC_PASSWORD_ENV = "SANDBOX_ORTHANC_PASSWORD"
 STAGE_PASSWORD_ENV = "SANDBOX_ORTHANC_STAGE_PASSWORD"
 MOSAIQ_PASSWORD_ENV = "SANDBOX_MOSAIQ_DB_PASSWORD"
@@ -150,7 +150,7 @@ class Sandbox:
 
     @property
     def standby_peer(self) -> Peer:
-        """The standby system: restore target STANDBY and the restore drill's scratch AE."""
+        """The standby system: restore target STANDBY_SIM and the restore drill's scratch AE."""
         self._require_ports()
         assert self.ports is not None
         return Peer(STANDBY_AET, "127.0.0.1", self.ports.standby)
@@ -542,7 +542,7 @@ class Sandbox:
             ("ORTHANC_STAGE", self.stage),
             ("ARIA", self.aria),
             ("MIM", self.mim),
-            (STANDBY_ALIAS, self.standby),
+            ("STANDBY", self.standby),
         ):
             if s is not None and s.process is not None and s.pid is not None:
                 procs[name] = {"pid": s.pid, "argv": s.process.argv, "log": str(s.process.log_path)}

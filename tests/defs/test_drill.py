@@ -252,4 +252,4 @@ def test_drill_target_must_be_a_restore_target(site, monkeypatch, tmp_path):
     off = tmp_path / "off.toml"
     off.write_text(text.replace('restore_drill_target = "SCRATCH"', ""))
     env = load_config(off, "DRILL").environment
-    assert build_drill_defs(env).assets == [] or not list(build_drill_defs(env).assets or [])
+    assert env.settings.restore_drill_target == "" and not list(build_drill_defs(env).assets or [])
