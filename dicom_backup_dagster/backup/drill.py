@@ -18,6 +18,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_backup_dagster.dicom.echo import c_echo
 from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
@@ -83,8 +84,28 @@ class DrillResult:
         return f"restore drill FAILED (seed {self.seed}, scratch {self.scratch}): " + "; ".join(self.problems)
 
 
-def judge(result: DrillResult, restored: RestoreResult) -> None:
-    """Fill `result` from the restore's result, naming each failure by count with the fix."""
+def _move_problem(result: DrillResult, restored: RestoreResult, scratch_answers: bool) -> str:
+    outcome = restored.outcome
+    statuses = sorted({f"0x{e.status:04X}" for e in (outcome.errors if outcome else []) if e.status})
+    head = f"the C-MOVE from main to {result.scratch} failed (DICOM status {', '.join(statuses) or 'none'}"
+    if not scratch_answers:
+        return (
+            f"{head}): the scratch AE does not answer a C-ECHO: start it, or fix its restore_targets ip/port"
+        )
+    if not result.present:
+        return (
+            f"{head}, nothing arrived): check that main lists the scratch AE in its DicomModalities "
+            f"(or PUT /modalities/<AE> on main's REST API)"
+        )
+    return (
+        f"{head}, {result.present} instances arrived): the scratch AE refused a C-STORE (Orthanc then stops "
+        f"that study's C-MOVE): read its log, free space or accept the SOP class there"
+    )
+
+
+def judge(result: DrillResult, restored: RestoreResult, scratch_answers: bool = True) -> None:
+    """Fill `result` from the restore's result, naming each failure by count with the fix
+    (`scratch_answers`: the scratch AE answered a C-ECHO after a failed C-MOVE)."""
     outcome = restored.outcome
     result.moved = outcome.completed if outcome else 0
     result.refused = len(outcome.reported_failed_uids) if outcome else 0
@@ -92,34 +113,25 @@ def judge(result: DrillResult, restored: RestoreResult) -> None:
     content = restored.content
     if content is not None:
         result.digests_compared, result.digests_matched = content.compared, content.matched
-    scratch = result.scratch
     if restored.errors:
-        statuses = sorted({f"0x{e.status:04X}" for e in (outcome.errors if outcome else []) if e.status})
-        where = "nothing arrived" if not result.present else f"{result.present} instances arrived"
-        result.problems.append(
-            f"the C-MOVE from main to {scratch} reported {len(restored.errors)} errors (DICOM status "
-            f"{', '.join(statuses) or 'none'}; {where}): with nothing arrived, check that main lists the "
-            f"scratch AE in its DicomModalities; otherwise the scratch AE refused a C-STORE (Orthanc then "
-            f"stops that study's C-MOVE): read the scratch AE's log"
-        )
+        result.problems.append(_move_problem(result, restored, scratch_answers))
     if result.missing:
         result.problems.append(
-            f"{result.missing} of {result.instances} instances not found at {scratch} after the C-MOVE: the "
-            f"scratch AE refused or lost them (read its log for the C-STORE status), free space or accept "
-            f"their SOP classes there, then run the drill again with the same seed"
+            f"{result.missing} of {result.instances} instances not found at {result.scratch} after the "
+            f"C-MOVE; fix the above, then run the drill again with the same seed"
         )
-    if content is None:
-        reason = "; ".join(restored.notes) or "no instance to compare"
+    if content is None and result.present:
+        reason = "; ".join(restored.notes) or "nothing compared"
         result.problems.append(
             f"no digest compared ({reason}): the scratch AE must serve C-GET so that the restored content "
             f"can be proven equal to main's"
         )
-    elif content.mismatched_uids or content.errors or content.missing_on_source:
+    elif content is not None and (content.mismatched_uids or content.errors or content.missing_on_source):
         differ = len(content.mismatched_uids)
         unread = len(content.missing_on_source) + len(content.errors)
         result.problems.append(
             f"{differ} of {result.present} restored instances differ from main by content digest"
-            + (f" and {unread} could not be read back from {scratch}" if unread else "")
+            + (f" and {unread} could not be read back from {result.scratch}" if unread else "")
             + ": the copy the scratch AE holds is not what main archived; restore those studies again "
             f"(same seed) and, if they still differ, check main's storage ({RUNBOOK})"
         )
@@ -158,5 +170,11 @@ def run_drill(
         verify_digests=True,
         spool_dir=spool_dir,
     )
-    judge(result, restored)
+    answers = True
+    if restored.errors and not restored.present:
+        try:
+            c_echo(scratch, calling_aet, timeouts)
+        except DicomError:
+            answers = False
+    judge(result, restored, answers)
     return result

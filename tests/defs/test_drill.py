@@ -187,7 +187,7 @@ def test_drill_passes_with_every_digest_equal_then_a_faulty_scratch_fails_with_i
         text = evaluation.description
         assert "5 of 10 instances not found at DRILL_SCRATCH@127.0.0.1" in text, text
         assert "1 of 5 restored instances differ from main by content digest" in text, text
-        assert "0xC000" in text and "refused a C-STORE" in text, text
+        assert "0xC000" in text and "5 instances arrived): the scratch AE refused a C-STORE" in text, text
         assert "run the drill again with the same seed" in text and "check main's storage" in text
 
         cursor = _check_tick(defs, env, instance, cursor)
@@ -236,6 +236,21 @@ def test_a_drill_run_that_fails_outright_alerts_its_own_kind(site, tmp_path):
     (slack,) = [r.json for r in http.on(HOOK)]
     assert "restore drill failed" in slack["text"] and "backup failed" not in slack["text"]
     assert http.on(ENQUEUE) == []
+
+
+def test_a_scratch_ae_that_is_down_fails_the_drill_saying_so(site, tmp_path):
+    defs = _defs(site["env"], tmp_path)
+    site["server"].shutdown()
+    try:
+        with dg.instance_for_test() as instance:
+            result = defs.resolve_job_def(DRILL_JOB).execute_in_process(instance=instance)
+    finally:
+        site["server"].start()
+    evaluation = _evaluation(result)
+    text = evaluation.description
+    assert not evaluation.passed and _meta(evaluation)["present"] == 0
+    assert "DRILL_SCRATCH@127.0.0.1" in text and "does not answer a C-ECHO: start it" in text, text
+    assert "DicomModalities" not in text and "C-GET" not in text, text
 
 
 def test_drill_target_must_be_a_restore_target(site, monkeypatch, tmp_path):
