@@ -3,8 +3,9 @@ the asset `restore_drill` with its check `restore_verified`, the job `restore_dr
 `restore_drill_schedule` (settings.restore_drill_schedule, site timezone). backup/drill.py does the work.
 
 A failed drill is a failed check (counts and the fix in its description and metadata): the sensor
-asset_check_alerts sends it as its own alert kind, `restore_drill` (high: Slack and email, no page). A drill
-run that fails outright (a bug, a resource) is alerted with the same kind by backup_failure_alerts.
+asset_check_alerts sends it as its own alert kind, `restore_drill` (high: Slack and email, no page). The
+check is blocking, so the drill's run fails too (a red run page); backup_failure_alerts leaves that to the
+check sensor, and alerts with the same kind only a drill run that failed otherwise (a bug, a resource).
 
 No `from __future__ import annotations`: Dagster 1.13 resolves the asset's Config annotation at definition
 time.
@@ -116,7 +117,10 @@ def build_drill_defs(env: EnvironmentConfig) -> Definitions:
         key=DRILL_ASSET,
         group_name="restore_drill",
         check_specs=[
-            AssetCheckSpec(DRILL_CHECK, asset=DRILL_ASSET, description="sample restored, digests equal")
+            # Blocking: a failed drill also fails its run, so the run page is red, not "Success".
+            AssetCheckSpec(
+                DRILL_CHECK, asset=DRILL_ASSET, blocking=True, description="sample restored, digests equal"
+            )
         ],
         description=(
             f"Restore drill: {plan.studies} random studies of {plan.main_alias} restored to the scratch AE "

@@ -173,11 +173,13 @@ def test_drill_passes_with_every_digest_equal_then_a_faulty_scratch_fails_with_i
         site["server"].index = Index()  # an emptied scratch: what it holds now came from this drill
         try:
             bad = job.execute_in_process(
-                instance=instance, run_config={"ops": {"restore_drill": {"config": {"seed": seed}}}}
+                instance=instance,
+                run_config={"ops": {"restore_drill": {"config": {"seed": seed}}}},
+                raise_on_error=False,
             )
         finally:
             site["server"].faulty = False
-        assert bad.success  # the drill reports through its check; the run itself worked
+        assert not bad.success  # the check is blocking: the run page is red too
         evaluation = _evaluation(bad)
         meta = _meta(evaluation)
         assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
@@ -191,6 +193,7 @@ def test_drill_passes_with_every_digest_equal_then_a_faulty_scratch_fails_with_i
         assert "run the drill again with the same seed" in text and "check main's storage" in text
 
         cursor = _check_tick(defs, env, instance, cursor)
+        _run_failure_sensor(defs, env, instance, bad)  # leaves the failed check to the check sensor
         (slack,) = [r.json for r in http.on(HOOK)]
         assert "restore drill failed" in slack["text"] and "[HIGH] DRILL" in slack["text"], slack
         body = str(slack)
@@ -215,6 +218,18 @@ def test_drill_passes_with_every_digest_equal_then_a_faulty_scratch_fails_with_i
         assert CANARY not in " ".join(r.body.decode() for r in http.requests)
 
 
+def _run_failure_sensor(defs: dg.Definitions, env: EnvironmentConfig, instance: Any, result: Any) -> None:
+    context = dg.build_run_status_sensor_context(
+        sensor_name="backup_failure_alerts",
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources=notifier_resources(env.notifications),
+    )
+    context._logger = SENSOR_LOG
+    defs.resolve_sensor_def("backup_failure_alerts")(context.for_run_failure())  # type: ignore[operator]
+
+
 def test_a_drill_run_that_fails_outright_alerts_its_own_kind(site, tmp_path):
     env, http = site["env"], site["http"]
     http.requests.clear()
@@ -224,15 +239,7 @@ def test_a_drill_run_that_fails_outright_alerts_its_own_kind(site, tmp_path):
     with dg.instance_for_test() as instance:
         result = defs.resolve_job_def(DRILL_JOB).execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
-        context = dg.build_run_status_sensor_context(
-            sensor_name="backup_failure_alerts",
-            dagster_event=result.get_run_failure_event(),
-            dagster_instance=instance,
-            dagster_run=result.dagster_run,
-            resources=notifier_resources(env.notifications),
-        )
-        context._logger = SENSOR_LOG
-        defs.resolve_sensor_def("backup_failure_alerts")(context.for_run_failure())  # type: ignore[operator]
+        _run_failure_sensor(defs, env, instance, result)
     (slack,) = [r.json for r in http.on(HOOK)]
     assert "restore drill failed" in slack["text"] and "backup failed" not in slack["text"]
     assert http.on(ENQUEUE) == []
@@ -243,7 +250,8 @@ def test_a_scratch_ae_that_is_down_fails_the_drill_saying_so(site, tmp_path):
     site["server"].shutdown()
     try:
         with dg.instance_for_test() as instance:
-            result = defs.resolve_job_def(DRILL_JOB).execute_in_process(instance=instance)
+            job = defs.resolve_job_def(DRILL_JOB)
+            result = job.execute_in_process(instance=instance, raise_on_error=False)
     finally:
         site["server"].start()
     evaluation = _evaluation(result)
