@@ -46,9 +46,17 @@ sites() {  # one code server per /etc/dicom-backup/site-<SITE>.env
   for f in "$CONF_DIR"/site-*.env; do [ -e "$f" ] && basename "$f" .env | sed 's/^site-//'; done
 }
 
-all_units() {  # code servers first: the webserver and the daemon connect to them
+workers() {  # a Celery worker on this host for each site whose site-<SITE>.env names its queue
+  local s
+  for s in $(sites); do
+    if grep -q '^DICOM_BACKUP_CELERY_QUEUE=' "$CONF_DIR/site-$s.env"; then echo "$s"; fi
+  done
+}
+
+all_units() {  # code servers and workers first: the webserver and the daemon connect to them
   local s
   for s in $(sites); do echo "dicom-backup-code@$s.service"; done
+  for s in $(workers); do echo "dicom-backup-worker@$s.service"; done
   for s in "${UNITS[@]}"; do echo "$s.service"; done
 }
 
@@ -193,6 +201,7 @@ start() {  # code servers, webserver and exporter at once; the daemon once the c
   mapfile -t u < <(all_units)
   "$SYSTEMCTL" enable "${u[@]}" >/dev/null
   for s in $(sites); do codes+=("dicom-backup-code@$s.service"); done
+  for s in $(workers); do codes+=("dicom-backup-worker@$s.service"); done  # steps of celery sites
   "$SYSTEMCTL" restart "${codes[@]}" dicom-backup-webserver.service dicom-backup-exporter.service
   for s in $(sites); do
     port=$(site_port "$s")
@@ -360,6 +369,7 @@ cmd_status() {
   echo "previous: $(previous_name)"
   echo "releases: $(ls "$RELEASES" 2>/dev/null | tr '\n' ' ')"
   echo "sites:    $(sites | tr '\n' ' ')"
+  echo "workers:  $(workers | tr '\n' ' ')"
 }
 
 command=${1:-}; shift || true

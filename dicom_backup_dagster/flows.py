@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", help="path of the TOML file (default: $DICOM_BACKUP_CONFIG)")
     parser.add_argument("--env", "--environment", dest="environment", help="environment (site) name")
+    parser.add_argument("--all", action="store_true", help="every site of the file (one backup host)")
     parser.add_argument(
         "--nftables", action="store_true", help="print an nftables ruleset for the backup host"
     )
@@ -319,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         site = load_config(args.config, args.environment)
+        sites = [load_config(args.config, n) for n in site.environment_names] if args.all else [site]
     except ConfigError as exc:
         print(f"configuration INVALID:\n{exc}", file=sys.stderr)
         return 2
@@ -329,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         postgres_host=pg_host or "127.0.0.1",
         postgres_port=int(pg_port or 5432),
     )
-    flows = site_flows(site, deployment)
+    # All sites: one backup host, so one list (a flow two sites need, listed once) and one ruleset.
+    flows = list(dict.fromkeys(f for s in sites for f in site_flows(s, deployment)))
+    name = "+".join(s.environment.name for s in sites)
     if args.nftables:
-        print(nftables_rules(flows, site.environment.name), end="")
+        print(nftables_rules(flows, name), end="")
         return 0
-    print(f"# site {site.environment.name}: {len(flows)} connections (from -> to host:port  protocol  (why))")
+    print(f"# site {name}: {len(flows)} connections (from -> to host:port  protocol  (why))")
     for flow in flows:
         print(flow)
     return 0

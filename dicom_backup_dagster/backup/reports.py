@@ -192,27 +192,73 @@ def missing_references(
 # --- reading main (Orthanc REST) ---------------------------------------------------------------------
 
 
-def archive_datasets(client: OrthancClient, modalities: Iterable[str]) -> Iterator[Dataset]:
-    """Every instance of main whose series has one of `modalities` (REST /tools/find, then the file)."""
-    for modality in modalities:
-        body = {"Level": "Series", "Query": {"Modality": modality}}
-        for series_id in client.request("POST", "/tools/find", json=body).json():
-            for oid in client.get_json(f"/series/{series_id}/instances"):
-                data = client.instance_file(str(oid["ID"]))
-                if data is not None:
-                    yield pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+def read_dataset(client: OrthancClient, orthanc_id: str) -> Dataset | None:
+    data = client.instance_file(orthanc_id)
+    return None if data is None else pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
-def archive_uids(client: OrthancClient) -> tuple[set[str], set[str]]:
-    """SOP Instance UIDs and Series Instance UIDs on main (REST, paged)."""
-    instances = {i.sop_instance_uid for i in client.instances()}
-    series = {
-        str((s.get("MainDicomTags") or {}).get("SeriesInstanceUID"))
-        for s in client.request(
-            "POST", "/tools/find", json={"Level": "Series", "Query": {}, "Expand": True}
-        ).json()
-    }
-    return instances, series
+def recent_records(client: OrthancClient, since: dt.date, until: dt.date) -> Iterator[Dataset]:
+    """The RT Beams Treatment Records on main treated from `since` to `until` (inclusive).
+
+    Why SeriesDate: Orthanc answers /tools/find from its index only for its "main DICOM tags"; at series
+    level these include Modality and SeriesDate, and a date range on them is an SQL range on the index.
+    TreatmentDate is not a main tag (a find on it would open every RT record file on main), and the
+    record's StudyDate is the plan's study date, not the treatment's. Our records (rtrecord/builder.py)
+    put each treatment day of a plan in its own series whose SeriesDate is the TreatmentDate; the caller
+    still checks TreatmentDate in each file (`on_treatment` does)."""
+    window = f"{since:%Y%m%d}-{until:%Y%m%d}"
+    body = {"Level": "Series", "Query": {"Modality": RTRECORD, "SeriesDate": window}}
+    for series_id in client.request("POST", "/tools/find", json=body).json():
+        for oid in client.get_json(f"/series/{series_id}/instances"):
+            ds = read_dataset(client, str(oid["ID"]))
+            if ds is not None:
+                yield ds
+
+
+def lookup(client: OrthancClient, uid: str, level: str) -> str | None:
+    """Orthanc ID of the resource of `level` ("Instance", "Series") with this UID (indexed), or None."""
+    for hit in client.request("POST", "/tools/lookup", data=uid).json():
+        if hit.get("Type") == level:
+            return str(hit["ID"])
+    return None
+
+
+@dataclass
+class Chase:
+    """What the references of some RT records lead to on main: the objects read (records, plans,
+    structure sets) and the UIDs found present, for `missing_references`."""
+
+    objects: list[Dataset]
+    instances: set[str]
+    series: set[str]
+
+    def plan_labels(self) -> dict[str, str]:
+        return {str(d.SOPInstanceUID): str(d.get("RTPlanLabel", "")) for d in self.objects
+                if d.get("Modality") == "RTPLAN"}  # fmt: skip
+
+
+def chase_references(client: OrthancClient, records: Sequence[Dataset]) -> Chase:
+    """Follow record -> plan -> structure set and dose -> image series on main by UID lookups (indexed),
+    reading only the plans and structure sets referenced: the cost follows the records, not the archive."""
+    chase = Chase(list(records), {str(r.SOPInstanceUID) for r in records}, set())
+    todo = list(records)
+    seen: set[str] = set()
+    while todo:
+        ds = todo.pop()
+        for kind, uid, is_series in _references(ds):
+            if uid in seen:
+                continue
+            seen.add(uid)
+            oid = lookup(client, uid, "Series" if is_series else "Instance")
+            if oid is None:
+                continue
+            (chase.series if is_series else chase.instances).add(uid)
+            if kind in ("RT Plan", "RT Structure Set"):
+                found = read_dataset(client, oid)
+                if found is not None:
+                    chase.objects.append(found)
+                    todo.append(found)
+    return chase
 
 
 # --- writing -----------------------------------------------------------------------------------------

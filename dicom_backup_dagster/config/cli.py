@@ -8,7 +8,9 @@ import dataclasses
 import datetime as dt
 import os
 import sys
+import tomllib
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from dicom_backup_dagster.config.loader import CONFIG_ENV_VAR, ENVIRONMENT_ENV_VAR, load_config
@@ -128,6 +130,41 @@ def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
     return out
 
 
+def _all_sites(path: str | None) -> int:
+    """`check --all`: every environment of the file, then what sites sharing one Dagster instance must not
+    share: an alias names asset keys, manifests and metric labels (docs/decisions/multi-site.md)."""
+    file = path or os.environ.get(CONFIG_ENV_VAR) or ""
+    try:
+        names = [
+            k for k, v in tomllib.loads(Path(file).read_text(encoding="utf-8")).items() if isinstance(v, dict)
+        ]
+    except (OSError, tomllib.TOMLDecodeError):
+        names = [""]  # load_config reports what is wrong with the file
+    worst, owners = 0, dict[str, list[str]]()
+    for name in names:
+        status = main(["check", *(["--config", file] if file else []), "--environment", name])
+        worst = max(worst, status)
+        if status == 0:
+            env = load_config(file or None, name).environment
+            for alias, where in [
+                *((a, "sources") for a in env.sources),
+                *((a, "backup_targets") for a in env.backup_targets),
+            ]:
+                owners.setdefault(alias, []).append(f"{name}.{where}.{alias}")
+    for alias, keys in owners.items():
+        if len(keys) > 1:
+            worst = 2
+            print(
+                f"error: alias {alias!r} is defined by {' and '.join(keys)}: the sites of one file share one "
+                f"Dagster instance, where an alias names asset keys ({alias}/archived, peers/{alias}), "
+                f"manifests and metrics; rename it in all but one site "
+                f"(e.g. {alias}_{keys[-1].split('.')[0]})",
+                file=sys.stderr,
+            )
+    print(f"{len(names)} sites: {'all OK' if worst == 0 else 'INVALID (see above)'}")
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m dicom_backup_dagster.config",
@@ -139,12 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--config", help=f"path of the TOML file (default: ${CONFIG_ENV_VAR})")
     default = f"${ENVIRONMENT_ENV_VAR}, then the file's default_environment"
     check.add_argument("--environment", help=f"environment to check (default: {default})")
+    check.add_argument("--all", action="store_true", help="check every environment (site) of the file")
     args = parser.parse_args(argv)
+    if args.all:
+        return _all_sites(args.config)
     try:
         site = load_config(args.config, args.environment)
     except ConfigError as exc:
         print(f"configuration INVALID:\n{exc}", file=sys.stderr)
         return 2
     print("\n".join([*_summary(site), *_warnings(site)]))
+    executor = site.environment.settings
+    if executor.executor == "celery":  # what the site's workers are started with (deploy/README.md)
+        print(f"celery queue: {executor.celery_queue or 'dicom-backup-' + site.environment.name.lower()}")
     print(f"configuration OK: {site.path} environment {site.environment.name}")
     return 0

@@ -489,6 +489,7 @@ class RestoreTarget:
     aet: AETitle
     ip: Host
     port: Annotated[int, PORT, Field(examples=[104])]
+    storage_commitment: bool = False  # ask it to commit what was restored (PS3.4 J; it reports to script_ae)
 
     @property
     def peer(self) -> Peer:
@@ -535,6 +536,27 @@ class Settings:
     restore_drill_studies: Annotated[int, _int(1, 100)] = 3
     restore_drill_schedule: Cron = "0 6 * * 0"
     celery_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", examples=["dicom-backup-ucla"])] = ""
+    # The restore may add a destination main lacks to its DicomModalities (PUT /modalities/<AE>).
+    restore_registers_destinations: bool = False
+
+    # Backup SLOs (monitoring/slo.py): the newest complete and verified day ends at most this many hours
+    # ago, and this share of the last `slo_window_nights` nights is verified by `slo_verified_by_hour`.
+    slo_recovery_point_hours: Annotated[float, Field(strict=True, ge=1, le=8760, examples=[36])] = 36.0
+    slo_verified_by_hour: Annotated[int, _int(0, 23)] = 7
+    slo_target_ratio: Annotated[float, Field(strict=True, ge=0.5, le=0.999, examples=[0.95])] = 0.95
+    slo_window_nights: Annotated[int, _int(7, 366)] = 30
+
+    @model_validator(mode="after")
+    def _slo(self, info: ValidationInfo) -> Settings:
+        floor = 24 + self.slo_verified_by_hour  # the newest verified day is this old just before the next
+        if info.context is not None and self.slo_recovery_point_hours < floor:
+            hours, by = self.slo_recovery_point_hours, self.slo_verified_by_hour
+            problem = (
+                f"{hours:g} h is breached every night: just before a night is verified by {by:02d}:00, the "
+                f"newest verified day ended {floor} h earlier"
+            )
+            fail_at([(("slo_recovery_point_hours",), problem, f"set it to at least {floor}, e.g. 36")])
+        return self
 
     @property
     def tzinfo(self) -> zoneinfo.ZoneInfo:

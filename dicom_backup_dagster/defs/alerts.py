@@ -35,6 +35,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckKey,
     AssetCheckSeverity,
+    Config,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
@@ -55,6 +56,7 @@ from dagster import (
 from dagster import DagsterRunStatus as RunStatus
 
 from dicom_backup_dagster.config import EnvironmentConfig
+from dicom_backup_dagster.defs.alert_lifecycle import Lifecycle, history_spec, topology_of
 from dicom_backup_dagster.defs.checks import JUDGED, RESTATED_FROM_RUN
 from dicom_backup_dagster.defs.drill import DRILL_ASSET, DRILL_CHECK, DRILL_JOB
 from dicom_backup_dagster.defs.keys import (
@@ -89,7 +91,18 @@ from dicom_backup_dagster.notify import (
     resolve,
     trigger,
 )
+from dicom_backup_dagster.notify.causes import (
+    STORAGE_ERROR_CLASSES,
+    CauseIncident,
+    Grouping,
+    Signal,
+    Topology,
+    confidence_label,
+    findings,
+)
 from dicom_backup_dagster.notify.settings import Channel
+
+RESOLVE_JOB = "resolve_alert"
 
 CHECK_CURSOR_MAX_AGE_S = 24 * 3600  # a sensor switched on for the first time alerts on the last day only
 CHECK_BATCH = 200
@@ -119,10 +132,42 @@ class AlertPlan:
     environment: str
     settings: NotificationSettings
     sources: frozenset[str]
+    topology: Topology | None = None  # None: no cause grouping (every failure pages per source)
+    site: str = ""  # several sites in one instance: this site's own alert ledger, state and history asset
 
     @classmethod
-    def of(cls, env: EnvironmentConfig) -> "AlertPlan":
-        return cls(env.name, env.notifications, frozenset(env.sources))
+    def of(cls, env: EnvironmentConfig, *, multi_site: bool = False) -> "AlertPlan":
+        site = env.name if multi_site else ""
+        return cls(env.name, env.notifications, frozenset(env.sources), topology_of(env), site)
+
+    @property
+    def grouping(self) -> Grouping:
+        return Grouping(self.settings.grouping_window_s, self.settings.grouping_hold_s)
+
+    def lifecycle(self, instance: DagsterInstance, d: Dispatcher) -> Lifecycle:
+        topology = self.topology or Topology("", "", {}, {}, {}, self.sources)
+        return Lifecycle.of(instance, d, topology, self.grouping, self.site)
+
+    def cause_alert(self, incident: CauseIncident, run_id: str | None = None) -> Alert:
+        """The one alert of a shared cause: its component, the affected sources and partitions, and how
+        sure we are."""
+        kind = AlertKind(incident.cause.value)
+        value = incident.confidence(self.grouping.window_s, time.time())
+        return Alert(
+            kind=kind,
+            severity="critical",
+            environment=self.environment,
+            subject=incident.component,
+            peer=incident.address,
+            run_id=run_id,
+            run_url=self.run_url(run_id) if run_id else None,
+            cause=f"{incident.component} {incident.mode}",
+            confidence=f"{value:.2f} ({confidence_label(value)})",
+            sources=tuple(incident.affected),
+            partitions=tuple(incident.partitions),
+            counts={"failures": incident.failures, "sources_affected": len(incident.sources)},
+            runbook_url=self.runbook(kind),
+        )
 
     def dispatcher(self, log: Any, *resources: Any) -> Dispatcher:
         notifiers: dict[Channel, Notifier] = {}
@@ -288,21 +333,87 @@ def _peer_states(instance: DagsterInstance, run_id: str) -> dict[str, tuple[bool
 # backup_failure_alerts and backup_recovery_alerts
 
 
-def connectivity_changes(
-    plan: AlertPlan, d: Dispatcher, book: IncidentBook, instance: DagsterInstance, run: DagsterRun
-) -> list[str]:
-    """Page the peers a connectivity_check run found down (once per outage), resolve those back up."""
+def connectivity_changes(plan: AlertPlan, life: Lifecycle, run: DagsterRun) -> list[str]:
+    """Page the peers a connectivity_check run found down (once per outage), resolve those back up. A
+    peer whose outage a cause alert already explains (the archive's, the backup host's network) folds
+    into it; a check that found every peer down raises the network alert instead of one page per peer."""
     done = []
-    for alias, (up, address) in sorted(_peer_states(instance, run.run_id).items()):
+    states = _peer_states(life.instance, run.run_id)
+    to_page, resolved = life.causes.on_peer_states({a: up for a, (up, _) in states.items()}, time.time())
+    for incident in to_page:
+        page_cause(plan, life, incident, run.run_id)
+        done.append(f"paged {incident.key}")
+    for incident in resolved:
+        done += resolve_cause(plan, life, incident)
+    for alias, (up, address) in sorted(states.items()):
         alert = plan.run_alert(
             AlertKind.PEER_UNREACHABLE, alias, run, peer=address, failed_step="check_connectivity"
         )
         if up:
-            if resolve(d, book, alert) is not None:
+            if resolve(life.d, life.book, alert) is not None:
                 done.append(f"resolved {alias}")
-        elif trigger(d, book, alert, once_per_outage=True) is not None:
+        elif (covering := life.causes.covering_peer(alias)) is not None:
+            done.append(f"{alias} down: part of {covering.key}")
+        elif trigger(life.d, life.book, alert, once_per_outage=True) is not None:
             done.append(f"paged {alias} unreachable")
     return done
+
+
+# ------------------------------------------------------------------------------------------------------
+# Cause grouping (notify/causes.py)
+
+
+def page_cause(plan: AlertPlan, life: Lifecycle, incident: CauseIncident, run_id: str | None) -> None:
+    trigger(life.d, life.book, plan.cause_alert(incident, run_id), once_per_outage=True)
+    life.causes.mark_paged(incident)
+
+
+def resolve_cause(plan: AlertPlan, life: Lifecycle, incident: CauseIncident) -> list[str]:
+    """Close a cause incident whose cause cleared and whose every source succeeded again."""
+    if incident.state != "open":
+        return [f"{incident.key} cleared before it paged"]
+    resolve(life.d, life.book, plan.cause_alert(incident))
+    return [f"resolved {incident.key}"]
+
+
+def group_failure(plan: AlertPlan, life: Lifecycle, signal: Signal, alert: Alert, log: Any) -> str:
+    """Page `alert` per source, or fold it into the cause its structured error points at."""
+    outcome = life.causes.on_failure(signal) if plan.topology is not None else None
+    if outcome is None or outcome.action == "none" or outcome.incident is None:
+        trigger(life.d, life.book, alert, once_per_outage=True)
+        return "per source"
+    incident = outcome.incident
+    if outcome.action == "page":
+        page_cause(plan, life, incident, signal.run_id)
+    elif outcome.action == "fold":  # counted and recorded as a repeat of the open cause alert
+        trigger(life.d, life.book, plan.cause_alert(incident, signal.run_id), once_per_outage=True)
+    log.info(
+        f"{signal.source}: failure {outcome.action} into {incident.key} ({len(incident.sources)} sources)"
+    )
+    return outcome.action
+
+
+def flush_held(plan: AlertPlan, life: Lifecycle) -> int:
+    """Page the held cause incidents whose hold has passed."""
+    due = life.causes.due()
+    for incident in due:
+        page_cause(plan, life, incident, incident.run_ids[-1] if incident.run_ids else None)
+    return len(due)
+
+
+def _unwrap(metadata: Mapping[str, Any]) -> dict[str, object]:
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def _run_error_classes(context: RunFailureSensorContext) -> list[str]:
+    """Class names of the run failure's error and its causes (a run that failed before any step)."""
+    event = getattr(context, "failure_event", None)
+    error = getattr(getattr(event, "event_specific_data", None), "error", None)
+    out = []
+    while error is not None:
+        out.append(error.cls_name)
+        error = error.cause
+    return [c for c in out if c]
 
 
 def on_run_failure(context: RunFailureSensorContext, plan: AlertPlan, channels: Channels) -> None:
@@ -319,22 +430,30 @@ def on_run_failure(context: RunFailureSensorContext, plan: AlertPlan, channels: 
         # backup's own failure alert (once per outage).
         context.log.info(f"run {run.run_id} of {run.job_name} (on-demand) failed: the run page says why")
         return
-    d = channels.dispatcher(plan, context.log)
-    book = IncidentBook(context.instance.run_storage)
+    life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
     if run.job_name == STAGING_CLEANUP_JOB:
-        trigger(d, book, cleanup_failure_alert(plan, context.instance, run), once_per_outage=True)
+        trigger(life.d, life.book, cleanup_failure_alert(plan, context.instance, run), once_per_outage=True)
     elif run.job_name == DRILL_JOB:
         failed = _failed_steps(context.instance, run.run_id)
         if failed and all(s.blocking_check_only for s in failed):
             context.log.info("restore drill: its check failed; asset_check_alerts reports it")
-            return
-        trigger(d, book, drill_failure_alert(plan, context.instance, run), once_per_outage=False)
+        else:
+            alert = drill_failure_alert(plan, context.instance, run)
+            trigger(life.d, life.book, alert, once_per_outage=False)
     elif run.job_name == CONNECTIVITY_JOB:
-        changes = connectivity_changes(plan, d, book, context.instance, run)
+        changes = connectivity_changes(plan, life, run)
         context.log.info(f"{run.run_id}: {', '.join(changes) or 'no change'}")
     else:
-        for alert in backup_failure_alerts_of(context, plan, run):
-            trigger(d, book, alert, once_per_outage=True)
+        storage = next((c for c in _run_error_classes(context) if c in STORAGE_ERROR_CLASSES), None)
+        for alert, fields in backup_failures_of(context, plan, run):
+            if storage and "error_class" not in fields:
+                fields = {**fields, "error_class": storage}
+            signal = Signal.of(
+                alert.subject, fields, at=time.time(), partition=alert.partition, run_id=run.run_id
+            )
+            group_failure(plan, life, signal, alert, context.log)
+    flush_held(plan, life)
+    life.finish()
 
 
 def cleanup_failure_alert(plan: AlertPlan, instance: DagsterInstance, run: DagsterRun) -> Alert:
@@ -402,6 +521,13 @@ def backup_failure_alerts_of(
 ) -> list[Alert]:
     """One BACKUP_FAILED alert per source whose backup failed (a failed blocking check alone: none, the
     check sensor reports it)."""
+    return [alert for alert, _ in backup_failures_of(context, plan, run)]
+
+
+def backup_failures_of(
+    context: RunFailureSensorContext, plan: AlertPlan, run: DagsterRun
+) -> list[tuple[Alert, dict[str, object]]]:
+    """(alert, the first failed step's metadata) per source whose backup failed."""
     alerts = []
     for source, failed in sorted(failed_steps_by_source(context.instance, run, plan.sources).items()):
         if failed and all(s.blocking_check_only for s in failed):
@@ -410,17 +536,19 @@ def backup_failure_alerts_of(
         first = next((s for s in failed if not s.blocking_check_only), None)
         counts = _numbers(first.metadata) if first else {}
         counts["failed_steps"] = len(failed)
-        alerts.append(
-            plan.run_alert(
-                AlertKind.BACKUP_FAILED,
-                source,
-                run,
-                failed_step=first.step_key if first else None,
-                error_type=first.error_type if first else "run failed before any step",
-                counts=counts,
-                **(_texts(first.metadata) if first else {}),
-            )
+        alert = plan.run_alert(
+            AlertKind.BACKUP_FAILED,
+            source,
+            run,
+            failed_step=first.step_key if first else None,
+            error_type=first.error_type if first else "run failed before any step",
+            counts=counts,
+            **(_texts(first.metadata) if first else {}),
         )
+        fields = _unwrap(first.metadata) if first else {}
+        if first is not None and first.error_type and "error_class" not in fields:
+            fields["error_class"] = first.error_type
+        alerts.append((alert, fields))
     return alerts
 
 
@@ -429,27 +557,30 @@ def on_run_success(context: RunStatusSensorContext, plan: AlertPlan, channels: C
     run = context.dagster_run
     if run.job_name == TEST_ALERT_JOB:
         return
-    d = channels.dispatcher(plan, context.log)
-    book = IncidentBook(context.instance.run_storage)
+    life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
+    d, book = life.d, life.book
     if run.job_name == CONNECTIVITY_JOB:
-        connectivity_changes(plan, d, book, context.instance, run)
-        return
-    if run.job_name == STAGING_CLEANUP_JOB:
+        connectivity_changes(plan, life, run)
+    elif run.job_name == STAGING_CLEANUP_JOB:
         resolve(d, book, plan.run_alert(AlertKind.STAGING_CLEANUP_FAILED, "staging", run, severity="low"))
         counts = _output_counts(context.instance, run.run_id)
         d.send(
             plan.run_alert(AlertKind.STAGING_CLEANUP_SUMMARY, "staging", run, severity="low", counts=counts)
         )
-        return
-    if run.job_name == DRILL_JOB:
+    elif run.job_name == DRILL_JOB:
         # asset_check_alerts resolves what it alerted; this resolves an incident a failed drill run opened.
         if _drill_passed(context.instance, run.run_id):
             resolve(d, book, drill_failure_alert(plan, context.instance, run))
-        return
-    for source in sorted(_archived_sources(context.instance, run.run_id, set(plan.sources))):
-        alert = plan.run_alert(AlertKind.BACKUP_FAILED, source, run)
-        if resolve(d, book, alert) is not None:
-            context.log.info(f"{source}: recovered; incident {alert.dedup_key} resolved")
+    else:
+        for source in sorted(_archived_sources(context.instance, run.run_id, set(plan.sources))):
+            alert = plan.run_alert(AlertKind.BACKUP_FAILED, source, run)
+            if resolve(d, book, alert) is not None:
+                context.log.info(f"{source}: recovered; incident {alert.dedup_key} resolved")
+            addresses = plan.topology.addresses_of(source) if plan.topology else []
+            for incident in life.causes.on_success(source, addresses, time.time()):
+                context.log.info(f"{source}: {', '.join(resolve_cause(plan, life, incident))}")
+    flush_held(plan, life)
+    life.finish()
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -498,6 +629,7 @@ class CheckPass:
     d: Dispatcher
     book: IncidentBook
     oldest: float  # a check seen for the first time: evaluations before this time are skipped
+    life: Lifecycle | None = None
     sent: int = 0
     resolved: int = 0
 
@@ -517,12 +649,13 @@ def evaluate_check_alerts(
         state: dict[str, dict[str, Any]] = json.loads(context.cursor) if context.cursor else {}
     except ValueError:  # a cursor from another version: start over (old history is skipped)
         state = {}
-    d = channels.dispatcher(plan, context.log)
-    tally = CheckPass(d, IncidentBook(context.instance.run_storage), time.time() - CHECK_CURSOR_MAX_AGE_S)
+    life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
+    tally = CheckPass(life.d, life.book, time.time() - CHECK_CURSOR_MAX_AGE_S, life)
     for check_key in keys:
         name = check_key.to_user_string()
         state[name] = read_check_history(context.instance, plan, check_key, state.get(name), tally)
     context.update_cursor(json.dumps(state, sort_keys=True))
+    life.finish()
     return SkipReason(f"{len(keys)} checks read: {tally.sent} alerts, {tally.resolved} resolved")
 
 
@@ -596,6 +729,8 @@ def handle_evaluation(
     day = evaluation.partition or ""
     alert = check_alert(plan, instance, evaluation, run_id, step_key)
     if not evaluation.passed:
+        if folded_check(plan, tally, evaluation, alert):
+            return
         trigger(tally.d, tally.book, alert, once_per_outage=False)
         alerted.days.add(day)
         tally.sent += 1
@@ -606,6 +741,83 @@ def handle_evaluation(
     alerted.legacy = False
     if not alerted.days:
         tally.resolved += resolve(tally.d, tally.book, alert) is not None
+
+
+def folded_check(plan: AlertPlan, tally: CheckPass, evaluation: AssetCheckEvaluation, alert: Alert) -> bool:
+    """A failed check whose metadata names a shared cause (a check that could not reach the archive):
+    grouped like a run failure (defs/checks.peer_unreachable_result writes the structured fields)."""
+    if tally.life is None or plan.topology is None:
+        return False
+    fields = _unwrap(evaluation.metadata)
+    signal = Signal.of(alert.subject, fields, at=time.time(), partition=alert.partition, run_id=alert.run_id)
+    if not findings(signal, plan.topology):
+        return False
+    return group_failure(plan, tally.life, signal, alert, tally.d.log) != "per source"
+
+
+# ------------------------------------------------------------------------------------------------------
+# alert_causes (the hold of cause alerts) and resolve_alert (by hand, from the Launchpad)
+
+
+def evaluate_held_causes(context: SensorEvaluationContext, plan: AlertPlan, channels: Channels) -> SkipReason:
+    life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
+    paged = flush_held(plan, life)
+    open_ = [i.key for i in life.causes.incidents.values()]
+    life.finish()
+    return SkipReason(f"{paged} held cause alerts paged; cause incidents: {', '.join(open_) or 'none'}")
+
+
+class ResolveAlertConfig(Config):
+    """Run config of resolve_alert: the alert's key as the alerts/history table shows it."""
+
+    alert: str
+    action: str = "resolve"  # or "acknowledge"
+
+
+def resolve_alert_by_hand(
+    context: OpExecutionContext, config: ResolveAlertConfig, plan: AlertPlan, channels: Channels
+) -> None:
+    """Send the resolve (or acknowledge) of an open alert to PagerDuty (same dedup key) and the other
+    channels, close it in the incident and cause books, and record it in the history."""
+    if config.action not in ("resolve", "acknowledge"):
+        raise Failure(
+            f'action must be "resolve" or "acknowledge", got {config.action!r}', allow_retries=False
+        )
+    life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
+    life.resolved_by = "manual"
+    entry = life.history.current(config.alert)
+    if entry is None:
+        open_keys = sorted({e.key for e in life.history.entries() if e.state != "resolved"})
+        raise Failure(
+            f"no open alert with key {config.alert!r} in alerts/history; open alerts: "
+            f"{', '.join(open_keys) or 'none'}. Copy the key from the alerts/history asset's table.",
+            allow_retries=False,
+        )
+    alert = Alert(
+        kind=AlertKind(entry.kind),
+        severity=entry.severity,
+        environment=plan.environment,
+        subject=entry.subject,
+        check=entry.check,
+        cause=entry.cause,
+        confidence=entry.confidence,
+        sources=tuple(entry.sources),
+        partitions=tuple(entry.partitions),
+        job=RESOLVE_JOB,
+        runbook_url=entry.runbook,
+    )
+    if config.action == "acknowledge":
+        acknowledged = replace(alert, action="acknowledge")
+        deliveries = life.d.send(acknowledged, entry.channels or None)  # type: ignore[arg-type]
+        life.d.record("acknowledge", acknowledged, deliveries)
+    elif resolve(life.d, life.book, alert) is None:  # not in the incident book: resolve anyway
+        deliveries = life.d.send(replace(alert, action="resolve"))
+        life.d.record("resolve", replace(alert, action="resolve"), deliveries)
+    for key, incident in list(life.causes.incidents.items()):
+        if plan.cause_alert(incident).dedup_key == config.alert:
+            life.causes.close(key)
+    life.finish()
+    context.add_output_metadata({"alert": config.alert, "action": config.action})
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -649,10 +861,10 @@ def send_test_alert_everywhere(context: OpExecutionContext, plan: AlertPlan, cha
 # The wiring
 
 
-def build_alert_defs(env: EnvironmentConfig) -> Definitions:
+def build_alert_defs(env: EnvironmentConfig, *, multi_site: bool = False) -> Definitions:
     """The three alert sensors and the send_test_alert job for `env` (the notifier resources they take
     come from defs/resources.build_resources)."""
-    plan = AlertPlan.of(env)
+    plan = AlertPlan.of(env, multi_site=multi_site)
     status = DefaultSensorStatus.RUNNING if plan.settings.enabled else DefaultSensorStatus.STOPPED
 
     @run_failure_sensor(
@@ -733,6 +945,60 @@ def build_alert_defs(env: EnvironmentConfig) -> Definitions:
     def send_test_alert() -> None:
         send_test_alert_op()
 
-    return Definitions(
-        sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts], jobs=[send_test_alert]
+    return Definitions.merge(
+        Definitions(
+            sensors=[backup_failure_alerts, backup_recovery_alerts, asset_check_alerts],
+            jobs=[send_test_alert],
+        ),
+        lifecycle_defs(plan, status),
     )
+
+
+def lifecycle_defs(plan: AlertPlan, status: DefaultSensorStatus) -> Definitions:
+    """The alerts/history asset, the alert_causes sensor (held cause alerts) and the resolve_alert job."""
+
+    @sensor(
+        name="alert_causes",
+        description=(
+            "Pages a cause alert (main archive, staging, the backup host's network, Dagster storage, spool "
+            "full) once its hold has passed, when not every source that depends on it has failed yet."
+        ),
+        minimum_interval_seconds=30,
+        default_status=status,
+    )
+    def alert_causes(
+        context: SensorEvaluationContext,
+        slack_notifier: SlackNotifierResource,
+        pagerduty_notifier: PagerDutyNotifierResource,
+        email_notifier: EmailNotifierResource,
+    ) -> SkipReason:
+        return evaluate_held_causes(
+            context, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
+        )
+
+    @op(
+        name="resolve_alert_by_hand",
+        description="Resolves (or acknowledges) one open alert: PagerDuty (same dedup key), Slack, email, "
+        "and the alerts/history asset.",
+    )
+    def resolve_alert_op(
+        context: OpExecutionContext,
+        config: ResolveAlertConfig,
+        slack_notifier: SlackNotifierResource,
+        pagerduty_notifier: PagerDutyNotifierResource,
+        email_notifier: EmailNotifierResource,
+    ) -> None:
+        resolve_alert_by_hand(
+            context, config, plan, Channels(slack_notifier, pagerduty_notifier, email_notifier)
+        )
+
+    @job(
+        name=RESOLVE_JOB,
+        description="Resolve or acknowledge an alert by hand: run config ops.resolve_alert_by_hand.config."
+        "alert = its key (the alerts/history table's `alert` column), action = resolve | acknowledge.",
+        tags={KIND_TAG: "notifications"},
+    )
+    def resolve_alert() -> None:
+        resolve_alert_op()
+
+    return Definitions(assets=[history_spec(plan.site)], sensors=[alert_causes], jobs=[resolve_alert])

@@ -59,7 +59,7 @@ from dicom_backup_dagster.backup.inventory import ArchiveLookup
 from dicom_backup_dagster.backup.manifest import DEFERRED, InstanceEntry
 from dicom_backup_dagster.backup.partitions import RunDays
 from dicom_backup_dagster.backup.verify import check_presence
-from dicom_backup_dagster.defs.common import check_partitions, find_session, uids_metadata
+from dicom_backup_dagster.defs.common import check_partitions, failure_fields, find_session, uids_metadata
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -173,7 +173,13 @@ def peer_unreachable_result(what: str, error: DicomError, partition: str, compar
         passed=False,
         severity=AssetCheckSeverity.ERROR,
         description=f"could not {what}: {error}",
-        metadata={"partition": partition, "compared": compared},
+        metadata={
+            "partition": partition,
+            "compared": compared,
+            "peer": str(error.peer),
+            "operation": error.operation,
+            **failure_fields(error),
+        },
     )
 
 

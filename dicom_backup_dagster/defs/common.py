@@ -116,10 +116,23 @@ def backup_failure(
             # port)", the sub-operation counts, a timeout; the alerts name it when there is no status.
             "cause": error.detail[:160] or "none",
             "advice": error.advice or "none",
+            **failure_fields(error),
             **(metadata or {}),
         },
         allow_retries=retry,
     )
+
+
+def failure_fields(error: DicomError) -> dict[str, str]:
+    """The structured facts the alert sensors group failures by (notify/causes.py): the error's class, where
+    an association failed, and a C-MOVE's unreachable destination. Names and addresses only."""
+    out = {"error_class": type(error).__name__}
+    stage = getattr(error, "stage", None)
+    if stage:
+        out["association_stage"] = stage
+    if error.unreachable_destination:
+        out["destination_unreachable"] = error.unreachable_destination
+    return out
 
 
 def explain_destination(error: DicomError, destination: Peer, dicom: DicomNetwork) -> DicomError:
@@ -137,7 +150,7 @@ def explain_destination(error: DicomError, destination: Peer, dicom: DicomNetwor
     else:
         return error
     if isinstance(error, SubOperationError):
-        return SubOperationError(
+        explained: DicomError = SubOperationError(
             error.peer,
             error.operation,
             error.detail,
@@ -146,14 +159,17 @@ def explain_destination(error: DicomError, destination: Peer, dicom: DicomNetwor
             advice=advice,
             failed_sop_instance_uids=error.failed_sop_instance_uids,
         )
-    return DicomError(
-        error.peer,
-        error.operation,
-        error.detail,
-        status=error.status,
-        advice=advice,
-        failed_sop_instance_uids=error.failed_sop_instance_uids,
-    )
+    else:
+        explained = DicomError(
+            error.peer,
+            error.operation,
+            error.detail,
+            status=error.status,
+            advice=advice,
+            failed_sop_instance_uids=error.failed_sop_instance_uids,
+        )
+    explained.unreachable_destination = str(destination)
+    return explained
 
 
 def _attempts(context: Any, policy: RetryPolicy | None) -> tuple[int, int]:
@@ -184,9 +200,10 @@ def _unexpected(context: Any, error: Exception) -> Failure:
     errno, never data set content); the stack trace stays on the event."""
     what = f"{type(error).__name__}: {error}" if isinstance(error, OSError) else type(error).__name__
     step = getattr(getattr(context, "op", None), "name", None) or "step"
-    return Failure(
-        description=f"{step} failed: {what}", metadata={"error": type(error).__name__}, allow_retries=True
-    )
+    metadata: dict[str, Any] = {"error": type(error).__name__, "error_class": type(error).__name__}
+    if isinstance(error, OSError) and error.errno is not None:
+        metadata["errno"] = error.errno  # ENOSPC: the spool is full (notify/causes.py)
+    return Failure(description=f"{step} failed: {what}", metadata=metadata, allow_retries=True)
 
 
 def explain_failures(policy: RetryPolicy | None) -> Callable[[F], F]:

@@ -44,6 +44,7 @@ __all__ = [
     "nightly_schedule_name",
     "peer_alias",
     "peer_asset_key",
+    "pool_id",
     "source_of_step",
     "sweep_job_name",
     "sweep_key",
@@ -73,6 +74,13 @@ def peer_alias(key: AssetKey | None) -> str | None:
     if key is None or len(key.path) != 2 or key.path[0] != PEERS_PREFIX:
         return None
     return key.path[1]
+
+
+def pool_id(aet: str, host: str, port: int, *, multi_site: bool = False) -> str:
+    """What names a source's pool (`dicom_<pool_id>`): the AE title alone when the file has one site (the
+    pool names operators have set limits for), `AET@host:port` when several sites share the instance, so
+    two sites' sources on one remote AE share its pool and two AEs of one title on two hosts do not."""
+    return f"{aet}@{host}:{port}" if multi_site else aet
 
 
 def nightly_schedule_name(job_name: str) -> str:

@@ -115,7 +115,7 @@ from dicom_backup_dagster.defs.common import (
     resolve_retry_policy,
     uids_metadata,
 )
-from dicom_backup_dagster.defs.keys import SourceNames
+from dicom_backup_dagster.defs.keys import SourceNames, pool_id
 from dicom_backup_dagster.defs.manifests import handle_path, load_handle, save_handle
 from dicom_backup_dagster.defs.resources import (
     BackupStorage,
@@ -139,6 +139,8 @@ from dicom_backup_dagster.mosaiq.deliveries import (
 from dicom_backup_dagster.rtrecord.builder import RecordOptions
 from dicom_backup_dagster.rtrecord.conformance import check_rt_record_files
 
+# MosaiqError.what_failed when no connection to the database server could be made (mosaiq/connection.py).
+UNREACHABLE = "the database server is unreachable"
 _KEEP_REASONS = 50  # quarantine reasons shown in metadata (deliveries.jsonl has all of them)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -156,10 +158,12 @@ class MosaiqPlan:
     options: RecordOptions
 
     @classmethod
-    def of(cls, env: EnvironmentConfig, source: MosaiqSource) -> "MosaiqPlan":
+    def of(cls, env: EnvironmentConfig, source: MosaiqSource, *, multi_site: bool = False) -> "MosaiqPlan":
         staging = env.staging_target(source)
         return cls(
-            names=SourceNames(source.alias, staging.aet),
+            names=SourceNames(
+                source.alias, pool_id(staging.aet, staging.ip, staging.port, multi_site=multi_site)
+            ),
             source=source,
             settings=env.settings,
             staging=staging,
@@ -254,7 +258,7 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
     # An unreachable server (SQLSTATE class 08, HYT00/HYT01 timeouts) may clear up; a rejected login,
     # a missing driver (IM...) or a wrong database name will not. Classified by what failed, not by
     # SQLSTATE alone: psqlODBC reports a rejected password as 08001 too.
-    transient = error.what_failed == "the database server is unreachable" or (
+    transient = error.what_failed == UNREACHABLE or (
         error.what_failed == "the ODBC driver reported an error"
         and (error.sqlstate or "").startswith(("08", "HYT"))
     )
@@ -272,6 +276,9 @@ def connection_failure(source: MosaiqSource, partition: str, error: MosaiqConnec
             "sqlstate": error.sqlstate or "none",
             "cause": error.what_failed,
             "advice": error.what_to_do,
+            "error_class": type(error).__name__,
+            # For cause grouping (notify/causes.py): no connection to the server, like a DICOM "connect".
+            **({"association_stage": "connect"} if error.what_failed == UNREACHABLE else {}),
         },
         allow_retries=transient,
     )
@@ -857,9 +864,10 @@ def build_mosaiq_source_backup(
     *,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Mosaiq source into the environment's main archive."""
-    plan = MosaiqPlan.of(env, source)
+    plan = MosaiqPlan.of(env, source, multi_site=multi_site)
     names, staging = plan.names, plan.staging
     policy = resolve_retry_policy(retry_policy, env.settings)
     step = _step_arguments(names, partitions_def, policy)
@@ -971,13 +979,16 @@ def build_mosaiq_backup_defs(
     start_date: str | dt.date | None = None,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """The backups of every Mosaiq source of `env`, partitioned by treatment day in the site's timezone.
     Their resources (`mosaiq_<alias>`, `dicom`, `backup_storage`) come from defs/resources.build_resources."""
     partitions_def = daily_partitions(env, start_date)
     return Definitions.merge(
         *(
-            build_mosaiq_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
+            build_mosaiq_source_backup(
+                env, source, partitions_def, retry_policy=retry_policy, rules=rules, multi_site=multi_site
+            )
             for source in env.mosaiq_sources.values()
         )
     )

@@ -338,9 +338,10 @@ def build_source_on_demand(
     partitions_def: DailyPartitionsDefinition,
     *,
     retry_policy: RetryChoice = FROM_SETTINGS,
+    multi_site: bool = False,
 ) -> Definitions:
     """`<source>/on_demand` and the job `<source>_backup_studies` that the Launchpad runs."""
-    plan = QRPlan.of(env, source, partitions_def)
+    plan = QRPlan.of(env, source, partitions_def, multi_site=multi_site)
     names = plan.names
     policy = resolve_retry_policy(retry_policy, env.settings)
 
@@ -372,19 +373,25 @@ def build_source_on_demand(
         # Not the source's tag: the exporter's per-source run figures (last success, last run failed) are
         # the backups', and a mistyped UID must not fire DicomBackupFailed nor a success mask a failed night.
         tags={KIND_TAG: "on_demand_backup"},
-        executor_def=in_process_executor,
+        executor_def=None if env.settings.executor == "celery" else in_process_executor,
     )
     return Definitions(assets=[on_demand], jobs=[job])
 
 
 def build_on_demand_defs(
-    env: EnvironmentConfig, *, start_date: str | None = None, retry_policy: RetryChoice = FROM_SETTINGS
+    env: EnvironmentConfig,
+    *,
+    start_date: str | None = None,
+    retry_policy: RetryChoice = FROM_SETTINGS,
+    multi_site: bool = False,
 ) -> Definitions:
     """The on-demand backup of every ARIA/MIM source of `env`."""
     partitions_def = daily_partitions(env, start_date)
     return Definitions.merge(
         *(
-            build_source_on_demand(env, source, partitions_def, retry_policy=retry_policy)
+            build_source_on_demand(
+                env, source, partitions_def, retry_policy=retry_policy, multi_site=multi_site
+            )
             for source in env.qr_sources.values()
         )
     )

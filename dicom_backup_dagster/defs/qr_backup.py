@@ -94,7 +94,7 @@ from dicom_backup_dagster.defs.common import (
     uids_metadata,
 )
 from dicom_backup_dagster.defs.hours import between_requests, wait_for_window
-from dicom_backup_dagster.defs.keys import SourceNames
+from dicom_backup_dagster.defs.keys import SourceNames, pool_id
 from dicom_backup_dagster.defs.manifests import load_handle
 from dicom_backup_dagster.defs.resources import BackupStorage, DicomNetwork
 from dicom_backup_dagster.defs.schedules import backup_job_and_schedule
@@ -122,10 +122,16 @@ class QRPlan:
 
     @classmethod
     def of(
-        cls, env: EnvironmentConfig, source: QRSource, partitions_def: DailyPartitionsDefinition
+        cls,
+        env: EnvironmentConfig,
+        source: QRSource,
+        partitions_def: DailyPartitionsDefinition,
+        *,
+        multi_site: bool = False,
     ) -> "QRPlan":
+        pool = pool_id(source.aet, source.ip, source.port, multi_site=multi_site)
         return cls(
-            names=SourceNames(source.alias, source.aet),
+            names=SourceNames(source.alias, pool),
             source=source,
             settings=env.settings,
             archive=env.main_target.peer,
@@ -650,9 +656,10 @@ def build_source_backup(
     *,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """Assets, checks, job and schedule backing up one Q/R source into the environment's main archive."""
-    plan = QRPlan.of(env, source, partitions_def)
+    plan = QRPlan.of(env, source, partitions_def, multi_site=multi_site)
     names = plan.names
     check_keys = [AssetCheckKey(names.archived, n) for n in QR_CHECKS]
     policy = resolve_retry_policy(retry_policy, env.settings)
@@ -724,16 +731,19 @@ def build_qr_backup_defs(
     start_date: str | dt.date | None = None,
     retry_policy: RetryChoice = FROM_SETTINGS,
     rules: baseline.BaselineRules = DEFAULT_RULES,
+    multi_site: bool = False,
 ) -> Definitions:
     """The backups of every ARIA/MIM source of `env`, partitioned by day in the site's timezone. Their
     resources (`dicom`, `backup_storage`) come from defs/resources.build_resources.
 
     `rules`: thresholds of volume_vs_baseline and duration_vs_baseline (config.py has no keys for them
-    yet; a caller can build them from site settings)."""
+    yet; a caller can build them from site settings). `multi_site`: pools named by AE@host:port."""
     partitions_def = daily_partitions(env, start_date)
     return Definitions.merge(
         *(
-            build_source_backup(env, source, partitions_def, retry_policy=retry_policy, rules=rules)
+            build_source_backup(
+                env, source, partitions_def, retry_policy=retry_policy, rules=rules, multi_site=multi_site
+            )
             for source in env.qr_sources.values()
         )
     )

@@ -43,7 +43,8 @@ class ReportPlan:
 def on_treatment_body(
     context: AssetExecutionContext, plan: ReportPlan, storage: BackupStorage
 ) -> MaterializeResult:
-    """Read main's RT records, plans and structure sets; write the report; check their references."""
+    """Read main's RT records of the last `days` days and what they reference; write the report; check the
+    references (each record is checked on the nights it is in the window, so every record is checked)."""
     if not plan.main.rest_url:
         raise ValueError(
             f"backup_targets.{plan.main.alias}.rest_url is not set: the reports read main by REST"
@@ -51,18 +52,16 @@ def on_treatment_body(
     directory = Path(plan.reports_dir) if plan.reports_dir else storage.root(context.instance) / "reports"
     client = staging_client(plan.main.rest_url, plan.main.rest_username, plan.main.rest_password,
                             label=plan.main.alias)  # fmt: skip
-    with client:
-        objects = list(reports.archive_datasets(client, (reports.RTRECORD, "RTPLAN", "RTSTRUCT")))
-        instances, series = reports.archive_uids(client)
-    labels = {str(d.SOPInstanceUID): str(d.get("RTPlanLabel", "")) for d in objects if d.Modality == "RTPLAN"}
-    records = [d for d in objects if d.Modality == reports.RTRECORD]
     today = dt.datetime.now(zoneinfo.ZoneInfo(plan.timezone)).date()
-    rows = reports.on_treatment(records, today, plan.days, labels)
+    with client:  # only the last `days` days' records, and what they reference (indexed lookups)
+        records = list(reports.recent_records(client, today - dt.timedelta(days=plan.days), today))
+        chase = reports.chase_references(client, records)
+    rows = reports.on_treatment(records, today, plan.days, chase.plan_labels())
     columns = reports.ON_TREATMENT_COLUMNS
     csv_path, _ = reports.write_report(
         directory, "on_treatment", "On treatment", columns, [r.row() for r in rows]
     )
-    missing = reports.missing_references(objects, instances, series)
+    missing = reports.missing_references(chase.objects, chase.instances, chase.series)
     context.log.info(
         f"on treatment: {len(rows)} courses from {len(records)} RT records; {len(missing)} missing"
     )
@@ -76,7 +75,7 @@ def on_treatment_body(
             AssetCheckResult(
                 check_name=REFERENCE_CHECK, passed=not missing, severity=AssetCheckSeverity.WARN,
                 metadata={
-                    "missing": len(missing), "checked": len(objects),
+                    "missing": len(missing), "checked": len(chase.objects),
                     "missing_uids": MetadataValue.md(uids or "none"),
                 },
             )

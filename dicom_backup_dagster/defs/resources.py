@@ -44,6 +44,7 @@ class DicomNetwork(ConfigurableResource):
 
     calling_aet: str
     listen_port: int | None = None
+    listen_host: str = "0.0.0.0"  # where our AE listens (Storage Commitment reports of a restore)
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 120.0
     network_timeout_s: float = 60.0

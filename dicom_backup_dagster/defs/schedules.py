@@ -45,8 +45,9 @@ def backup_job_and_schedule(
         description=description,
         tags=names.tags,
         # One process per run, not per step: the steps are sequential DICOM I/O and a step process costs
-        # 2-5 s to start here. Parallelism comes from concurrent runs, bounded per AE by the pools.
-        executor_def=in_process_executor,
+        # 2-5 s to start here. Parallelism comes from concurrent runs, bounded per AE by the pools. With
+        # settings.executor = "celery", the code location's executor: every step on the site's workers.
+        executor_def=None if settings.executor == "celery" else in_process_executor,
     )
 
     # A plain cron schedule rather than build_schedule_from_partitioned_job, which only takes hour/minute

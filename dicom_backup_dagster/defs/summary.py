@@ -2,7 +2,9 @@
 
 Each daily partition's materialization holds a table with, per source: the day's counts (found, already
 archived, moved, deferred, failed), whether every check of that day passed (verified), a status in plain
-words, a link to the run that backed the day up and, for anything not green, the runbook page. It reads
+words, a link to the run that backed the day up, for anything not green the runbook page, and the source's
+backup SLOs as of the summary's run (the exporter's figures, monitoring/slo.py: the recovery point and the
+nights complete and verified by `slo_verified_by_hour` in the SLO window). It reads
 only Dagster's own records (materializations and check results), never a DICOM peer or Mosaiq, so it can
 run any time; the schedule `summarize_night_schedule` (RUNNING by default, read-only) runs it for the
 previous day at SUMMARY_CRON, and the sandbox night runs it after the backups.
@@ -10,7 +12,9 @@ previous day at SUMMARY_CRON, and the sandbox night runs it after the backups.
 No `from __future__ import annotations`: Dagster 1.13 validates `context` annotations by identity.
 """
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
@@ -18,6 +22,7 @@ from dagster import (
     AssetCheckKey,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetRecordsFilter,
     DagsterInstance,
     DefaultScheduleStatus,
@@ -32,6 +37,7 @@ from dagster import (
 from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.common import daily_partitions
 from dicom_backup_dagster.defs.keys import KIND_TAG, SourceNames
+from dicom_backup_dagster.monitoring.slo import Nights, SloFigures, SloTargets
 
 SUMMARY_KEY = AssetKey("nightly_summary")
 SUMMARY_JOB = "summarize_night"
@@ -41,6 +47,7 @@ EMPTY = "nothing that day (source queried, 0 found), verified"  # a weekend: gre
 COUNTS = ("found", "already_archived", "moved", "deferred", "failed")
 # What each source kind calls "found" on its `archived` materialization.
 FOUND_KEYS = ("instances_found", "records")
+SLO_RECORDS = 5000  # per record kind and source: years of nights, a few runs each
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class SummaryPlan:
     checks: dict[str, tuple[AssetCheckKey, ...]]  # source -> the checks of its day-partitioned assets
     ui_url: str  # "" : links relative to the UI that shows them
     runbooks: str
+    slo: SloTargets = field(default_factory=SloTargets)
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -67,6 +75,7 @@ class SourceDay:
     run_id: str | None
     status: str
     runbook: str | None
+    slo: SloFigures | None = None
 
     @property
     def green(self) -> bool:
@@ -120,6 +129,56 @@ def source_day(
     )
 
 
+def source_slo(
+    instance: DagsterInstance, alias: str, checks: list[AssetCheckKey], now: float, targets: SloTargets
+) -> SloFigures:
+    """The exporter's SLO figures (monitoring/slo.py) as of `now`, folded from the source's records (its
+    `archived` materializations and its day checks, at most SLO_RECORDS of each, newest first)."""
+    key = SourceNames(alias).archived
+    events: list[tuple[float, AssetMaterialization | AssetCheckEvaluation]] = []
+    for record in instance.fetch_materializations(key, limit=SLO_RECORDS).records:
+        if (materialization := record.event_log_entry.asset_materialization) is not None:
+            events.append((record.event_log_entry.timestamp, materialization))
+    for check in checks:
+        for execution in instance.event_log_storage.get_asset_check_execution_history(check, SLO_RECORDS):
+            entry = execution.event
+            if entry is not None and (evaluation := entry.asset_check_evaluation) is not None:
+                events.append((entry.timestamp, evaluation))
+    nights = Nights()
+    for timestamp, event in sorted(events, key=lambda e: e[0]):  # in time order, as the exporter folds
+        if isinstance(event, AssetCheckEvaluation):
+            severity = event.severity.value
+            nights.check(alias, event.partition, event.check_name, event.passed, severity, timestamp)
+        else:
+            metadata = {k: v.value for k, v in event.metadata.items()}
+            nights.archived(alias, event.partition, timestamp, metadata)
+    return nights.figures([alias], targets, now)[alias]
+
+
+def slo_cells(figures: SloFigures | None) -> tuple[str, str]:
+    """(recovery point, nights verified in time) as the table shows them."""
+    if figures is None:
+        return "-", "-"
+    seconds, counted, verified = (
+        figures.recovery_point_seconds,
+        figures.counted["slo"],
+        figures.verified["slo"],
+    )
+    recovery = "none verified" if math.isinf(seconds) else f"{seconds / 3600:.0f} h"
+    share = f"{verified} of {counted} ({verified / counted:.0%})" if counted else "-"
+    return recovery, share
+
+
+def _hours(figures: SloFigures | None) -> float | None:
+    seconds = figures.recovery_point_seconds if figures else math.inf
+    return None if math.isinf(seconds) else round(seconds / 3600, 1)
+
+
+def _ratio(figures: SloFigures | None) -> float | None:
+    share = figures.ratio() if figures else None
+    return None if share is None else round(share, 4)
+
+
 def _status(
     materialized: bool, counts: dict[str, int], failed: list[str], missing: list[str]
 ) -> tuple[str, str | None]:
@@ -142,16 +201,18 @@ def _status(
 
 def summary_table(rows: list[SourceDay], ui_url: str) -> str:
     """Markdown: one row per source, links to the run and the runbook."""
-    head = "| source | status | found | already archived | moved | deferred | failed | checks passed | run |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| source | status | found | already archived | moved | deferred | failed | checks passed | run "
+    head += "| recovery point | nights verified in time |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         run = f"[{r.run_id[:8]}]({ui_url}/runs/{r.run_id})" if r.run_id else "-"
         status = r.status if r.green else f"**{r.status}** ([runbook]({r.runbook}))"
         c = r.counts
         checks = f"{r.checks_passed} of {r.checks_passed + len(r.checks_failed) + len(r.checks_missing)}"
+        recovery, share = slo_cells(r.slo)
         lines.append(
             f"| {r.source} | {status} | {c['found']} | {c['already_archived']} | {c['moved']} "
-            f"| {c['deferred']} | {c['failed']} | {checks} | {run} |"
+            f"| {c['deferred']} | {c['failed']} | {checks} | {run} | {recovery} | {share} |"
         )
     return "\n".join(lines)
 
@@ -162,6 +223,9 @@ def materialize_summary(context: AssetExecutionContext, plan: SummaryPlan) -> Ma
         source_day(context.instance, alias, list(checks), day, plan.runbooks)
         for alias, checks in plan.checks.items()
     ]
+    now = time.time()
+    for row in rows:
+        row.slo = source_slo(context.instance, row.source, list(plan.checks[row.source]), now, plan.slo)
     green = sum(r.green for r in rows)
     sentence = f"{plan.environment} {day}: {green} of {len(rows)} sources complete and verified"
     not_green = [f"{r.source}: {r.status}" for r in rows if not r.green]
@@ -173,11 +237,20 @@ def materialize_summary(context: AssetExecutionContext, plan: SummaryPlan) -> Ma
             "sources_green": green,
             "sources_not_green": len(rows) - green,
             **{f"{r.source}_status": r.status for r in rows},
+            **{f"{r.source}_recovery_point_hours": _hours(r.slo) for r in rows},
+            **{f"{r.source}_nights_verified_ratio": _ratio(r.slo) for r in rows},
         }
     )
 
 
-def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definitions:
+def summary_key(site: str, *, multi_site: bool = False) -> AssetKey:
+    """`nightly_summary`, or `nightly_summary/<site>` when several sites share the instance."""
+    return AssetKey([*SUMMARY_KEY.path, site]) if multi_site else SUMMARY_KEY
+
+
+def build_summary_defs(
+    env: EnvironmentConfig, backups: Definitions, *, multi_site: bool = False
+) -> Definitions:
     """Asset `nightly_summary` (daily partitions, like the backups), its job and its schedule; `backups`
     holds the sources' assets and checks it summarizes."""
     sources = tuple(sorted([*env.qr_sources, *env.mosaiq_sources]))
@@ -201,11 +274,13 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
         },
         ui_url=(notifications.dagster_ui_url or "").rstrip("/"),
         runbooks=notifications.runbook_base_url,
+        slo=SloTargets.from_settings(env.settings),
     )
     partitions = daily_partitions(env)
+    key = summary_key(env.name, multi_site=multi_site)
 
     @asset(
-        key=SUMMARY_KEY,
+        key=key,
         partitions_def=partitions,
         group_name="summary",
         deps=[SourceNames(alias).archived for alias in sources],
@@ -213,7 +288,8 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
         description=(
             f"Was the night complete and verified? One row per source of {env.name} for the day: instances "
             "(or Mosaiq records) found, already archived, moved, deferred and failed, how many of the day's "
-            "checks passed, a link to the run and, for anything not green, the runbook. Reads Dagster's own "
+            "checks passed, a link to the run, for anything not green the runbook, and the recovery point "
+            "and nights verified in time of the SLO window (settings.slo_*). Reads Dagster's own "
             "records only; runs every morning for the previous day."
         ),
     )
@@ -222,7 +298,7 @@ def build_summary_defs(env: EnvironmentConfig, backups: Definitions) -> Definiti
 
     job = define_asset_job(
         SUMMARY_JOB,
-        selection=[SUMMARY_KEY],
+        selection=[key],
         tags={KIND_TAG: "summary"},
         description="Builds nightly_summary for a day (read-only: Dagster's records of the backups).",
     )

@@ -69,6 +69,7 @@ from dicom_backup_dagster.defs.keys import (
     NOTHING_MISSED,
     SWEEP_COVERAGE,
     SourceNames,
+    pool_id,
     sweep_job_name,
     sweep_key,
 )
@@ -109,9 +110,11 @@ class SweepPlan:
     window: WorkWindow  # the source's bulk_hours
 
     @classmethod
-    def of(cls, env: EnvironmentConfig, source: QRSource) -> "SweepPlan":
+    def of(cls, env: EnvironmentConfig, source: QRSource, *, multi_site: bool = False) -> "SweepPlan":
         return cls(
-            names=SourceNames(source.alias, source.aet),
+            names=SourceNames(
+                source.alias, pool_id(source.aet, source.ip, source.port, multi_site=multi_site)
+            ),
             source=source,
             settings=env.settings,
             archive=env.main_target.peer,
@@ -469,10 +472,14 @@ def sweep_check_results(
 
 
 def build_source_sweep(
-    env: EnvironmentConfig, source: QRSource, *, retry_policy: RetryChoice = FROM_SETTINGS
+    env: EnvironmentConfig,
+    source: QRSource,
+    *,
+    retry_policy: RetryChoice = FROM_SETTINGS,
+    multi_site: bool = False,
 ) -> Definitions:
     """`<source>/reconciled`, its checks, `<source>_reconciliation_sweep` and its schedule."""
-    plan = SweepPlan.of(env, source)
+    plan = SweepPlan.of(env, source, multi_site=multi_site)
     names, settings = plan.names, env.settings
     policy = resolve_retry_policy(retry_policy, settings)
 
@@ -506,7 +513,7 @@ def build_source_sweep(
         # (last success, DicomBackupNoRecentSuccess) must not count a successful sweep as one. Failure
         # alerts still name the source, from the run's selected asset.
         tags={KIND_TAG: "sweep"},
-        executor_def=in_process_executor,
+        executor_def=None if settings.executor == "celery" else in_process_executor,
     )
     schedule = ScheduleDefinition(
         name=names.sweep_schedule,
@@ -522,10 +529,15 @@ def build_source_sweep(
     return Definitions(assets=[reconciled], jobs=[job], schedules=[schedule])
 
 
-def build_sweep_defs(env: EnvironmentConfig, *, retry_policy: RetryChoice = FROM_SETTINGS) -> Definitions:
+def build_sweep_defs(
+    env: EnvironmentConfig, *, retry_policy: RetryChoice = FROM_SETTINGS, multi_site: bool = False
+) -> Definitions:
     """A sweep per ARIA/MIM source of `env` (none when settings.sweep_days is 0)."""
     if env.settings.sweep_days == 0:
         return Definitions()
     return Definitions.merge(
-        *(build_source_sweep(env, s, retry_policy=retry_policy) for s in env.qr_sources.values())
+        *(
+            build_source_sweep(env, s, retry_policy=retry_policy, multi_site=multi_site)
+            for s in env.qr_sources.values()
+        )
     )

@@ -114,6 +114,7 @@ def associate(
                 f"the peer accepted no presentation context for SOP Class {', '.join(missing)}",
                 operation=operation,
                 advice="enable that SOP Class (and a transfer syntax we offer) on the peer",
+                stage="contexts",
             )
         keep_responses(assoc)
         return assoc
@@ -134,6 +135,7 @@ def associate(
             operation=operation,
             advice=advice,
             reject_reason=reason,
+            stage="rejected",
         )
     if not opened:
         reason = _probe_tcp(peer, timeouts.connect)
@@ -142,6 +144,7 @@ def associate(
             reason,
             operation=operation,
             advice="check that the peer is running and its host/port in our configuration, and firewalls",
+            stage="connect",
         )
     if elapsed >= timeouts.acse * 0.9:
         raise AssociationError(
@@ -150,12 +153,14 @@ def associate(
             operation=operation,
             advice="the port accepts TCP but the peer does not answer DICOM: check that it is a DICOM "
             "service and not hung; raise the ACSE timeout if it is just slow",
+            stage="acse_timeout",
         )
     raise AssociationError(
         peer,
         "the peer aborted or closed the connection during association negotiation",
         operation=operation,
         advice=f"check the peer's log; it may not know our AE title {calling} or our host address",
+        stage="aborted",
     )
 
 
@@ -209,4 +214,5 @@ def no_response_error(
         operation=operation,
         advice=f"check the peer's log: it may not allow our AE title {calling} (or our host) to use "
         f"{operation}; register us there",
+        stage="aborted",
     )

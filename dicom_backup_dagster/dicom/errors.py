@@ -15,9 +15,14 @@ from .status import status_advice, status_meaning
 class DicomError(Exception):
     """A DICOM operation against `peer` failed.
 
+    `unreachable_destination` (AE@host:port) is set when a C-MOVE failed because its move destination does
+    not answer a C-ECHO (the sub-operations failed there, not on `peer`).
+
     str() reads like "C-MOVE to ARIA_SIM@127.0.0.1:11112 failed: 0xA801 Refused: Move Destination unknown
     — register ...".
     """
+
+    unreachable_destination: str | None = None
 
     def __init__(
         self,
@@ -75,7 +80,11 @@ def _restore(cls: type[DicomError], state: dict[str, Any], message: str) -> Dico
 
 class AssociationError(DicomError):
     """No usable association: connection refused or timed out, A-ASSOCIATE-RJ (PS3.8 9.3.4), A-ABORT, ACSE
-    timeout, or the peer accepted none of the presentation contexts we need."""
+    timeout, or the peer accepted none of the presentation contexts we need.
+
+    `stage` says where it failed, for code that must not read the text: "connect" (no TCP connection),
+    "rejected" (A-ASSOCIATE-RJ), "acse_timeout", "aborted" (A-ABORT or closed during negotiation or a
+    request), "contexts" (no acceptable presentation context), None when not known."""
 
     def __init__(
         self,
@@ -85,8 +94,10 @@ class AssociationError(DicomError):
         advice: str = "",
         operation: str = "association",
         reject_reason: str | None = None,
+        stage: str | None = None,
     ) -> None:
         self.reject_reason = reject_reason
+        self.stage = stage
         super().__init__(peer, operation, detail, advice=advice)
 
 

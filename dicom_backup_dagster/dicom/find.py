@@ -164,6 +164,7 @@ class FindSession:
                 f"association lost before a {level}-level C-FIND (the peer closed or aborted it)",
                 operation="C-FIND",
                 advice="check that the peer is running and reachable; the step is retried",
+                stage="aborted",
             )
         rows: list[Dataset] = []
         started = waited_from = time.monotonic()

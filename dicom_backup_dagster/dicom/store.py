@@ -188,6 +188,7 @@ def _store_batch(
                     f"association lost after {len(outcomes)} C-STOREs",
                     operation="C-STORE",
                     advice="check the peer's log; re-run to send the remaining instances",
+                    stage="aborted",
                 )
             sent = time.monotonic()
             # A path lets pynetdicom send the encoded data set as is; without file meta it cannot.

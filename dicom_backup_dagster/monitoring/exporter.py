@@ -49,9 +49,13 @@ from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.logs import SOURCE_TAG
 from dicom_backup_dagster.monitoring import metrics as m
 from dicom_backup_dagster.monitoring.orthanc import OrthancTarget, statistics
+from dicom_backup_dagster.monitoring.slo import SloTargets
+from dicom_backup_dagster.notify.history import History
 from dicom_backup_dagster.orthanc import OrthancStatistics
 
 log = logging.getLogger(__name__)
+
+OPEN_ALERTS = "dicom_backup_open_alerts"  # alert history (notify/history.py), by severity
 
 EVENT_TYPES = (
     DagsterEventType.ASSET_MATERIALIZATION,
@@ -86,6 +90,9 @@ class DagsterStateCollector(Collector):
         page_size: int = 5000,
         orthanc: OrthancTarget | None = None,
         clock: Callable[[], float] = time.time,
+        slo: SloTargets | None = None,
+        slo_sources: Iterable[str] = (),
+        alert_sites: Iterable[str] = ("",),
     ) -> None:
         self._instance_factory = instance_factory
         self._instance: DagsterInstance | None = None
@@ -94,6 +101,9 @@ class DagsterStateCollector(Collector):
         self.page_size = page_size
         self.orthanc = orthanc
         self._clock = clock
+        self.slo = slo or SloTargets()
+        self.slo_sources = tuple(slo_sources)  # the configured sources: served before their first run
+        self.alert_sites = tuple(alert_sites)  # whose alert ledgers: "" for one site, else every site
         self._lock = threading.Lock()  # one refresh at a time
         self._refreshing: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -102,6 +112,7 @@ class DagsterStateCollector(Collector):
         self.runs: dict[str, m.RunStats] = {}
         self._runs_read_at: float | None = None
         self.heartbeats: dict[str, float] = {}
+        self.open_alerts: dict[str, int] = {}  # severity -> open alerts (notify/history.py)
         self.archive: OrthancStatistics | None = None
         self.archive_up: float | None = None
         self.dagster_up = 0.0
@@ -131,6 +142,7 @@ class DagsterStateCollector(Collector):
                 self.heartbeats = {
                     str(t): float(h.timestamp) for t, h in instance.get_daemon_heartbeats().items()
                 }
+                self.open_alerts = open_alerts(instance, self.alert_sites)
                 self.dagster_up = 1.0
                 self.last_refresh_ok = self._clock()
                 self.last_error = None
@@ -173,7 +185,11 @@ class DagsterStateCollector(Collector):
             event = entry.asset_materialization
             if event is not None:
                 self.totals.add_materialization(
-                    entry.run_id, event.asset_key.path, entry.timestamp, _values(event.metadata)
+                    entry.run_id,
+                    event.asset_key.path,
+                    entry.timestamp,
+                    _values(event.metadata),
+                    event.partition,
                 )
         elif event_type == DagsterEventType.ASSET_OBSERVATION:
             event = entry.asset_observation
@@ -191,6 +207,8 @@ class DagsterStateCollector(Collector):
                     bool(event.passed),
                     entry.timestamp,
                     _values(event.metadata),
+                    event.partition,
+                    event.severity.value,
                 )
 
     def _sources(self, instance: DagsterInstance) -> set[str]:
@@ -284,11 +302,21 @@ class DagsterStateCollector(Collector):
         yield from self._run_families()
         yield from self._instance_families()
         yield from self._check_families()
+        yield from self._slo_families()
         yield from self._dimse_families()
         yield from self._peer_families()
         yield from self._daemon_families()
         yield from self._archive_families()
         yield from self._self_families()
+        yield from self._alert_families()
+
+    def _alert_families(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            OPEN_ALERTS, "Alerts open now (triggered, not resolved), per severity", labels=["severity"]
+        )
+        for severity, count in sorted(self.open_alerts.items()):
+            family.add_metric([severity], float(count))
+        yield family
 
     def _run_families(self) -> Iterable[Metric]:
         started = CounterMetricFamily(
@@ -401,6 +429,54 @@ class DagsterStateCollector(Collector):
             evaluations.add_metric([source, check, result], count)
         yield from (passed, when, evaluations)
 
+    def _slo_families(self) -> Iterable[Metric]:
+        t, sources = self.slo, {*self.slo_sources, *self.totals.nights.sources()}
+        figures = self.totals.nights.figures(sources, t, self._clock())
+        window_text = f"the last night, 7 nights or the SLO window ({t.window_nights})"
+        recovery = GaugeMetricFamily(
+            m.RECOVERY_POINT,
+            "Seconds since the end of the newest complete and verified day (+Inf: none yet)",
+            labels=["source"],
+        )
+        counted = GaugeMetricFamily(
+            m.NIGHTS_COUNTED, f"Nights counted in {window_text}", labels=["source", "window"]
+        )
+        verified = GaugeMetricFamily(
+            m.NIGHTS_VERIFIED,
+            f"Nights complete and verified by {t.verified_by_hour:02d}:00 ({t.timezone}) in {window_text}",
+            labels=["source", "window"],
+        )
+        ratio = GaugeMetricFamily(
+            m.NIGHTS_VERIFIED_RATIO, "Share of the SLO window's nights verified in time", labels=["source"]
+        )
+        targets = [
+            (
+                GaugeMetricFamily(
+                    m.RECOVERY_POINT_TARGET, "settings.slo_recovery_point_hours in seconds", labels=["source"]
+                ),
+                t.recovery_point_hours * 3600,
+            ),
+            (
+                GaugeMetricFamily(m.NIGHTS_TARGET, "settings.slo_target_ratio", labels=["source"]),
+                t.target_ratio,
+            ),
+            (
+                GaugeMetricFamily(m.SLO_WINDOW, "settings.slo_window_nights", labels=["source"]),
+                t.window_nights,
+            ),
+        ]
+        for source, f in sorted(figures.items()):
+            recovery.add_metric([source], f.recovery_point_seconds)
+            for window in t.windows:
+                counted.add_metric([source, window], f.counted[window])
+                verified.add_metric([source, window], f.verified[window])
+            share = f.ratio()
+            if share is not None:
+                ratio.add_metric([source], share)
+            for family, target in targets:
+                family.add_metric([source], target)
+        yield from (recovery, counted, verified, ratio, *(family for family, _ in targets))
+
     def _dimse_families(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
             m.DIMSE_REQUESTS.removesuffix("_total"),
@@ -508,6 +584,42 @@ def build_registry(collector: DagsterStateCollector) -> CollectorRegistry:
     return registry
 
 
+def open_alerts(instance: DagsterInstance, sites: Iterable[str]) -> dict[str, int]:
+    """Open alerts by severity, summed over the sites' ledgers (one per site when several share it)."""
+    counts: dict[str, int] = {}
+    for site in sites:
+        for severity, n in History(instance.run_storage, site=site).open_by_severity().items():
+            counts[severity] = counts.get(severity, 0) + n
+    return counts
+
+
+def alert_sites() -> tuple[str, ...]:
+    """The alert ledgers to read: `("",)` for a one-site file, else every site's (defs/alert_lifecycle)."""
+    from dicom_backup_dagster.config import ConfigError, load_config
+
+    try:
+        names = load_config().environment_names
+    except ConfigError:
+        return ("",)  # site_slo() logs the configuration problem
+    return names if len(names) > 1 else ("",)
+
+
+def site_slo() -> tuple[SloTargets, tuple[str, ...]]:
+    """The SLO targets and sources of the site configuration ($DICOM_BACKUP_CONFIG), or the defaults."""
+    from dicom_backup_dagster.config import ConfigError, load_config
+
+    try:
+        env = load_config().environment
+    except ConfigError as error:
+        log.error(
+            "dicom-backup-exporter: cannot read the site configuration, serving the SLOs with the default "
+            "targets (UTC) for the sources seen in Dagster: %s",
+            error,
+        )
+        return SloTargets(), ()
+    return SloTargets.from_settings(env.settings), (*env.qr_sources, *env.mosaiq_sources)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="dicom-backup-exporter",
@@ -522,10 +634,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    slo, sources = site_slo()
     collector = DagsterStateCollector(
         cache_seconds=args.cache_seconds,
         scrape_wait_seconds=args.scrape_wait_seconds,
         orthanc=OrthancTarget.from_env(),
+        slo=slo,
+        slo_sources=sources,
+        alert_sites=alert_sites(),
     )
     registry = build_registry(collector)
     server, thread = start_http_server(args.port, addr=args.address, registry=registry)

@@ -24,6 +24,7 @@ from typing import Any
 
 from dicom_backup_dagster.dicom import stats
 from dicom_backup_dagster.monitoring.dimse import dimse_mapping
+from dicom_backup_dagster.monitoring.slo import Nights
 
 # Names as served (counters with their `_total`), for the dashboard and rules tests.
 RUNS_STARTED = "dicom_backup_runs_started_total"
@@ -67,6 +68,14 @@ EXPORTER_ERRORS = "dicom_backup_exporter_refresh_errors_total"
 EXPORTER_REFRESH_SECONDS = "dicom_backup_exporter_refresh_duration_seconds"
 EXPORTER_LAST_REFRESH = "dicom_backup_exporter_last_refresh_timestamp_seconds"
 EXPORTER_EVENTS = "dicom_backup_exporter_events_read_total"
+# Backup SLOs (monitoring/slo.py): SLIs and their targets from the site settings.
+RECOVERY_POINT = "dicom_backup_recovery_point_seconds"
+RECOVERY_POINT_TARGET = "dicom_backup_recovery_point_target_seconds"
+NIGHTS_COUNTED = "dicom_backup_nights_counted"
+NIGHTS_VERIFIED = "dicom_backup_nights_verified"
+NIGHTS_VERIFIED_RATIO = "dicom_backup_nights_verified_ratio"
+NIGHTS_TARGET = "dicom_backup_nights_verified_target_ratio"
+SLO_WINDOW = "dicom_backup_slo_window_nights"
 
 # The backup assets the instance counters come from, and the checks counted as verification.
 ARCHIVED_ASSET = "archived"
@@ -125,6 +134,7 @@ class Totals:
     dimse: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     peers: dict[str, dict[str, Any]] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
+    nights: Nights = field(default_factory=Nights)
     events: int = 0
     _dimse_seen: set[builtins.bytes] = field(default_factory=set)  # `bytes` is a field of this class
     _run_bytes_seen: set[tuple[str, str]] = field(default_factory=set)  # (run ID, source)
@@ -152,7 +162,12 @@ class Totals:
         stats.merge(self.dimse, clean)
 
     def add_materialization(
-        self, run_id: str, asset_path: Sequence[str], timestamp: float, metadata: Mapping[str, Any]
+        self,
+        run_id: str,
+        asset_path: Sequence[str],
+        timestamp: float,
+        metadata: Mapping[str, Any],
+        partition: str | None = None,
     ) -> None:
         self.events += 1
         asset = "/".join(asset_path)
@@ -161,6 +176,7 @@ class Totals:
             return
         source = asset_path[0]
         self.sources.add(source)
+        self.nights.archived(source, partition, timestamp, metadata)
         values: dict[str, float] = {}
         for key in INSTANCE_COUNTERS:
             # Mosaiq's archived asset counts `records` where Q/R sources count `instances_found`.
@@ -211,9 +227,12 @@ class Totals:
         passed: bool,
         timestamp: float,
         metadata: Mapping[str, Any],
+        partition: str | None = None,
+        severity: str = "ERROR",
     ) -> None:
         self.events += 1
         source = asset_path[0] if asset_path else "unknown"
+        self.nights.check(source, partition, check_name, passed, severity, timestamp)
         self.add_dimse(run_id, "/".join(asset_path) + ":" + check_name, metadata.get("dimse"))
         key = (source, check_name)
         previous = self.check_latest.get(key)

@@ -1,7 +1,7 @@
 """Notifications without patient data: the Alert model, routing by severity, and thin Slack, PagerDuty
 (Events API v2) and SMTP notifiers. Pure Python (requests, smtplib); defs/alerts.py wires it to Dagster."""
 
-from dicom_backup_dagster.notify.alert import Alert, AlertKind, safe_text
+from dicom_backup_dagster.notify.alert import CAUSE_KINDS, Alert, AlertKind, safe_text
 from dicom_backup_dagster.notify.channels import (
     EmailNotifier,
     Notifier,
@@ -30,6 +30,7 @@ from dicom_backup_dagster.notify.settings import (
 )
 
 __all__ = [
+    "CAUSE_KINDS",
     "CHANNELS",
     "DEFAULT_ROUTES",
     "SEVERITIES",

@@ -23,7 +23,7 @@ from typing import Literal
 
 from dicom_backup_dagster.notify.settings import Severity
 
-Action = Literal["trigger", "resolve"]
+Action = Literal["trigger", "acknowledge", "resolve"]
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9 _.:@/\-(),#+']")
 _SAFE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
@@ -46,6 +46,23 @@ class AlertKind(StrEnum):
     STAGING_CLEANUP_SUMMARY = "staging_cleanup_summary"
     RESTORE_DRILL = "restore_drill"
     TEST_ALERT = "test_alert"
+    # One alert per shared cause (notify/causes.py): the subject is the component, `sources` the affected.
+    ARCHIVE_DOWN = "archive_down"
+    STAGING_DOWN = "staging_down"
+    BACKUP_HOST_NETWORK = "backup_host_network"
+    DAGSTER_STORAGE_ERRORS = "dagster_storage_errors"
+    SPOOL_FULL = "spool_full"
+
+
+CAUSE_KINDS = frozenset(
+    {
+        AlertKind.ARCHIVE_DOWN,
+        AlertKind.STAGING_DOWN,
+        AlertKind.BACKUP_HOST_NETWORK,
+        AlertKind.DAGSTER_STORAGE_ERRORS,
+        AlertKind.SPOOL_FULL,
+    }
+)
 
 
 _TITLES: dict[AlertKind, tuple[str, str]] = {
@@ -84,6 +101,26 @@ _TITLES: dict[AlertKind, tuple[str, str]] = {
         "restore drill passes again: the sample restored from the archive verified at the scratch AE",
     ),
     AlertKind.TEST_ALERT: ("Test alert from dicom-backup", "Test alert resolved"),
+    AlertKind.ARCHIVE_DOWN: (
+        "main archive {subject} unreachable or refusing: backups of {sources} failed",
+        "main archive {subject} back: backups of {sources} succeeded again",
+    ),
+    AlertKind.STAGING_DOWN: (
+        "staging {subject} unreachable: backups of {sources} failed",
+        "staging {subject} back: backups of {sources} succeeded again",
+    ),
+    AlertKind.BACKUP_HOST_NETWORK: (
+        "the backup host reaches no peer (its network): backups of {sources} failed",
+        "the backup host reaches its peers again: backups of {sources} succeeded again",
+    ),
+    AlertKind.DAGSTER_STORAGE_ERRORS: (
+        "Dagster storage errors: runs of {sources} failed",
+        "Dagster storage works again: runs of {sources} succeeded again",
+    ),
+    AlertKind.SPOOL_FULL: (
+        "the backup host's spool is full: backups of {sources} failed",
+        "the backup host's spool has room again: backups of {sources} succeeded again",
+    ),
 }
 
 _DEDUP_FAMILY: dict[AlertKind, str] = {
@@ -92,6 +129,11 @@ _DEDUP_FAMILY: dict[AlertKind, str] = {
     AlertKind.STAGING_CLEANUP_FAILED: "staging-cleanup-failed",
     AlertKind.STAGING_CLEANUP_SUMMARY: "staging-cleanup-summary",
     AlertKind.RESTORE_DRILL: "restore-drill",  # the failed check and a failed drill run: one incident
+}
+
+_SUBJECT_LABEL = {
+    AlertKind.PEER_UNREACHABLE: "Peer alias",
+    **{kind: "Component" for kind in CAUSE_KINDS},
 }
 
 _PD_SEVERITY: dict[str, str] = {"critical": "critical", "high": "error", "low": "warning"}
@@ -125,6 +167,8 @@ _CONTEXT_FIELDS = (
     "dicom_status",
     "status_meaning",
     "error_type",
+    "cause",
+    "confidence",
     "runbook_url",
 )
 _URL_FIELDS = ("run_url", "runbook_url")
@@ -152,10 +196,17 @@ class Alert:
     error_type: str | None = None  # an exception CLASS name, never its message
     counts: Mapping[str, int | float] = field(default_factory=dict)
     runbook_url: str | None = None
+    cause: str | None = None  # a cause alert's component and mode, e.g. "ORTHANC_MAIN unreachable"
+    confidence: str | None = None  # e.g. "0.97 (high)"
+    sources: tuple[str, ...] = ()  # a cause alert's affected source aliases
+    partitions: tuple[str, ...] = ()  # "<source> <partition>" of each affected run
 
     def __post_init__(self) -> None:
         for name in ("environment", "subject", *(f for f in _CONTEXT_FIELDS if f not in _URL_FIELDS)):
             object.__setattr__(self, name, _safe_optional(getattr(self, name)))
+        for name in ("sources", "partitions"):
+            values = tuple(safe_text(v) for v in getattr(self, name) if safe_text(v))
+            object.__setattr__(self, name, values[:50])
         for name in _URL_FIELDS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or any(c.isspace() for c in value)):
@@ -178,6 +229,8 @@ class Alert:
         """Stable per environment, subject and failure kind (a check's name is its kind)."""
         if self.kind == AlertKind.TEST_ALERT:
             return f"dicom-backup/{self.environment}/test-alert/{self.run_id or 'manual'}"
+        if self.kind in CAUSE_KINDS:
+            return f"dicom-backup/{self.environment}/{self.subject}/cause/{self.kind.value}"
         family = _DEDUP_FAMILY.get(self.kind) or f"check/{self.check or self.kind.value}"
         return f"dicom-backup/{self.environment}/{self.subject}/{family}"
 
@@ -189,20 +242,24 @@ class Alert:
     def title(self) -> str:
         trigger, resolve = _TITLES[self.kind]
         text = (resolve if self.resolving else trigger).format(
-            subject=self.subject, check=self.check or "check"
+            subject=self.subject, check=self.check or "check", sources=", ".join(self.sources) or "none yet"
         )
         return text
 
     @property
     def headline(self) -> str:
-        tag = "RESOLVED" if self.resolving else self.severity.upper()
+        tag = {"resolve": "RESOLVED", "acknowledge": "ACKNOWLEDGED"}.get(self.action, self.severity.upper())
         return f"[{tag}] {self.environment}: {self.title}"
 
     def fields(self) -> list[tuple[str, str]]:
         """(label, value) for every field that is set, in reading order."""
         pairs: list[tuple[str, str | None]] = [
             ("Environment", self.environment),
-            ("Source" if self.kind != AlertKind.PEER_UNREACHABLE else "Peer alias", self.subject),
+            (_SUBJECT_LABEL.get(self.kind, "Source"), self.subject),
+            ("Cause", self.cause),
+            ("Confidence", self.confidence),
+            ("Affected sources", ", ".join(self.sources) or None),
+            ("Affected partitions", ", ".join(self.partitions) or None),
             ("Severity", self.severity),
             ("Partition", self.partition),
             ("Job", self.job),
@@ -235,6 +292,10 @@ class Alert:
                 out[name] = value
         if self.counts:
             out["counts"] = dict(self.counts)
+        if self.sources:
+            out["sources"] = list(self.sources)
+        if self.partitions:
+            out["partitions"] = list(self.partitions)
         return out
 
     # ---------------------------------------------------------------------------------------------------
@@ -261,8 +322,8 @@ class Alert:
 
     def pagerduty_event(self, routing_key: str) -> dict[str, object]:
         """Events API v2 body (https://developer.pagerduty.com/api-reference/368ae3d938c9e-send-an-event-to-pager-duty)."""
-        if self.resolving:
-            return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": self.dedup_key}
+        if self.action != "trigger":  # resolve, acknowledge: the same incident, by its dedup key
+            return {"routing_key": routing_key, "event_action": self.action, "dedup_key": self.dedup_key}
         event: dict[str, object] = {
             "routing_key": routing_key,
             "event_action": "trigger",

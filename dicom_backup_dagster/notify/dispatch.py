@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -74,6 +74,15 @@ class Dispatcher:
         # Channels that hung once are skipped for the rest of this dispatcher's life (one sensor tick):
         # a tick with many alerts must stay well inside Dagster's 60 s sensor evaluation limit.
         self.hung: set[Channel] = set()
+        # Called with (event, alert, deliveries) for every trigger, repeat and resolve (notify/history.py).
+        self.recorder: Callable[[str, Alert, list[Delivery]], None] | None = None
+
+    def record(self, event: str, alert: Alert, deliveries: list[Delivery] | None = None) -> None:
+        if self.recorder is not None:
+            try:
+                self.recorder(event, alert, deliveries or [])
+            except Exception as error:  # the history must never stop an alert
+                self.log.warning(f"alert {alert.dedup_key}: history not recorded ({type(error).__name__})")
 
     def channels_for(self, alert: Alert) -> list[Channel]:
         """Configured channels for the alert's severity; a resolve also reaches the channels of `low`
@@ -189,6 +198,7 @@ def trigger(
     if incident is not None:
         book.put(alert.dedup_key, replace(incident, failures=incident.failures + 1, last_run_id=alert.run_id))
         if once_per_outage:
+            dispatcher.record("repeat", alert)
             dispatcher.log.info(
                 f"alert {alert.dedup_key}: incident already open since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(incident.opened_at))} UTC "
@@ -197,7 +207,9 @@ def trigger(
             return None
     else:
         book.put(alert.dedup_key, Incident(alert.severity, time.time(), last_run_id=alert.run_id))
-    return dispatcher.send(alert)
+    deliveries = dispatcher.send(alert)
+    dispatcher.record("trigger" if incident is None else "repeat", alert, deliveries)
+    return deliveries
 
 
 def resolve(dispatcher: Dispatcher, book: IncidentBook, alert: Alert) -> list[Delivery] | None:
@@ -209,4 +221,6 @@ def resolve(dispatcher: Dispatcher, book: IncidentBook, alert: Alert) -> list[De
     book.put(alert.dedup_key, None)
     counts = {**alert.counts, "failures_in_incident": incident.failures}
     resolved = replace(alert, action="resolve", severity=incident.severity, counts=counts)
-    return dispatcher.send(resolved)
+    deliveries = dispatcher.send(resolved)
+    dispatcher.record("resolve", resolved, deliveries)
+    return deliveries

@@ -322,6 +322,10 @@ class NotificationSettings:
         str, check(lambda v, k: string(v, k, '"https://git.example.org/runbooks"').rstrip("/"))
     ] = "docs/runbooks"
     timeout_s: Annotated[float, check(number, 0.0, 300.0, "10", True)] = DEFAULT_TIMEOUT_S
+    # Cause grouping (notify/causes.py): failures within the window that share a cause make one alert,
+    # held up to hold_s after the first one unless every dependent source has failed sooner.
+    grouping_window_s: Annotated[float, check(number, 0.0, 86400.0, "900", True)] = 900.0
+    grouping_hold_s: Annotated[float, check(number, 0.0, 3600.0, "120")] = 120.0
     routes: Annotated[dict[Severity, tuple[Channel, ...]], check(_routes)] = field(
         default_factory=lambda: dict(DEFAULT_ROUTES)
     )

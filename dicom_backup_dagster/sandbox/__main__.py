@@ -75,6 +75,12 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
     return replace(options, data=replace(data, start_date=start))
 
 
+SITES_HINT = (
+    "two sites, one code location each: set -a; . {root}/sandbox.env; set +a; "
+    "DICOM_BACKUP_CONFIG={root}/environments.toml dagster dev -w {root}/workspace.yaml"
+)
+
+
 def _wait_for_signal() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -97,10 +103,13 @@ def _interrupt_on_termination() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    sandbox = Sandbox(args.root, options_from_args(args))
+    options = replace(options_from_args(args), second_site=args.second_site)
+    sandbox = Sandbox(args.root, options)
     print("starting sandbox ...", flush=True)
     sandbox.start()
     print(sandbox.summary(), flush=True)
+    if options.second_site:
+        print(SITES_HINT.format(root=sandbox.root), flush=True)
     print(ALERTS_HINT.format(alerts=sandbox.alerts_dir), flush=True)
     if args.detach:
         print(f"detached; stop it with: python -m dicom_backup_dagster.sandbox down --root {sandbox.root}")
@@ -199,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
             add_data_arguments(p)
         if name == "up":
             p.add_argument("--detach", action="store_true", help="leave the peers running and exit")
+            p.add_argument(
+                "--second-site",
+                action="store_true",
+                help="a second site SANDBOX_B in the TOML (MIM_B, MAIN_B)",
+            )
         if name == "night":
             p.add_argument(
                 "--no-serve", action="store_true", help="exit after the night instead of serving the UI"

@@ -81,6 +81,14 @@ class SandboxOptions:
     # settings.first_day = the first day with data (the UI then shows no "missing" days before it); off for
     # tests that back up days before the synthetic data.
     partitions_from_data: bool = False
+    # A second site SANDBOX_B in the same file (one Dagster instance, one code location per site,
+    # docs/decisions/multi-site.md): its source MIM_B is the same MIM_SIM (a remote AE two sites share,
+    # so they share its pool) and its archive MAIN_B the same main Orthanc.
+    second_site: bool = False
+    executor: str = "in_process"  # settings.executor of every site ("celery": steps on Celery workers)
+
+
+SECOND_SITE = "SANDBOX_B"
 
 
 @dataclass
@@ -488,9 +496,61 @@ class Sandbox:
             f"port = {p.standby}",
             "",
         ]
+        if o.executor != "in_process":
+            lines.insert(lines.index(f"[{e}.settings]") + 1, f"executor = {_toml_str(o.executor)}")
         if o.alert_sinks:
             lines += self._notification_lines()
+        if o.second_site:
+            lines += self._second_site_lines()
         return "\n".join(lines)
+
+    def _second_site_lines(self) -> list[str]:
+        """SANDBOX_B: MIM_B on MIM_SIM into MAIN_B (the main Orthanc), aliases distinct from SANDBOX's."""
+        o, p, e = self.options, self.ports, SECOND_SITE
+        assert p is not None
+        return [
+            f"[{e}]",
+            'description = "Second sandbox site: the same MIM_SIM and main Orthanc under its own aliases"',
+            'default_source = "MIM_B"',
+            'default_backup = "MAIN_B"',
+            f"[{e}.script_ae]",
+            f"aet = {_toml_str(o.script_aet)}",
+            f"[{e}.sources.MIM_B]",
+            'type = "mim"',
+            f"aet = {_toml_str(MIM_AET)}",
+            'ip = "127.0.0.1"',
+            f"port = {p.mim}",
+            f"transfer = {_toml_str(o.mim_transfer)}",
+            f"[{e}.backup_targets.MAIN_B]",
+            'type = "orthanc"',
+            f"aet = {_toml_str(MAIN_AET)}",
+            'ip = "127.0.0.1"',
+            f"port = {p.main_dicom}",
+            f'rest_url = "http://127.0.0.1:{p.main_http}"',
+            f"rest_username = {_toml_str(o.orthanc_username)}",
+            f"rest_password_env = {_toml_str(ORTHANC_PASSWORD_ENV)}",
+            f"[{e}.settings]",
+            f"executor = {_toml_str(o.executor)}",
+            "max_uids_per_run = 5000",
+            f"timezone = {_toml_str(o.timezone)}",
+            *([f"first_day = {self.dates[0].isoformat()}"] if o.partitions_from_data else []),
+            'schedule = "30 1 * * *"',
+            "verification_fraction = 0.0",
+            "max_retries = 2",
+            "retry_delay_s = 2",
+            "sweep_days = 730",
+            "",
+        ]
+
+    def workspace_text(self) -> str:
+        """A workspace.yaml with one code location per site of the sandbox's TOML."""
+        sites = [ENVIRONMENT, *([SECOND_SITE] if self.options.second_site else [])]
+        entries = [
+            f"  - python_module:\n      module_name: dicom_backup_dagster.sites\n      attribute: {s}\n"
+            f"      location_name: {s}\n"
+            for s in sites
+        ]
+        return "load_from:\n" + "".join(entries)
 
     def _notification_lines(self) -> list[str]:
         """The loopback sinks as Slack, PagerDuty and e-mail (every severity reaches each of them)."""
@@ -525,6 +585,7 @@ class Sandbox:
 
     def _write_toml(self) -> None:
         self.config_path.write_text(self.toml_text(), encoding="utf-8")
+        (self.root / "workspace.yaml").write_text(self.workspace_text(), encoding="utf-8")
 
     def _write_env_file(self) -> None:
         text = "".join(f"export {k}={v}\n" for k, v in self.env_vars().items())

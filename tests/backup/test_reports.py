@@ -90,3 +90,18 @@ def test_a_deleted_plan_is_found() -> None:
     missing = missing_references(records, instances - {p.plan_uid}, set())
     assert {(m.kind, m.missing_uid) for m in missing} == {("RT Plan", p.plan_uid)}
     assert len(missing) == len([r for r in records if r.PatientID == p.patient_id])
+
+
+def test_an_old_unfinished_course_is_not_on_treatment() -> None:
+    all_days = sorted({d for p in patients(OPTIONS) for d in p.treatment_dates})
+    # a day with two courses in progress
+    last_day = next(d for d in all_days if len(on_treatment(_records(d), d, days=60)) >= 2)
+    records = _records(last_day)
+    unfinished = {r.patient_id for r in on_treatment(records, last_day, days=60)}
+    stopped = sorted(unfinished)[0]  # its course stopped: its records are moved 30 days back
+    for r in records:
+        if r.PatientID == stopped:
+            day = dt.datetime.strptime(r.TreatmentDate, "%Y%m%d").date() - dt.timedelta(days=30)
+            r.TreatmentDate = day.strftime("%Y%m%d")
+    listed = {r.patient_id for r in on_treatment(records, last_day, days=14)}
+    assert listed == unfinished - {stopped}

@@ -542,6 +542,27 @@ def test_verification_fraction_bounds_are_inclusive(write_config: Writer) -> Non
     issue(load_error(write_config, data), "SITE_A.settings.verification_fraction", "got -0.1")
 
 
+def test_slo_settings(write_config: Writer) -> None:
+    data = valid_config()
+    settings = data["SITE_A"]["settings"]
+    s = load_config(write_config(data)).environment.settings
+    assert (s.slo_recovery_point_hours, s.slo_verified_by_hour, s.slo_target_ratio, s.slo_window_nights) == (
+        36.0,
+        7,
+        0.95,
+        30,
+    )
+    settings.update({"slo_recovery_point_hours": 30, "slo_verified_by_hour": 6, "slo_target_ratio": 0.9})
+    assert load_config(write_config(data)).environment.settings.slo_recovery_point_hours == 30.0  # 24 + 6
+    settings.update({"slo_recovery_point_hours": 30, "slo_verified_by_hour": 8})
+    err = load_error(write_config, data)
+    issue(err, "SITE_A.settings.slo_recovery_point_hours", "30 h is breached every night", "at least 32")
+    settings.update({"slo_recovery_point_hours": 36, "slo_target_ratio": 1, "slo_window_nights": 3})
+    err = load_error(write_config, data)
+    issue(err, "SITE_A.settings.slo_target_ratio", "from 0.5 to 0.999, got 1")
+    issue(err, "SITE_A.settings.slo_window_nights", "between 7 and 366, got 3")
+
+
 def test_staging_must_differ_from_main(write_config: Writer) -> None:
     data = valid_config()
     data["SITE_A"]["sources"]["MOSAIQ"]["staging_target_alias"] = "ORTHANC_MAIN"

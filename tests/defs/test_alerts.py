@@ -167,6 +167,8 @@ def outage(sandbox: Any, channels: Channels, tmp_path_factory: pytest.TempPathFa
     partition once ORTHANC_MAIN is back; every sensor evaluated after every run."""
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         env = _env(sandbox, mp, channels)
+        # ARIA alone fails: no hold, so its archive outage pages at once (test_alert_causes.py: the hold).
+        env = replace(env, notifications=replace(env.notifications, grouping_hold_s=0))
         defs = _defs(env, tmp_path_factory.mktemp("alerts-storage"))
         sensors = Sensors(defs, env, instance)
         partition = _aria_day(sandbox)
@@ -222,23 +224,25 @@ def test_archive_down_pages_once_then_the_next_success_resolves(outage):
     assert len(during["pd"]) == 1 and len(during["slack"]) == 1 and during["mail"] == []
     (trig,) = during["pd"]
     assert trig["event_action"] == "trigger"
-    assert trig["dedup_key"] == "dicom-backup/SANDBOX/ARIA/backup-failed"
+    # The failure's structured error names the main archive: the archive's cause alert, not ARIA's own.
+    assert trig["dedup_key"] == "dicom-backup/SANDBOX/ORTHANC_MAIN/cause/archive_down"
     details = trig["payload"]["custom_details"]
     assert details["run_id"] == retry.run_id and details["run_url"] == f"{UI}/runs/{retry.run_id}"
-    # The nightly run asks the archive first in its late-data scan (inventory step).
-    assert details["job"] == "ARIA_backup" and details["failed_step"] == "ARIA__inventory"
-    assert details["partition"] == retry.dagster_run.tags["dagster/partition"]
+    assert details["sources"] == ["ARIA"] and details["cause"] == "ORTHANC_MAIN unreachable"
+    assert details["partitions"] == [f"ARIA {retry.dagster_run.tags['dagster/partition']}"]
     main = outage["env"].main_target.peer
     assert details["peer"] == str(main)  # the archive is named as AE@host:port
-    assert details["runbook_url"] == "docs/runbooks/backup_failed.md"
+    assert details["runbook_url"] == "docs/runbooks/archive_down.md"
+    assert details["confidence"] == "0.70 (medium)"  # one source so far
     slack = json.dumps(during["slack"][0])
-    assert "[CRITICAL] SANDBOX: ARIA backup failed" in slack and retry.run_id in slack
+    assert "[CRITICAL] SANDBOX: main archive ORTHANC_MAIN unreachable or refusing: backups of ARIA" in slack
+    assert retry.run_id in slack
 
     after = outage["after"]
     resolves = [e for e in after["pd"] if e["event_action"] == "resolve"]
     assert len(resolves) == 1 and len(after["pd"]) == 2
     assert resolves[0]["dedup_key"] == trig["dedup_key"]
-    assert len(after["slack"]) == 2 and "[RESOLVED] SANDBOX: ARIA backup succeeded again" in json.dumps(
+    assert len(after["slack"]) == 2 and "[RESOLVED] SANDBOX: main archive ORTHANC_MAIN back" in json.dumps(
         after["slack"][1]
     )
     (mail,) = after["mail"]  # recoveries also go to the `low` route (email)

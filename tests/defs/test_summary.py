@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import time
 from dataclasses import replace
 
 import dagster as dg
@@ -29,6 +31,7 @@ def test_summary_says_which_source_is_complete_and_verified_and_links_the_runboo
     with dg.instance_for_test() as instance:
         backup = defs.resolve_job_def("ARIA_backup").execute_in_process(partition_key=day, instance=instance)
         assert backup.success
+        before = time.time()
         result = defs.resolve_job_def(SUMMARY_JOB).execute_in_process(partition_key=day, instance=instance)
         assert result.success
         (event,) = result.get_asset_materialization_events()
@@ -44,3 +47,14 @@ def test_summary_says_which_source_is_complete_and_verified_and_links_the_runboo
     mosaiq_row = next(line for line in table.splitlines() if line.startswith("| MOSAIQ |"))
     assert "([runbook](docs/runbooks/backup_failed.md))" in mosaiq_row
     assert dt.date.fromisoformat(day).weekday() < 5
+    # The SLOs as of the summary's run: ARIA's day is complete and verified (its age is the recovery point)
+    # but was verified long after its deadline, and every later night of the window has no backup.
+    tz = env.settings.tzinfo
+    end = dt.datetime.combine(dt.date.fromisoformat(day) + dt.timedelta(days=1), dt.time(), tz).timestamp()
+    assert abs(metadata["ARIA_recovery_point_hours"] - (before - end) / 3600) < 0.2
+    window = env.settings.slo_window_nights
+    assert metadata["ARIA_nights_verified_ratio"] == 0.0
+    cells = re.search(r"\| (\d+) h \| 0 of (\d+) \(0%\) \|$", aria_row)
+    assert cells and abs(int(cells[1]) - (before - end) / 3600) <= 1 and int(cells[2]) == window, aria_row
+    assert mosaiq_row.endswith("| none verified | - |")
+    assert metadata["MIM_recovery_point_hours"] is None

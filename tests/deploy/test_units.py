@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -129,6 +130,7 @@ def test_services_are_hardened_and_restart(unit: str) -> None:
         assert "--app dagster_celery.app" in exec_start
         assert "--queues ${DICOM_BACKUP_CELERY_QUEUE} " in exec_start
         assert "--broker ${DICOM_BACKUP_CELERY_BROKER}" in exec_start
+        assert "DICOM_BACKUP_ENVIRONMENT=%i" in s["Environment"]  # the site whose jobs it re-imports
 
 
 def test_production_workspace_points_at_code_servers() -> None:
@@ -278,3 +280,23 @@ def test_flows_command(ucla, capsys: pytest.CaptureFixture[str], monkeypatch: py
         capture_output=True,
     )
     assert done.returncode == 0  # no dagster import
+
+
+def test_release_sh_runs_a_worker_for_each_site_with_a_queue(tmp_path: Path) -> None:
+    """`release.sh status` lists the sites and, among them, those whose site-SITE.env names a Celery queue:
+    their dicom-backup-worker@SITE units are enabled, started and stopped with the code servers."""
+    conf = tmp_path / "etc"
+    conf.mkdir()
+    (conf / "site-UCLA.env").write_text(
+        "DICOM_BACKUP_CODE_PORT=4266\nDICOM_BACKUP_CELERY_QUEUE=dicom-backup-ucla\n"
+    )
+    (conf / "site-TJU.env").write_text("DICOM_BACKUP_CODE_PORT=4267\n")
+    env = {**os.environ, "CONF_DIR": str(conf), "PREFIX": str(tmp_path / "opt")}
+    out = subprocess.run(
+        ["bash", str(REPO / "deploy" / "release.sh"), "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert re.search(r"^sites: +TJU UCLA $", out, re.M) and re.search(r"^workers: +UCLA $", out, re.M), out

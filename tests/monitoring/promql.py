@@ -16,6 +16,7 @@ RULES = DEPLOY / "prometheus" / "rules.yml"
 RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"  # minute-scale cases
 RULES_TEST_DAILY = DEPLOY / "prometheus" / "rules_test_daily.yml"  # hour- and day-scale cases
 RULES_TEST_HOST = DEPLOY / "prometheus" / "rules_test_host.yml"  # host, process, Dagster storage
+RULES_TEST_SLO = DEPLOY / "prometheus" / "rules_test_slo.yml"  # backup SLOs, ProcessNeverStarted
 ALERTMANAGER = DEPLOY / "alertmanager" / "alertmanager.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "dicom-backup.json"
 
@@ -43,6 +44,7 @@ KINDS = frozenset(
         "host_disk_low",
         "process_down",
         "dagster_storage",
+        "slo_breach",
     }
 )
 # Metric prefixes of node_exporter, process-exporter and postgres_exporter: tests/monitoring/

@@ -52,6 +52,9 @@ def test_dashboard_structure() -> None:
         "dicom_backup_instances_verification_failed_total",
         "dicom_dimse_request_duration_seconds_bucket",
         "archive_volume:node_filesystem_avail_bytes:ratio",
+        "dicom_backup_recovery_point_seconds",
+        "dicom_backup_nights_verified_ratio",
+        "source_window:dicom_backup_slo_burn_rate:ratio",
     ):
         assert name in used, name
     quantiles = " ".join(e for e in dashboard_exprs() if "histogram_quantile" in e)

@@ -18,6 +18,7 @@ from tests.monitoring.promql import (
     RULES_TEST,
     RULES_TEST_DAILY,
     RULES_TEST_HOST,
+    RULES_TEST_SLO,
     RUNBOOKS_PENDING,
     alerts,
 )
@@ -55,15 +56,21 @@ CONDITIONS = {
     },
     "free space of the log and root volumes": {"HostVolumeSpaceLow", "HostVolumeSpaceCritical"},
     "network bytes, packets, errors, drops": {"HostNetworkSaturated", "HostNetworkErrors"},
+    "unusual network traffic": {"HostNetworkTrafficUnusual"},
     "TCP connection states": {"HostTcpConnectionsHigh"},
-    "process health": {"ProcessDown"},
+    "process health (stopped, or never started)": {"ProcessDown", "ProcessNeverStarted"},
     "Dagster storage down, connections, slow queries, deadlocks": {
         "DagsterStorageDown",
         "DagsterStorageConnectionsHigh",
         "DagsterStorageSlowQueries",
         "DagsterStorageDeadlocks",
     },
+    # seeds/001 "define SLIs and SLOs", "alert on symptoms" (issue 17): page on a breach, warn on burn.
+    "recovery point over its target": {"DicomBackupRecoveryPointBreached"},
+    "nights verified in time below target": {"DicomBackupNightsSloBreached"},
+    "SLO error budget burning": {"DicomBackupSloBurnRateHigh"},
 }
+TEST_FILES = (RULES_TEST, RULES_TEST_DAILY, RULES_TEST_HOST, RULES_TEST_SLO)
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -77,16 +84,10 @@ def test_rules_file_is_valid() -> None:
 
 
 def test_every_alert_fires_and_stays_quiet_in_promtool_unit_tests() -> None:
-    result = promtool(
-        "test", "rules", RULES_TEST.name, RULES_TEST_DAILY.name, RULES_TEST_HOST.name, cwd=RULES.parent
-    )
+    result = promtool("test", "rules", *(f.name for f in TEST_FILES), cwd=RULES.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     tested: dict[str, set[str]] = {}
-    groups = [
-        g
-        for f in (RULES_TEST, RULES_TEST_DAILY, RULES_TEST_HOST)
-        for g in yaml.safe_load(f.read_text())["tests"]
-    ]
+    groups = [g for f in TEST_FILES for g in yaml.safe_load(f.read_text())["tests"]]
     for group in groups:
         for case in group.get("alert_rule_test", []):
             tested.setdefault(case["alertname"], set()).add("fires" if case["exp_alerts"] else "quiet")
@@ -105,6 +106,13 @@ def test_unit_tests_fail_when_a_threshold_changes(tmp_path: Path) -> None:
         ('root"} < 0.20', 'root"} < 0.12', "HostVolumeSpaceLow", RULES_TEST_HOST),
         ("[5m]))) > 80", "[5m]))) > 95", "HostCpuHigh", RULES_TEST_HOST),
         ("< 0.5 * avg", "< 0.2 * avg", "DicomBackupInstanceCountDrop", RULES_TEST_DAILY),
+        ('{window="week"} >= 2', '{window="week"} >= 6', "DicomBackupSloBurnRateHigh", RULES_TEST_SLO),
+        (
+            "(1 - dicom_backup_nights_verified_target_ratio) *",
+            "(2 - dicom_backup_nights_verified_target_ratio) *",
+            "DicomBackupNightsSloBreached",
+            RULES_TEST_SLO,
+        ),
     ]
     for old, new, alert, tests in mutations:
         suite = yaml.safe_load(tests.read_text())
@@ -137,6 +145,11 @@ def test_every_alert_has_severity_kind_and_runbook() -> None:
     critical = {n for n, r in alerts().items() if r["labels"]["severity"] == "critical"}
     assert {"DicomBackupHostDown", "DagsterDaemonHeartbeatStale", "DicomBackupNoRecentSuccess"} <= critical
     assert {"DicomBackupExporterDown", "ArchiveDiskSpaceCritical", "OrthancDown"} <= critical
+    assert {
+        "DicomBackupRecoveryPointBreached",
+        "DicomBackupNightsSloBreached",
+        "ProcessNeverStarted",
+    } <= critical
     assert not critical & {
         "DicomBackupFailed",
         "DicomBackupCheckFailed",
