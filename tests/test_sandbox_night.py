@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from dicom_backup_dagster.sandbox import sinks
 from dicom_backup_dagster.sandbox.night import DagsterGraphQL
@@ -175,6 +176,74 @@ def test_the_night_summary_and_the_ui_say_last_night_is_complete_and_verified(ni
     )
     assert "complete_in_archive" in text and "content_verified" in text
     assert "Passed" in text
+    print("screenshots:", *SCREENSHOTS, sep="\n  ")
+
+
+def _main_patients(night: BackgroundNight) -> dict[str, int]:
+    """PatientID -> instances on main, read from Orthanc's REST API (independently of the restore)."""
+    env = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (night.root / "sandbox.env").read_text().splitlines()
+        if line.startswith("export ")
+    )
+    base = f"http://127.0.0.1:{night.state()['ports']['main_http']}"
+    auth = ("backup", env["SANDBOX_ORTHANC_PASSWORD"])
+    out = {}
+    for pid in requests.get(f"{base}/patients", auth=auth, timeout=30).json():
+        tags = requests.get(f"{base}/patients/{pid}", auth=auth, timeout=30).json()["MainDicomTags"]
+        out[tags["PatientID"]] = len(
+            requests.get(f"{base}/patients/{pid}/instances", auth=auth, timeout=30).json()
+        )
+    return out
+
+
+def _output_metadata(client: DagsterGraphQL, run_id: str) -> dict[str, int]:
+    data = client.query(
+        """query($id: ID!) { logsForRun(runId: $id, limit: 5000) { ... on EventConnection { events {
+             __typename ... on ExecutionStepOutputEvent { metadataEntries { label
+               ... on IntMetadataEntry { intValue } } } } } } }""",
+        {"id": run_id},
+    )
+    out: dict[str, int] = {}
+    for event in data["logsForRun"]["events"]:
+        for entry in event.get("metadataEntries") or []:
+            if entry.get("intValue") is not None:
+                out[entry["label"]] = entry["intValue"]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_patient_restored_through_the_launchpad_path_is_verified_at_the_standby(night, browser, tmp_path):
+    """Issue 15's "done when": after the night, the `restore` job launched over GraphQL (launchRun with
+    runConfigData, as the Launchpad does) for one sandbox patient to the standby SCP; every instance of the
+    patient on main is found there and its digest equals main's. The night's restore drill passed too."""
+    output = night.output
+    assert re.search(r"^restore_drill_job: SUCCESS", output, re.M), output[-3000:]
+    assert re.search(r"^\s+check restore_verified: passed", output, re.M)
+    patients = _main_patients(night)
+    assert len(patients) == 2, sorted(patients.values())
+    patient_id, instances = sorted(patients.items())[0]
+    client = DagsterGraphQL(f"http://127.0.0.1:{night.port}")
+    config = {"destination": "STANDBY_SIM", "patient_id": patient_id}
+    run_id = client.launch_job("restore", run_config={"ops": {"restore_studies": {"config": config}}})
+    run = client.wait_for_run(run_id, timeout_s=300)
+    assert run["status"] == "SUCCESS", _step_failures(client, run_id)
+    counts = _output_metadata(client, run_id)
+    assert counts["instances"] == counts["present_at_destination"] == counts["digests_matched"] == instances
+    # The PatientID the operator typed is in no message of the run.
+    messages = " ".join(e.get("message") or "" for e in client.run_messages(run_id))
+    assert patient_id not in messages
+    text = _page_text(browser, night, f"/runs/{run_id}", tmp_path / "5-restore-run.png", "digests_matched")
+    assert "present_at_destination" in text and patient_id not in text
+    text = _page_text(
+        browser,
+        night,
+        "/assets/restore_drill?view=checks",
+        tmp_path / "6-drill-check.png",
+        "restore_verified",
+    )
+    assert "restore_verified" in text and "Passed" in text
     print("screenshots:", *SCREENSHOTS, sep="\n  ")
 
 

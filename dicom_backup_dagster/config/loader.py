@@ -270,6 +270,12 @@ def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
         add(env, f"{env}.default_backup", problem, _FIXES["main"])
 
 
+def _check_drill(env: str, raw: Mapping[str, Any], add: Add) -> None:
+    drill, scratch = _tables(raw, "settings").get("restore_drill_target"), _tables(raw, "restore_targets")
+    if isinstance(drill, str) and drill.strip() and drill not in scratch:  # a drill writes there weekly
+        _unknown_alias(env, f"{env}.settings.restore_drill_target", drill, scratch, "restore target", add)
+
+
 def _same_address(a: Any, b: Any) -> bool:
     if not (isinstance(a, dict) and isinstance(b, dict) and "ip" in a and "port" in a):
         return False
@@ -370,7 +376,7 @@ def _environment(
         model = _ADAPTER.validate_python({**raw, "name": name}, context=context, by_name=False)
     except ValidationError as exc:
         _add_validation_errors(exc, name, add)
-    for rule in (_check_aliases, _check_staging, _check_duplicate_aets):
+    for rule in (_check_aliases, _check_staging, _check_duplicate_aets, _check_drill):
         rule(name, raw, add)
     return model
 

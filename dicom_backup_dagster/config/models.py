@@ -469,6 +469,10 @@ class Settings:
     # Where steps run: in the run's process, or on Celery workers listening on `celery_queue` (default
     # dicom-backup-<environment>); broker from $DICOM_BACKUP_CELERY_BROKER (defs/__init__.py).
     executor: Literal["in_process", "celery"] = "in_process"
+    # Restore drill (defs/drill.py): off unless a [<ENV>.restore_targets.<ALIAS>] scratch AE is named here.
+    restore_drill_target: Annotated[str, Field(examples=["SCRATCH"])] = ""
+    restore_drill_studies: Annotated[int, _int(1, 100)] = 3
+    restore_drill_schedule: Cron = "0 6 * * 0"
     celery_queue: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]*$", examples=["dicom-backup-ucla"])] = ""
     # The restore may add a destination main lacks to its DicomModalities (PUT /modalities/<AE>).
     restore_registers_destinations: bool = False

@@ -18,6 +18,7 @@ from dagster import (
 from dicom_backup_dagster.config import EnvironmentConfig, SiteConfig
 from dicom_backup_dagster.defs.alerts import build_alert_defs
 from dicom_backup_dagster.defs.connectivity import build_connectivity_defs
+from dicom_backup_dagster.defs.drill import build_drill_defs
 from dicom_backup_dagster.defs.mosaiq_backup import build_mosaiq_backup_defs
 from dicom_backup_dagster.defs.on_demand import build_on_demand_defs
 from dicom_backup_dagster.defs.qr_backup import build_qr_backup_defs
@@ -122,5 +123,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_report_defs(env),
         build_restore_defs(env),
         build_treatment_summary_defs(env),
+        build_drill_defs(env),
     )
     return Definitions.merge(backups, build_summary_defs(env, backups, multi_site=multi_site))

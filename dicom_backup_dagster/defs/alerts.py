@@ -58,6 +58,7 @@ from dagster import DagsterRunStatus as RunStatus
 from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.alert_lifecycle import Lifecycle, history_spec, topology_of
 from dicom_backup_dagster.defs.checks import JUDGED, RESTATED_FROM_RUN
+from dicom_backup_dagster.defs.drill import DRILL_ASSET, DRILL_CHECK, DRILL_JOB
 from dicom_backup_dagster.defs.keys import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
@@ -118,6 +119,7 @@ _CHECK_KINDS = {
     "duration_vs_baseline": AlertKind.DURATION_ANOMALY,
     NOTHING_MISSED: AlertKind.MISSED_DATA,
     SWEEP_COVERAGE: AlertKind.SWEEP_BEHIND,
+    DRILL_CHECK: AlertKind.RESTORE_DRILL,  # high: Slack and email; a drill is not a failed backup
 }
 
 
@@ -431,6 +433,13 @@ def on_run_failure(context: RunFailureSensorContext, plan: AlertPlan, channels: 
     life = plan.lifecycle(context.instance, channels.dispatcher(plan, context.log))
     if run.job_name == STAGING_CLEANUP_JOB:
         trigger(life.d, life.book, cleanup_failure_alert(plan, context.instance, run), once_per_outage=True)
+    elif run.job_name == DRILL_JOB:
+        failed = _failed_steps(context.instance, run.run_id)
+        if failed and all(s.blocking_check_only for s in failed):
+            context.log.info("restore drill: its check failed; asset_check_alerts reports it")
+        else:
+            alert = drill_failure_alert(plan, context.instance, run)
+            trigger(life.d, life.book, alert, once_per_outage=False)
     elif run.job_name == CONNECTIVITY_JOB:
         changes = connectivity_changes(plan, life, run)
         context.log.info(f"{run.run_id}: {', '.join(changes) or 'no change'}")
@@ -461,6 +470,32 @@ def cleanup_failure_alert(plan: AlertPlan, instance: DagsterInstance, run: Dagst
         peer=main_peer if isinstance(main_peer, str) else None,
         counts={"failed_steps": len(failed)},
     )
+
+
+def drill_failure_alert(plan: AlertPlan, instance: DagsterInstance, run: DagsterRun) -> Alert:
+    """A drill run that failed before its check could say anything: the drill's own kind, never a page."""
+    failed = _failed_steps(instance, run.run_id)
+    first = failed[0] if failed else None
+    return plan.run_alert(
+        AlertKind.RESTORE_DRILL,
+        DRILL_ASSET.path[0],
+        run,
+        severity="high",
+        failed_step=first.step_key if first else None,
+        error_type=(first.error_type or "Failure") if first else "run failed before any step",
+        check=DRILL_CHECK,
+        counts={"failed_steps": len(failed)},
+    )
+
+
+def _drill_passed(instance: DagsterInstance, run_id: str) -> bool:
+    records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.event_specific_data if event else None
+        if isinstance(data, AssetCheckEvaluation) and data.check_name == DRILL_CHECK:
+            return data.passed
+    return False
 
 
 def failed_steps_by_source(
@@ -532,6 +567,10 @@ def on_run_success(context: RunStatusSensorContext, plan: AlertPlan, channels: C
         d.send(
             plan.run_alert(AlertKind.STAGING_CLEANUP_SUMMARY, "staging", run, severity="low", counts=counts)
         )
+    elif run.job_name == DRILL_JOB:
+        # asset_check_alerts resolves what it alerted; this resolves an incident a failed drill run opened.
+        if _drill_passed(context.instance, run.run_id):
+            resolve(d, book, drill_failure_alert(plan, context.instance, run))
     else:
         for source in sorted(_archived_sources(context.instance, run.run_id, set(plan.sources))):
             alert = plan.run_alert(AlertKind.BACKUP_FAILED, source, run)
@@ -558,8 +597,10 @@ def check_alert(
     kind = _CHECK_KINDS.get(evaluation.check_name, AlertKind.CHECK_FAILED)
     # A blocking ERROR (instances missing on the archive) pages; a WARN of the same check (instances
     # deferred to the next run), content and baseline findings go to Slack and email.
-    if evaluation.severity == AssetCheckSeverity.ERROR and (
-        evaluation.blocking or kind == AlertKind.ARCHIVE_INCOMPLETE
+    if (
+        evaluation.severity == AssetCheckSeverity.ERROR
+        and (evaluation.blocking or kind == AlertKind.ARCHIVE_INCOMPLETE)
+        and kind != AlertKind.RESTORE_DRILL  # blocking only to fail its run: a drill never pages
     ):
         kind, severity = AlertKind.ARCHIVE_INCOMPLETE, "critical"
     else:

@@ -44,6 +44,7 @@ class AlertKind(StrEnum):
     SWEEP_BEHIND = "sweep_behind"
     STAGING_CLEANUP_FAILED = "staging_cleanup_failed"
     STAGING_CLEANUP_SUMMARY = "staging_cleanup_summary"
+    RESTORE_DRILL = "restore_drill"
     TEST_ALERT = "test_alert"
     # One alert per shared cause (notify/causes.py): the subject is the component, `sources` the affected.
     ARCHIVE_DOWN = "archive_down"
@@ -95,6 +96,10 @@ _TITLES: dict[AlertKind, tuple[str, str]] = {
     ),
     AlertKind.STAGING_CLEANUP_FAILED: ("staging cleanup failed", "staging cleanup succeeded again"),
     AlertKind.STAGING_CLEANUP_SUMMARY: ("staging cleanup summary", "staging cleanup summary"),
+    AlertKind.RESTORE_DRILL: (
+        "restore drill failed: the sample restored from the archive did not verify at the scratch AE",
+        "restore drill passes again: the sample restored from the archive verified at the scratch AE",
+    ),
     AlertKind.TEST_ALERT: ("Test alert from dicom-backup", "Test alert resolved"),
     AlertKind.ARCHIVE_DOWN: (
         "main archive {subject} unreachable or refusing: backups of {sources} failed",
@@ -123,6 +128,7 @@ _DEDUP_FAMILY: dict[AlertKind, str] = {
     AlertKind.PEER_UNREACHABLE: "unreachable",
     AlertKind.STAGING_CLEANUP_FAILED: "staging-cleanup-failed",
     AlertKind.STAGING_CLEANUP_SUMMARY: "staging-cleanup-summary",
+    AlertKind.RESTORE_DRILL: "restore-drill",  # the failed check and a failed drill run: one incident
 }
 
 _SUBJECT_LABEL = {

@@ -144,6 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "ORTHANC_STAGE": ports.get("stage_http"),
         "ARIA": ports.get("aria"),
         "MIM": ports.get("mim"),
+        "STANDBY": ports.get("standby"),
         "ALERT_SINKS": ports.get("sinks_http"),
     }
     all_up = True

@@ -412,6 +412,27 @@ def _summary_step(night: Night) -> None:
         ]
 
 
+def _drill_step(night: Night) -> None:
+    """The restore drill (its schedule is weekly): a random sample of main restored to the standby SCP."""
+    client = night.client
+    run_id = client.launch_job("restore_drill_job", tags={"dicom_backup/launched_by": "sandbox-night"})
+    run = client.wait_for_run(run_id, timeout_s=300)
+    night.runs.append(run)
+    night.lines.append(
+        f"restore_drill_job: {run['status']}  ({night.ui_url}/assets/restore_drill?view=checks)"
+    )
+    events = [e for e in client.materializations(["restore_drill"]) if e["runId"] == run_id]
+    for event in events:
+        values = {e["label"]: e.get("intValue") for e in event["metadataEntries"] if "intValue" in e}
+        night.lines.append("  " + "  ".join(f"{k}={values[k]}" for k in DRILL_COUNTS if k in values))
+    for evaluation in client.check_evaluations(run_id):
+        night.failed_checks += 0 if evaluation["success"] else 1
+        mark = "passed" if evaluation["success"] else f"FAILED ({evaluation['severity']})"
+        night.lines.append(f"  check {evaluation['checkName']}: {mark}")
+
+
+DRILL_COUNTS = ("seed", "studies", "instances", "present", "digests_matched", "missing", "digests_differ")
+
 # What one night runs, in order. Each later feature adds its step here.
 NIGHT_STEPS: list[Callable[[Night], None]] = [
     _sensors_step,
@@ -419,6 +440,7 @@ NIGHT_STEPS: list[Callable[[Night], None]] = [
     _backup_backfill_step,
     _sweep_step,
     _summary_step,
+    _drill_step,
 ]
 
 

@@ -12,6 +12,8 @@ docs/decisions/orthanc.md):
   sub-operations from the sources and from staging) and the script queries/retrieves from it.
 - ORTHANC_STAGE lists the script AE (C-STORE of RT records, C-MOVE to main) and ORTHANC_MAIN (destination).
 - ARIA_SIM and MIM_SIM can C-MOVE to ORTHANC_MAIN, ORTHANC_STAGE and the script AE.
+- STANDBY_SIM (a pynetdicom Q/R + Storage SCP, empty at start) is the site's standby system: the restore
+  target STANDBY_SIM (ORTHANC_MAIN lists it as a C-MOVE destination) and the restore drill's scratch AE.
 
 Layout: <root>/cache/<options key>/ (generated data, reused across starts), <root>/run/ (fresh per start:
 peer configs, storage, logs, mosaiq.sqlite), <root>/state.json (PIDs and ports, for `sandbox down`).
@@ -45,6 +47,7 @@ from dicom_backup_dagster.sandbox.synthetic import Manifest, SyntheticOptions, g
 
 ENVIRONMENT = "SANDBOX"
 MAIN_AET, STAGE_AET, ARIA_AET, MIM_AET = "ORTHANC_MAIN", "ORTHANC_STAGE", "ARIA_SIM", "MIM_SIM"
+STANDBY_ALIAS = STANDBY_AET = "STANDBY_SIM"  # alias = AE title, as for ORTHANC_MAIN
 ORTHANC_PASSWORD_ENV = "SANDBOX_ORTHANC_PASSWORD"
 STAGE_PASSWORD_ENV = "SANDBOX_ORTHANC_STAGE_PASSWORD"
 MOSAIQ_PASSWORD_ENV = "SANDBOX_MOSAIQ_DB_PASSWORD"
@@ -99,10 +102,11 @@ class _Ports:
     script: int
     sinks_http: int
     sinks_smtp: int
+    standby: int
 
     @classmethod
     def allocate(cls) -> _Ports:
-        return cls(*(free_port() for _ in range(9)))
+        return cls(*(free_port() for _ in range(10)))
 
 
 def _toml_str(s: str) -> str:
@@ -127,6 +131,7 @@ class Sandbox:
         self.aria: AriaSimulator | MimSimulator | None = None
         self.aria_backend: str | None = None
         self.mim: MimSimulator | None = None
+        self.standby: MimSimulator | None = None
         self.manifest: Manifest | None = None
         self.mosaiq_path = self.run_dir / "mosaiq" / "mosaiq.sqlite"
         self.mosaiq_counts: dict[str, int] = {}
@@ -150,6 +155,13 @@ class Sandbox:
         from dicom_backup_dagster.sandbox.synthetic import all_dates
 
         return all_dates(self.options.data)
+
+    @property
+    def standby_peer(self) -> Peer:
+        """The standby system: restore target STANDBY_SIM and the restore drill's scratch AE."""
+        self._require_ports()
+        assert self.ports is not None
+        return Peer(STANDBY_AET, "127.0.0.1", self.ports.standby)
 
     @property
     def script_peer(self) -> Peer:
@@ -241,8 +253,9 @@ class Sandbox:
             p.main_http,
             o.orthanc_username,
             self.passwords[ORTHANC_PASSWORD_ENV],
-            {"script": script, "stage": stage_peer, "aria": peers["ARIA"], "mim": peers["MIM"]},
-        )
+            {"script": script, "stage": stage_peer, "aria": peers["ARIA"], "mim": peers["MIM"],
+             "standby": self.standby_peer},
+        )  # fmt: skip
         self.stage = OrthancServer(
             self.run_dir / "orthanc_stage",
             STAGE_AET,
@@ -265,6 +278,10 @@ class Sandbox:
             self.run_dir / "mim", MIM_AET, p.mim, manifest.source_dir("MIM"), destinations,
             relational=True,  # like MIM: the nightly run then finds late series by SeriesDate
         )  # fmt: skip
+        standby_dir = self.run_dir / "standby"
+        self.standby = MimSimulator(
+            standby_dir, STANDBY_AET, p.standby, standby_dir / "data", relational=True
+        )
 
         def aria() -> None:
             sim = self.aria
@@ -295,6 +312,7 @@ class Sandbox:
             "orthanc_main": lambda: self._timed("orthanc_main", self.main.start),  # type: ignore[union-attr]
             "orthanc_stage": lambda: self._timed("orthanc_stage", self.stage.start),  # type: ignore[union-attr]
             "mim": lambda: self._timed("mim", self.mim.start),  # type: ignore[union-attr]
+            "standby": lambda: self._timed("standby", self.standby.start),  # type: ignore[union-attr]
             "aria": aria,
             "mosaiq": mosaiq,
         }
@@ -341,7 +359,9 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop every peer by PID (in parallel: Orthanc needs 1-3 s to shut down); mark the state stopped."""
-        servers: list[Any] = [s for s in (self.main, self.stage, self.aria, self.mim) if s is not None]
+        servers: list[Any] = [
+            s for s in (self.main, self.stage, self.aria, self.mim, self.standby) if s is not None
+        ]
         servers += self.tracked.values()
         errors: list[str] = []
         lock = threading.Lock()
@@ -457,6 +477,9 @@ class Sandbox:
             "verification_fraction = 0.0",
             # A peer stopped in the sandbox fails a step after seconds of retries, not minutes.
             "max_retries = 2",
+            # The standby SCP doubles as the restore drill's scratch AE (two studies a drill).
+            f"restore_drill_target = {_toml_str(STANDBY_ALIAS)}",
+            "restore_drill_studies = 2",
             "retry_delay_s = 2",
             # The synthetic data is dated early in 2026: a two-year sweep window reaches it.
             "sweep_days = 730",
@@ -466,6 +489,11 @@ class Sandbox:
             "dimse = 120",
             "network = 60",
             "connect = 10",
+            "",
+            f"[{e}.restore_targets.{STANDBY_ALIAS}]",
+            f"aet = {_toml_str(STANDBY_AET)}",
+            'ip = "127.0.0.1"',
+            f"port = {p.standby}",
             "",
         ]
         if o.executor != "in_process":
@@ -575,6 +603,7 @@ class Sandbox:
             ("ORTHANC_STAGE", self.stage),
             ("ARIA", self.aria),
             ("MIM", self.mim),
+            ("STANDBY", self.standby),
         ):
             if s is not None and s.process is not None and s.pid is not None:
                 procs[name] = {"pid": s.pid, "argv": s.process.argv, "log": str(s.process.log_path)}
@@ -617,6 +646,10 @@ class Sandbox:
             lines.append(f"  ARIA           {self.aria.peer}  {self.aria_backend} (pid {self.aria.pid})")
         if self.mim:
             lines.append(f"  MIM            {self.mim.peer}  pynetdicom Q/R SCP (pid {self.mim.pid})")
+        if self.standby:
+            lines.append(
+                f"  STANDBY        {self.standby.peer}  restore target, scratch (pid {self.standby.pid})"
+            )
         lines.append(f"  MOSAIQ         {self.mosaiq_path}  (SQLite3 ODBC)")
         if self.ports:
             lines.append(f"  script AE      {self.script_peer}")

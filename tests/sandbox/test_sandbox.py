@@ -103,7 +103,7 @@ def test_dates_and_state(sandbox: Sandbox) -> None:
     assert state is not None and state["running"] is True
     assert {int(p["pid"]) for p in state["processes"].values()} == {
         s.pid
-        for s in (sandbox.main, sandbox.stage, sandbox.aria, sandbox.mim)  # type: ignore[union-attr]
+        for s in (sandbox.main, sandbox.stage, sandbox.aria, sandbox.mim, sandbox.standby)  # type: ignore[union-attr]
     }
     assert "SANDBOX^" not in json.dumps(state) and sandbox.env_vars()[
         "SANDBOX_ORTHANC_PASSWORD"
