@@ -106,8 +106,8 @@ def build_executor(env: EnvironmentConfig) -> ExecutorDefinition:
 def build_definitions(site: SiteConfig) -> Definitions:
     """The code location of the selected environment. When the file defines several (sites sharing one
     instance, docs/decisions/multi-site.md), pools are named by AE@host:port, the summary is
-    `nightly_summary/<site>` and the alert history `alerts/history/<site>`; the other names come from the
-    aliases, which `config check --all` keeps distinct across the sites."""
+    `nightly_summary/<site>`, the alert history `alerts/history/<site>` and the drill `restore_drill/<site>`;
+    the other names come from the aliases, which `config check --all` keeps distinct across the sites."""
     env, multi_site = site.environment, len(site.environment_names) > 1
     backups = Definitions.merge(
         # In process by default: a backup step spends its time waiting on DICOM peers, and a night's
@@ -123,6 +123,6 @@ def build_definitions(site: SiteConfig) -> Definitions:
         build_report_defs(env),
         build_restore_defs(env),
         build_treatment_summary_defs(env),
-        build_drill_defs(env),
+        build_drill_defs(env, multi_site=multi_site),
     )
     return Definitions.merge(backups, build_summary_defs(env, backups, multi_site=multi_site))

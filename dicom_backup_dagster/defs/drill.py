@@ -106,20 +106,22 @@ def drill_body(
     )
 
 
-def build_drill_defs(env: EnvironmentConfig) -> Definitions:
-    """Nothing unless settings.restore_drill_target is set (the loader checks it names a restore target)."""
+def build_drill_defs(env: EnvironmentConfig, *, multi_site: bool = False) -> Definitions:
+    """Nothing unless settings.restore_drill_target is set (the loader checks it names a restore target).
+    The asset is `restore_drill`, or `restore_drill/<site>` when several sites share the instance."""
     if not env.settings.restore_drill_target:
         return Definitions()
     plan = DrillPlan.of(env)
     settings = env.settings
+    key = AssetKey([*DRILL_ASSET.path, env.name]) if multi_site else DRILL_ASSET
 
     @asset(
-        key=DRILL_ASSET,
+        key=key,
         group_name="restore_drill",
         check_specs=[
             # Blocking: a failed drill also fails its run, so the run page is red, not "Success".
             AssetCheckSpec(
-                DRILL_CHECK, asset=DRILL_ASSET, blocking=True, description="sample restored, digests equal"
+                DRILL_CHECK, asset=key, blocking=True, description="sample restored, digests equal"
             )
         ],
         description=(
@@ -137,7 +139,7 @@ def build_drill_defs(env: EnvironmentConfig) -> Definitions:
 
     drill_job = define_asset_job(
         DRILL_JOB,
-        selection=AssetSelection.assets(DRILL_ASSET),
+        selection=AssetSelection.assets(key),
         description=f"Restore drill to {plan.scratch_alias}: a random sample of {plan.main_alias}, verified.",
         tags={KIND_TAG: DRILL_KIND},
         executor_def=in_process_executor,

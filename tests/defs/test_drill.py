@@ -276,3 +276,18 @@ def test_drill_target_must_be_a_restore_target(site, monkeypatch, tmp_path):
     off.write_text(text.replace('restore_drill_target = "SCRATCH"', ""))
     env = load_config(off, "DRILL").environment
     assert env.settings.restore_drill_target == "" and not list(build_drill_defs(env).assets or [])
+
+
+def test_several_sites_each_have_their_own_drill_asset(site, tmp_path):
+    """Two sites in one instance: `restore_drill/<site>`, the check on it, the job selecting it."""
+    resources = build_resources(site["env"], storage=BackupStorage(base_dir=str(tmp_path)))
+    defs = dg.Definitions.merge(
+        dg.Definitions(resources=resources), build_drill_defs(site["env"], multi_site=True)
+    )
+    graph = defs.resolve_asset_graph()
+    key = dg.AssetKey(["restore_drill", site["env"].name])
+    assert set(graph.get_all_asset_keys()) == {key}
+    assert {c.asset_key for c in graph.asset_check_keys} == {key}
+    assert defs.resolve_job_def(DRILL_JOB).asset_layer.executable_asset_keys == {key}
+    single = dg.Definitions.merge(dg.Definitions(resources=resources), build_drill_defs(site["env"]))
+    assert set(single.resolve_asset_graph().get_all_asset_keys()) == {DRILL_ASSET}
