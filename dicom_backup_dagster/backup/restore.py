@@ -210,9 +210,13 @@ def destination_unknown_advice(main: Peer, destination: Peer) -> str:
     )
 
 
-def _explain(error: DicomError, main: Peer, destination: Peer, calling_aet: str, t: Timeouts) -> str:
-    """A refused C-MOVE with nothing moved: 0xA801, or (Orthanc 1.10, docs/decisions/orthanc.md) 0xC000
-    for a destination missing from its DicomModalities. A C-ECHO to the destination tells "down" apart."""
+def _explain(
+    error: DicomError, main: Peer, destination: Peer, calling_aet: str, t: Timeouts, delivered: int
+) -> str:
+    """A refused C-MOVE: 0xA801, or (Orthanc 1.10, docs/decisions/orthanc.md) 0xC000 with zero counts both
+    for a destination missing from its DicomModalities and for a study whose C-STORE the destination
+    refused. A C-ECHO to the destination tells "down" apart; `delivered` (sub-operations main completed
+    or selected instances found there) > 0 shows main knows the destination."""
     text = str(error)
     if error.status not in (MOVE_DESTINATION_UNKNOWN, 0xC000):
         return text
@@ -221,6 +225,16 @@ def _explain(error: DicomError, main: Peer, destination: Peer, calling_aet: str,
     except DicomError as down:
         cause = f"the destination {destination} does not answer a C-ECHO ({down.detail})"
         return f"{text}; {cause}: start it, or fix its host and port in the configuration and on main"
+    refused = (
+        f"{destination} refused a C-STORE (Orthanc then stops that study's C-MOVE): read its log, free "
+        "space or accept the SOP class there"
+    )
+    if delivered and error.status == 0xC000:
+        return f"{text}; {delivered} selected instances are at {destination.aet}, so main knows it: {refused}"
+    if error.status == 0xC000:
+        return (
+            f"{text}; either {destination_unknown_advice(main, destination)}; or, if main lists it, {refused}"
+        )
     return f"{text}; {destination_unknown_advice(main, destination)}"
 
 
@@ -328,16 +342,22 @@ def _move_and_verify(
     outcome = result.outcome = transfer(
         entries, source=main, archive=destination, calling_aet=calling_aet, timeouts=timeouts, mode="c-move"
     )
-    result.errors.extend(
-        _explain(error, main, destination, calling_aet, timeouts) for error in outcome.errors
-    )
     lap("move")
+
+    def explain(arrived: int) -> None:
+        result.errors.extend(
+            _explain(error, main, destination, calling_aet, timeouts, arrived) for error in outcome.errors
+        )
+
     try:
         found = present_at(destination, selected, calling_aet, timeouts)
     except DicomError as error:
+        explain(outcome.completed)
         result.errors.append(f"presence check at the destination {destination}: {error}")
         return []
     lap("presence")
+    # Orthanc 1.10 reports 0 completed for a study it stopped at a refused C-STORE: what arrived counts.
+    explain(max(outcome.completed, sum(e.sop_instance_uid in found for e in selected)))
     present = [e for e in selected if e.sop_instance_uid in found]
     result.present = len(present)
     result.missing_uids = [e.sop_instance_uid for e in selected if e.sop_instance_uid not in found][:keep]
