@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, execute_job
-from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 
 from dicom_backup_dagster import sites
 from dicom_backup_dagster.defs import BACKEND_ENV_VAR, BROKER_ENV_VAR, BrokerUnreachable
@@ -204,7 +204,11 @@ def test_each_site_runs_on_its_own_worker_and_archives_everything(setup: Setup) 
 
 def test_broker_down_at_launch_fails_in_seconds_naming_it(setup: Setup) -> None:
     down = "redis://:secret@127.0.0.1:1/0"
-    sites._built.clear()  # the executor takes the broker URL when the definitions load
+    # The executor takes the broker URL when the definitions load: forget the loaded ones, ours and
+    # Dagster's (ReconstructableJob keeps its last definition, keyed by an equal job, in an lru_cache).
+    sites._built.clear()
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
     started = time.monotonic()
     try:
         with pytest.raises(BrokerUnreachable) as error:
