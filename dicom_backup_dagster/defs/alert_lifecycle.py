@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from dicom_backup_dagster.config import EnvironmentConfig
+from dicom_backup_dagster.defs.keys import site_key
 from dicom_backup_dagster.notify import Alert, Delivery, Dispatcher, IncidentBook
 from dicom_backup_dagster.notify.causes import CauseBook, Grouping, Topology
 from dicom_backup_dagster.notify.history import Entry, Happened, History
@@ -31,7 +32,7 @@ HISTORY_ASSET = AssetKey(["alerts", "history"])
 
 def history_key(site: str = "") -> AssetKey:
     """`alerts/history`, or `alerts/history/<site>` when several sites share the instance."""
-    return AssetKey([*HISTORY_ASSET.path, site]) if site else HISTORY_ASSET
+    return site_key(HISTORY_ASSET, site, multi_site=bool(site))
 
 
 def history_spec(site: str = "") -> AssetSpec:

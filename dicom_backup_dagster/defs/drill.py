@@ -35,7 +35,7 @@ from pydantic import Field
 
 from dicom_backup_dagster.backup.drill import DrillResult, new_seed, run_drill
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.defs.keys import KIND_TAG
+from dicom_backup_dagster.defs.keys import KIND_TAG, site_key
 from dicom_backup_dagster.defs.resources import BackupStorage, DicomNetwork
 from dicom_backup_dagster.dicom.network import Peer
 
@@ -113,7 +113,7 @@ def build_drill_defs(env: EnvironmentConfig, *, multi_site: bool = False) -> Def
         return Definitions()
     plan = DrillPlan.of(env)
     settings = env.settings
-    key = AssetKey([*DRILL_ASSET.path, env.name]) if multi_site else DRILL_ASSET
+    key = site_key(DRILL_ASSET, env.name, multi_site=multi_site)
 
     @asset(
         key=key,

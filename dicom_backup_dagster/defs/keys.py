@@ -76,6 +76,12 @@ def peer_alias(key: AssetKey | None) -> str | None:
     return key.path[1]
 
 
+def site_key(key: AssetKey, site: str, *, multi_site: bool) -> AssetKey:
+    """`key`, or `key/<site>` when several sites share the instance: for the assets whose key is not
+    a source alias (summary, alert history, restore drill; docs/decisions/multi-site.md)."""
+    return AssetKey([*key.path, site]) if multi_site else key
+
+
 def pool_id(aet: str, host: str, port: int, *, multi_site: bool = False) -> str:
     """What names a source's pool (`dicom_<pool_id>`): the AE title alone when the file has one site (the
     pool names operators have set limits for), `AET@host:port` when several sites share the instance, so

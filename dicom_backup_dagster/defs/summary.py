@@ -36,7 +36,7 @@ from dagster import (
 
 from dicom_backup_dagster.config import EnvironmentConfig
 from dicom_backup_dagster.defs.common import daily_partitions
-from dicom_backup_dagster.defs.keys import KIND_TAG, SourceNames
+from dicom_backup_dagster.defs.keys import KIND_TAG, SourceNames, site_key
 from dicom_backup_dagster.monitoring.slo import Nights, SloFigures, SloTargets
 
 SUMMARY_KEY = AssetKey("nightly_summary")
@@ -245,7 +245,7 @@ def materialize_summary(context: AssetExecutionContext, plan: SummaryPlan) -> Ma
 
 def summary_key(site: str, *, multi_site: bool = False) -> AssetKey:
     """`nightly_summary`, or `nightly_summary/<site>` when several sites share the instance."""
-    return AssetKey([*SUMMARY_KEY.path, site]) if multi_site else SUMMARY_KEY
+    return site_key(SUMMARY_KEY, site, multi_site=multi_site)
 
 
 def build_summary_defs(
