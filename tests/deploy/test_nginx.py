@@ -107,12 +107,16 @@ def stack() -> Iterator[dict[str, int]]:
     )
     assert check.returncode == 0, check.stderr
     try:
-        for process in (web, exporter, nginx):
-            process.start()
+        # One after the other: on an empty DAGSTER_HOME both would create the SQLite run storage at once, and
+        # the loser dies on "table runs already exists" (seen in CI). Production storage is PostgreSQL, migrated
+        # before the services start.
+        web.start()
         session = requests.Session()
         session.trust_env = False
         wait_until(lambda: session.get(f"http://127.0.0.1:{ports['web']}/server_info", timeout=2).ok, 120,
                    "dagster-webserver", process=web)  # fmt: skip
+        exporter.start()
+        nginx.start()
         wait_until(lambda: session.get(f"http://127.0.0.1:{ports['exporter']}/metrics", timeout=5).ok, 60,
                    "exporter", process=exporter)  # fmt: skip
         wait_until(lambda: _get(ports, "/server_info").status_code == 401, 30, "nginx", process=nginx)
