@@ -107,9 +107,9 @@ def stack() -> Iterator[dict[str, int]]:
     )
     assert check.returncode == 0, check.stderr
     try:
-        # One after the other: on an empty DAGSTER_HOME both would create the SQLite run storage at once, and
-        # the loser dies on "table runs already exists" (seen in CI). Production storage is PostgreSQL, migrated
-        # before the services start.
+        # One after the other: on an empty DAGSTER_HOME both would create the SQLite run storage at once,
+        # and the loser dies on "table runs already exists" (seen in CI). Production storage is
+        # PostgreSQL, migrated before the services start.
         web.start()
         session = requests.Session()
         session.trust_env = False
