@@ -15,7 +15,6 @@ from typing import Any
 from dicom_backup_dagster.config.loader import CONFIG_ENV_VAR, ENVIRONMENT_ENV_VAR, load_config
 from dicom_backup_dagster.config.models import (
     ConfigError,
-    EnvironmentConfig,
     MosaiqSource,
     QRSource,
     SiteConfig,
@@ -83,7 +82,19 @@ def _warnings(site: SiteConfig) -> list[str]:
         for k, v in env.notifications.env_vars().items()
         if not os.environ.get(v)
     ]
-    out.extend(_bulk_hours_warnings(env))
+    # Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
+    # nightly tick outside bulk_hours may then wait for the window like the backfill does.
+    s = env.settings
+    for alias, qr in ((a, q) for a, q in env.qr_sources.items() if q.bulk_hours):
+        outside = qr.bulk_window(s.timezone).closed_tick(s.schedule)
+        if outside is not None:
+            out.append(
+                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule {s.schedule!r} "
+                f"({s.timezone}) fires outside {alias}'s bulk hours (e.g. {outside:%a %H:%M}); nightly runs "
+                f"are never paused, but backfill or manual runs paused then hold {alias}'s pool slots and "
+                "can delay the nightly run until the window opens: move settings.schedule into the window "
+                "or widen bulk_hours"
+            )
     if not env.mosaiq_sources:
         return out
     try:
@@ -97,23 +108,6 @@ def _warnings(site: SiteConfig) -> list[str]:
             where = f"{env.name}.sources.{alias}.odbc_driver"
             missing = f"ODBC driver {src.odbc_driver!r} is not installed here"
             out.append(f"warning: {where}: {missing} (installed: {installed or 'none'})")
-    return out
-
-
-def _bulk_hours_warnings(env: EnvironmentConfig) -> list[str]:
-    """Nightly runs are never paused, but a paused backfill step keeps its slot in the source's pool: a
-    nightly tick outside bulk_hours may then wait for the window like the backfill does."""
-    s, out = env.settings, []
-    for alias, src in ((a, q) for a, q in env.qr_sources.items() if q.bulk_hours):
-        outside = src.bulk_window(s.timezone).closed_tick(s.schedule)
-        if outside is not None:
-            out.append(
-                f"warning: {env.name}.sources.{alias}.bulk_hours: the nightly schedule {s.schedule!r} "
-                f"({s.timezone}) fires outside {alias}'s bulk hours (e.g. {outside:%a %H:%M}); nightly runs "
-                f"are never paused, but backfill or manual runs paused then hold {alias}'s pool slots and "
-                "can delay the nightly run until the window opens: move settings.schedule into the window "
-                "or widen bulk_hours"
-            )
     return out
 
 
@@ -133,11 +127,9 @@ def _all_sites(path: str | None) -> int:
         worst = max(worst, status)
         if status == 0:
             env = load_config(file or None, name).environment
-            for alias, where in [
-                *((a, "sources") for a in env.sources),
-                *((a, "backup_targets") for a in env.backup_targets),
-            ]:
-                owners.setdefault(alias, []).append(f"{name}.{where}.{alias}")
+            for where in ("sources", "backup_targets"):
+                for alias in getattr(env, where):
+                    owners.setdefault(alias, []).append(f"{name}.{where}.{alias}")
     for alias, keys in owners.items():
         if len(keys) > 1:
             worst = 2
