@@ -1,6 +1,12 @@
 """ARIA backfill benchmark: Dagster asset backfill vs dcmtk `movescu`, same studies, same sandbox, same run.
 
     .venv/bin/python benchmarks/qr_backfill.py [--patients N] [--cache-dir DIR] [--root DIR] ...
+    .venv/bin/python benchmarks/qr_backfill.py --sizes 5000,20000,100000 --summary-json sizes.jsonl
+    .venv/bin/python benchmarks/qr_backfill.py --compare sizes.jsonl   # the side-by-side table again
+
+--sizes runs the whole benchmark once per size (patients = size / 125 rounded up, each size under
+ROOT/<size>) and prints, after every size, a table of the sizes side by side: rates, ratio, per-phase
+seconds, daemon ticks, physical limit, re-run and the run processes' peak RSS, with the load average.
 
 1. Start a Sandbox (Orthanc main + staging, ARIA_SIM, MIM_SIM, Mosaiq DB) sized so that ARIA holds at
    least --min-instances instances (default options: 40 patients x 125 instances = 5,000, 240 studies,
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -429,11 +436,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--min-instances", type=int, default=5000, help="refuse smaller ARIA data sets")
     ap.add_argument("--baseline-jobs", type=int, default=1, help="movescu processes at a time (default 1)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per backfill, seconds")
+    ap.add_argument(
+        "--instances",
+        type=int,
+        default=None,
+        help="ARIA instances wanted: sets --patients to the smallest count giving at least this many",
+    )
+    ap.add_argument(
+        "--sizes",
+        type=lambda v: [int(x) for x in v.replace("_", "").split(",") if x],
+        default=None,
+        help="comma-separated instance counts (e.g. 5000,20000,100000): one benchmark per size, one after "
+        "the other, each under ROOT/<size>, then a side-by-side table of how the cost grows",
+    )
+    ap.add_argument(
+        "--summary-json",
+        type=Path,
+        default=None,
+        help="append each size's figures to this JSON-lines file (for --compare)",
+    )
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the side-by-side table from --summary-json files of earlier runs",
+    )
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_one(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
+    """One benchmark at one size; returns the exit status and the figures for the side-by-side table."""
     harness_started = time.perf_counter()
     data = SyntheticOptions(
         patients=args.patients,
@@ -641,7 +674,139 @@ def main(argv: list[str] | None = None) -> int:
         print("PROBLEMS:")
         for p in problems:
             print(f"  - {p}")
-    return 1 if problems else 0
+    summary: dict[str, Any] = {
+        "instances": aria_instances,
+        "studies": len(studies),
+        "partitions": partitions,
+        "backend": sandbox.aria_backend,
+        "movescu_s": b.seconds if b else None,
+        "movescu_rate": b_rate,
+        "movescu_jobs": b.jobs if b else None,
+        "backfill_s": first.seconds if first else None,
+        "backfill_rate": f_rate,
+        "runs_alone_rate": r_rate,
+        "limit_s": limit_s,
+        "limit_rate": aria_instances / limit_s if limit_s else None,
+        "rerun_s": rerun.seconds if rerun else None,
+        "rerun_moved": rerun.metadata_sums["moved"] if rerun else None,
+        "runs": first.runs if first else None,
+        "first_run_start_s": first.first_run_start_s if first else None,
+        "marked_done_after_last_run_s": (
+            first.seconds - first.last_run_end_s if first and first.last_run_end_s is not None else None
+        ),
+        "run_seconds_sum": first.run_seconds_sum if first else None,
+        "phase_s": dict(first.seconds_sums) if first else {},
+        "step_retries": len(first.step_retries) if first else None,
+        "peak_run_rss_mib": worker_mib,
+        "run_processes_sampled": len(sampler.worker_hwm_kib) if sampler else 0,
+        "movescu_rss_mib": movescu_mib,
+        "loads": loads,
+        "harness_s": harness_seconds,
+        "problems": problems,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+    return (1 if problems else 0), summary
+
+
+def instances_per_patient(args: argparse.Namespace) -> int:
+    return args.ct_slices + 3 + args.fractions * args.cbct_slices  # CT + RTSTRUCT/RTPLAN/RTDOSE + CBCTs
+
+
+def print_sizes(summaries: list[dict[str, Any]]) -> None:
+    """The sizes side by side: how the rates, the ratio, the phases and the run processes' RSS grow."""
+    if not summaries:
+        return
+    summaries = sorted(summaries, key=lambda s: s["instances"])
+
+    def rate(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return "-" if a is None or not b else f"{a / b:.2f}"
+
+    def phase(s: dict[str, Any], key: str) -> str:
+        value = s["phase_s"].get(key)
+        return "-" if value is None else f"{value:,.1f}"
+
+    rows: list[tuple[str, list[str]]] = [
+        ("instances", [f"{s['instances']:,}" for s in summaries]),
+        ("studies / daily partitions / runs",
+         [f"{s['studies']} / {s['partitions']} / {s['runs'] if s['runs'] is not None else '-'}"
+          for s in summaries]),
+        ("ARIA_SIM backend", [str(s["backend"]) for s in summaries]),
+        ("movescu s (jobs at a time)",
+         [f"{rate(s['movescu_s'])} ({s['movescu_jobs']})" for s in summaries]),
+        ("movescu instances/s", [rate(s["movescu_rate"]) for s in summaries]),
+        ("backfill s (launch -> complete)", [rate(s["backfill_s"]) for s in summaries]),
+        ("backfill instances/s", [rate(s["backfill_rate"]) for s in summaries]),
+        (f"ratio backfill / movescu (goal >= {GOAL_RATIO})",
+         [ratio(s["backfill_rate"], s["movescu_rate"]) for s in summaries]),
+        ("  runs alone (first start -> last end) ratio",
+         [ratio(s["runs_alone_rate"], s["movescu_rate"]) for s in summaries]),
+        ("  daemon ticks s (before first run + after last)",
+         [rate((s["first_run_start_s"] or 0) + (s["marked_done_after_last_run_s"] or 0))
+          if s["first_run_start_s"] is not None else "-" for s in summaries]),
+        ("  run durations summed s", [rate(s["run_seconds_sum"]) for s in summaries]),
+        *[(f"  phase {k.removeprefix('seconds_')} s (summed over runs)",
+           [phase(s, k) for s in summaries]) for k in SUMMED_SECONDS],
+        ("  step retries", [str(s["step_retries"]) for s in summaries]),
+        ("physical limit: storescu -> main, instances/s", [rate(s["limit_rate"]) for s in summaries]),
+        ("  ratio to movescu", [ratio(s["limit_rate"], s["movescu_rate"]) for s in summaries]),
+        ("re-run s (instances moved)",
+         [f"{rate(s['rerun_s'])} ({s['rerun_moved']})" for s in summaries]),
+        ("peak RSS of one run process, MiB (max over runs)",
+         [f"{rate(s['peak_run_rss_mib'])} ({s['run_processes_sampled']} sampled)" for s in summaries]),
+        ("load average at baseline / backfill",
+         [f"{s['loads'].get('baseline', '-').split()[0]} / {s['loads'].get('backfill', '-').split()[0]}"
+          for s in summaries]),
+        ("problems", [str(len(s["problems"])) for s in summaries]),
+    ]  # fmt: skip
+    width0 = max(len(r[0]) for r in rows)
+    widths = [max(len(r[1][i]) for r in rows) for i in range(len(summaries))]
+    line = "  ".join("-" * w for w in [width0, *widths])
+    print()
+    print("== sizes side by side ==")
+    print(line)
+    for name, cells in rows:
+        print("  ".join([name.ljust(width0), *(c.rjust(w) for c, w in zip(cells, widths, strict=True))]))
+    print(line, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compare:
+        summaries = [
+            json.loads(line)
+            for path in args.compare
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+        print_sizes(summaries)
+        return 0
+    sizes = args.sizes or ([args.instances] if args.instances else [])
+    if not sizes:
+        rc, summary = run_one(args)
+        if args.summary_json:
+            with args.summary_json.open("a") as f:
+                f.write(json.dumps(summary) + "\n")
+        return rc
+    status, summaries = 0, []
+    base_root = args.root
+    for size in sizes:
+        one = argparse.Namespace(**vars(args))
+        one.patients = -(-size // instances_per_patient(args))
+        one.min_instances = min(args.min_instances, size)
+        if args.sizes:
+            one.root = base_root / str(size)
+        log(f"== size {size:,}: {one.patients} patients x {instances_per_patient(args)} instances ==")
+        rc, summary = run_one(one)
+        status = max(status, rc)
+        summaries.append(summary)
+        if args.summary_json:
+            with args.summary_json.open("a") as f:
+                f.write(json.dumps(summary) + "\n")
+        print_sizes(summaries)  # after every size, so a later size that does not finish loses nothing
+    return status
 
 
 if __name__ == "__main__":
