@@ -201,6 +201,26 @@ class RestoreResult:
         complete = not self.missing_uids and self.present == self.selected
         return not self.errors and complete and content_ok and committed
 
+    def summary(self) -> str:
+        """One line an operator reads first: what was selected, what is proven at the destination."""
+        what = f"{_count(self.selected, 'instance')} in {_count(self.studies, 'study', 'studies')}"
+        if self.dry_run:
+            return f"dry run: {what} would be restored to {self.destination}; nothing was sent"
+        parts = [f"{self.present} of {self.selected} instances present at {self.destination}"]
+        if self.content is not None:
+            parts.append(f"{self.content.matched} of {self.content.compared} content digests equal to main's")
+        else:
+            parts.append("content digests not compared (see notes)")
+        if self.commitment is not None:
+            committed = len(self.commitment.committed)
+            parts.append(f"{committed} of {self.selected} committed (Storage Commitment)")
+        verdict = "restored and verified" if self.passed else "INCOMPLETE"
+        return f"{verdict}: " + ", ".join(parts)
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
 
 def destination_unknown_advice(main: Peer, destination: Peer) -> str:
     return (

@@ -244,6 +244,7 @@ def destination_slot(context: OpExecutionContext, pool: str) -> Iterator[None]:
 def restore_metadata(result: RestoreResult) -> dict[str, Any]:
     outcome, commitment = result.outcome, result.commitment
     metadata: dict[str, Any] = {
+        "result": result.summary(),
         "destination": result.destination,
         "dry_run": result.dry_run,
         "studies": result.studies,
@@ -377,6 +378,7 @@ def run_restore(
     result.missing_on_main = gone
     if not result.passed:
         raise failure_of(result, destination, plan.main_alias)
+    context.log.info(result.summary())
     context.add_output_metadata(restore_metadata(result))
     return result
 

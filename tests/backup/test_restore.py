@@ -86,6 +86,7 @@ def test_modalities_filter_and_dry_run_moves_nothing(restore_env):
     result = restore(entries, main=env["main"], destination=env["dest"], calling_aet=env["calling"],
                      timeouts=FAST, dry_run=True)  # fmt: skip
     assert result.dry_run and result.outcome is None and result.selected == 1
+    assert result.summary().startswith("dry run: 1 instance in 1 study would be restored to ")
     assert len(env["server"].index) == before
 
 
@@ -103,6 +104,10 @@ def test_partial_restore_names_the_refused_uids(restore_env, tmp_path):
         env["server"].refuse = set()
     assert not result.passed
     assert set(result.missing_uids) == refused
+    assert result.summary() == (
+        f"INCOMPLETE: {len(fresh) - 2} of {len(fresh)} instances present at {env['dest']}, "
+        "content digests not compared (see notes)"
+    )
     assert result.present == len(fresh) - 2
     text = " ".join(result.errors)  # Orthanc 1.10: 0xC000 with 0 counts, as for an unknown destination
     assert "refused a C-STORE" in text and "DicomModalities" not in text, text
@@ -201,6 +206,9 @@ def test_restore_job_by_patient_id_verifies_and_leaves_no_patient_id(
         outputs = [e for e in events if e.dagster_event and e.dagster_event.is_successful_output]
         metadata = outputs[0].dagster_event.event_specific_data.metadata  # type: ignore[union-attr]
         assert metadata["present_at_destination"].value == 7 and metadata["digests_matched"].value == 7
+        summary = metadata["result"].value
+        assert summary.startswith(f"restored and verified: 7 of 7 instances present at {restore_env['dest']}")
+        assert "7 of 7 content digests equal to main's" in summary
 
         bad = {"destination": "STANDBYY", "study_uids": ["1.2.3"]}
         failed = job.execute_in_process(
@@ -410,6 +418,7 @@ def test_restore_to_a_second_orthanc_registered_by_rest_with_storage_commitment(
         n = len(restore_env["instances"])
         assert meta["instances"] == meta["present_at_destination"] == meta["digests_matched"] == n
         assert meta["committed"] == n and meta["commitment_failed"] == 0
+        assert f"{n} of {n} committed (Storage Commitment)" in meta["result"]
         assert second.count_instances() == n
         rest = OrthancClient(sandbox.main.rest_url, sandbox.options.orthanc_username,
                              sandbox.env_vars()[ORTHANC_PASSWORD_ENV])  # fmt: skip
