@@ -199,21 +199,24 @@ def _status(
     return (GREEN if counts["found"] else EMPTY), None
 
 
+def instances_cell(counts: dict[str, int]) -> str:
+    """ "8 found: 5 already archived, 3 moved": the found instances and, of them, the non-zero outcomes."""
+    outcomes = [(k, counts[k]) for k in ("already_archived", "moved", "deferred", "failed") if counts[k]]
+    detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in outcomes)
+    return f"{counts['found']} found" + (f": {detail}" if detail else "")
+
+
 def summary_table(rows: list[SourceDay], ui_url: str) -> str:
-    """Markdown: one row per source, links to the run and the runbook."""
-    head = "| source | status | found | already archived | moved | deferred | failed | checks passed | run "
-    head += "| recovery point | nights verified in time |"
-    lines = [head, "|" + "---|" * 11]
+    """Markdown: one row per source, links to the run and the runbook. Seven columns, so that the status
+    keeps its width in the UI's metadata panel."""
+    head = "| source | status | instances | checks passed | run | recovery point | nights verified in time |"
+    lines = [head, "|" + "---|" * 7]
     for r in rows:
         run = f"[{r.run_id[:8]}]({ui_url}/runs/{r.run_id})" if r.run_id else "-"
         status = r.status if r.green else f"**{r.status}** ([runbook]({r.runbook}))"
-        c = r.counts
         checks = f"{r.checks_passed} of {r.checks_passed + len(r.checks_failed) + len(r.checks_missing)}"
-        recovery, share = slo_cells(r.slo)
-        lines.append(
-            f"| {r.source} | {status} | {c['found']} | {c['already_archived']} | {c['moved']} "
-            f"| {c['deferred']} | {c['failed']} | {checks} | {run} | {recovery} | {share} |"
-        )
+        cells = [r.source, status, instances_cell(r.counts), checks, run, *slo_cells(r.slo)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -44,8 +44,10 @@ def test_summary_says_which_source_is_complete_and_verified_and_links_the_runboo
     aria_row = next(line for line in table.splitlines() if line.startswith("| ARIA |"))
     assert f"](http://ui.example:3000/runs/{backup.run_id})" in aria_row
     assert "4 of 4" in aria_row  # every check of the day passed
+    assert re.search(r"\| [1-9]\d* found: (\d+ already archived, )?\d+ moved \|", aria_row), aria_row
     mosaiq_row = next(line for line in table.splitlines() if line.startswith("| MOSAIQ |"))
     assert "([runbook](docs/runbooks/backup_failed.md))" in mosaiq_row
+    assert "| 0 found |" in mosaiq_row
     assert dt.date.fromisoformat(day).weekday() < 5
     # The SLOs as of the summary's run: ARIA's day is complete and verified (its age is the recovery point)
     # but was verified long after its deadline, and every later night of the window has no backup.
@@ -58,3 +60,13 @@ def test_summary_says_which_source_is_complete_and_verified_and_links_the_runboo
     assert cells and abs(int(cells[1]) - (before - end) / 3600) <= 1 and int(cells[2]) == window, aria_row
     assert mosaiq_row.endswith("| none verified | - |")
     assert metadata["MIM_recovery_point_hours"] is None
+
+
+def test_instances_cell_names_only_the_outcomes_that_happened():
+    from dicom_backup_dagster.defs.summary import instances_cell
+
+    zero = {"found": 0, "already_archived": 0, "moved": 0, "deferred": 0, "failed": 0}
+    assert instances_cell(zero) == "0 found"
+    assert instances_cell({**zero, "found": 8, "moved": 8}) == "8 found: 8 moved"
+    mixed = {**zero, "found": 10, "already_archived": 5, "moved": 2, "deferred": 1, "failed": 2}
+    assert instances_cell(mixed) == "10 found: 5 already archived, 2 moved, 1 deferred, 2 failed"
