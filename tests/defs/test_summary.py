@@ -56,6 +56,9 @@ def test_summary_says_which_source_is_complete_and_verified_and_links_the_runboo
     assert abs(metadata["ARIA_recovery_point_hours"] - (before - end) / 3600) < 0.2
     window = env.settings.slo_window_nights
     assert metadata["ARIA_nights_verified_ratio"] == 0.0
+    slo = metadata["slo"].splitlines()
+    aria_row = next(line for line in slo if line.startswith("| ARIA |"))
+    mosaiq_row = next(line for line in slo if line.startswith("| MOSAIQ |"))
     cells = re.search(r"\| (\d+) h \| 0 of (\d+) \(0%\) \|$", aria_row)
     assert cells and abs(int(cells[1]) - (before - end) / 3600) <= 1 and int(cells[2]) == window, aria_row
     assert mosaiq_row.endswith("| none verified | - |")
