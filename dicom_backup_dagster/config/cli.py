@@ -123,13 +123,13 @@ def _all_sites(path: str | None) -> int:
         names = [""]  # load_config reports what is wrong with the file
     worst, owners = 0, dict[str, list[str]]()
     for name in names:
-        status = main(["check", *(["--config", file] if file else []), "--environment", name])
-        worst = max(worst, status)
-        if status == 0:
-            env = load_config(file or None, name).environment
-            for where in ("sources", "backup_targets"):
-                for alias in getattr(env, where):
-                    owners.setdefault(alias, []).append(f"{name}.{where}.{alias}")
+        site = _check(file or None, name)
+        if site is None:
+            worst = 2
+            continue
+        for where in ("sources", "backup_targets"):
+            for alias in getattr(site.environment, where):
+                owners.setdefault(alias, []).append(f"{name}.{where}.{alias}")
     for alias, keys in owners.items():
         if len(keys) > 1:
             worst = 2
@@ -159,14 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.all:
         return _all_sites(args.config)
+    return 0 if _check(args.config, args.environment) else 2
+
+
+def _check(path: str | None, environment: str | None) -> SiteConfig | None:
+    """Print one environment's summary and warnings, or its errors (and return None)."""
     try:
-        site = load_config(args.config, args.environment)
+        site = load_config(path, environment)
     except ConfigError as exc:
         print(f"configuration INVALID:\n{exc}", file=sys.stderr)
-        return 2
+        return None
     print("\n".join([*_summary(site), *_warnings(site)]))
     executor = site.environment.settings
     if executor.executor == "celery":  # what the site's workers are started with (deploy/README.md)
         print(f"celery queue: {executor.celery_queue or 'dicom-backup-' + site.environment.name.lower()}")
     print(f"configuration OK: {site.path} environment {site.environment.name}")
-    return 0
+    return site

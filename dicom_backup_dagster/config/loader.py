@@ -12,7 +12,7 @@ import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
@@ -26,11 +26,9 @@ from dicom_backup_dagster.config.models import (
     ConfigIssue,
     EnvironmentConfig,
     SiteConfig,
-    close_match,
-    hint,
 )
 from dicom_backup_dagster.dicom.network import ae_title_problem
-from dicom_backup_dagster.notify.settings import shown, type_name
+from dicom_backup_dagster.notify.settings import close_match, hint, shown, type_name
 
 CONFIG_ENV_VAR = "DICOM_BACKUP_CONFIG"
 ENVIRONMENT_ENV_VAR = "DICOM_BACKUP_ENVIRONMENT"
@@ -246,9 +244,17 @@ _FIXES = {
 }
 
 
-def _unknown_alias(env: str, key: str, alias: str, known: Iterable[str], what: str, add: Add) -> None:
-    problem = f"{alias!r} is not a {what} alias in this environment{hint(alias, known)}"
-    add(env, key, problem, f"set it to one of: {', '.join(sorted(known)) or '(none defined)'}")
+def _refers(alias: Any, known: Mapping[str, Any], what: str, env: str, key: str, add: Add) -> TypeGuard[str]:
+    """Whether the alias a key holds names an entry of ``known``; a set one that does not is reported (a
+    value that is no alias at all is the model's to report)."""
+    if isinstance(alias, str) and alias.strip() and alias not in known:
+        problem = f"{alias!r} is not a {what} alias in this environment{hint(alias, known)}"
+        add(env, key, problem, f"set it to one of: {', '.join(sorted(known)) or '(none defined)'}")
+    return isinstance(alias, str) and alias in known
+
+
+def _is(table: Any, kind: str) -> bool:
+    return isinstance(table, dict) and table.get("type") == kind
 
 
 def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
@@ -259,21 +265,15 @@ def _check_aliases(env: str, raw: Mapping[str, Any], add: Add) -> None:
     for alias in sorted(set(sources) & set(targets)):
         problem = f"alias {alias!r} is used both as a source and as a target"
         add(env, f"{env}.backup_targets.{alias}", problem, _FIXES["both"])
-    default_source, main = raw.get("default_source"), raw.get("default_backup")
-    if isinstance(default_source, str) and default_source.strip() and default_source not in sources:
-        _unknown_alias(env, f"{env}.default_source", default_source, sources, "source", add)
-    main_raw = targets.get(main) if isinstance(main, str) else None
-    if isinstance(main, str) and main.strip() and main not in targets:
-        _unknown_alias(env, f"{env}.default_backup", main, targets, "backup target", add)
-    elif isinstance(main_raw, dict) and main_raw.get("type") == "dicom_scp":
-        problem = f"the main backup target {main!r} is of type {main_raw['type']!r}"
-        add(env, f"{env}.default_backup", problem, _FIXES["main"])
+    _refers(raw.get("default_source"), sources, "source", env, f"{env}.default_source", add)
+    main, key = raw.get("default_backup"), f"{env}.default_backup"
+    if _refers(main, targets, "backup target", env, key, add) and _is(targets[main], "dicom_scp"):
+        add(env, key, f"the main backup target {main!r} is of type 'dicom_scp'", _FIXES["main"])
 
 
 def _check_drill(env: str, raw: Mapping[str, Any], add: Add) -> None:
     drill, scratch = _tables(raw, "settings").get("restore_drill_target"), _tables(raw, "restore_targets")
-    if isinstance(drill, str) and drill.strip() and drill not in scratch:  # a drill writes there weekly
-        _unknown_alias(env, f"{env}.settings.restore_drill_target", drill, scratch, "restore target", add)
+    _refers(drill, scratch, "restore target", env, f"{env}.settings.restore_drill_target", add)  # run weekly
 
 
 def _same_address(a: Any, b: Any) -> bool:
@@ -285,17 +285,15 @@ def _same_address(a: Any, b: Any) -> bool:
 def _check_staging(env: str, raw: Mapping[str, Any], add: Add) -> None:
     targets, main = _tables(raw, "backup_targets"), raw.get("default_backup")
     for alias, table in _tables(raw, "sources").items():
-        if not isinstance(table, dict) or table.get("type") != "mosaiq":
+        if not _is(table, "mosaiq"):
             continue
         key, staging = f"{env}.sources.{alias}.staging_target_alias", table.get("staging_target_alias")
         if staging is None:
             fix = 'add staging_target_alias = "MOSAIQ_STAGE"'
             add(env, key, "missing required key 'staging_target_alias'", fix)
-        if not isinstance(staging, str) or not staging.strip():
+        if not _refers(staging, targets, "backup target", env, key, add) or not staging.strip():
             continue
-        if staging not in targets:
-            _unknown_alias(env, key, staging, targets, "backup target", add)
-        elif staging == main:
+        if staging == main:
             problem = f"the staging target {staging!r} is the main backup target (default_backup)"
             add(env, key, problem, _FIXES["staging"])
         elif _same_address(targets[staging], targets.get(main) if isinstance(main, str) else None):
@@ -311,7 +309,7 @@ def _check_duplicate_aets(env: str, raw: Mapping[str, Any], add: Add) -> None:
         tables.update({f"{section}.{a}": t for a, t in _tables(raw, section).items()})
     seen: dict[str, str] = {}
     for where, table in tables.items():
-        aet = table.get("aet") if isinstance(table, dict) and table.get("type") != "mosaiq" else None
+        aet = table.get("aet") if isinstance(table, dict) and not _is(table, "mosaiq") else None
         if not isinstance(aet, str) or ae_title_problem(aet):
             continue
         folded, key = aet.strip(" ").upper(), f"{env}.{where}.aet"

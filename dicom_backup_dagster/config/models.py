@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import os
 import re
 import zoneinfo
@@ -23,23 +22,23 @@ from dicom_backup_dagster.backup.cron import cron_fields
 from dicom_backup_dagster.backup.hours import EXAMPLE as BULK_HOURS_EXAMPLE
 from dicom_backup_dagster.backup.hours import WorkWindow, WorkWindowError, parse_work_window
 from dicom_backup_dagster.dicom.network import Peer, Timeouts, ae_title_problem
-from dicom_backup_dagster.mosaiq.connection import MosaiqConnection, is_sqlite_driver
+from dicom_backup_dagster.mosaiq.connection import MANAGED_ATTRIBUTES, MosaiqConnection, is_sqlite_driver
 from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_queries
 from dicom_backup_dagster.notify import settings as checks
-from dicom_backup_dagster.notify.settings import MODEL_CONFIG, NotificationSettings, check, fail, fail_at
+from dicom_backup_dagster.notify.settings import (
+    MODEL_CONFIG,
+    NotificationSettings,
+    check,
+    fail,
+    fail_at,
+    hint,
+)
 
 # Aliases and environment names become parts of Dagster asset keys, job and pool names, which accept only
 # letters, digits and underscores; failing here is clearer than a DagsterInvalidDefinitionError later.
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 SOURCE_TYPES = ("aria", "mim", "mosaiq")
 LOADER_KEYS = {"alias", "password_secret", "rest_password_secret"}  # fields the file may not set
-# Attributes connect() derives from the source's own keys; setting them in odbc_options would conflict.
-# fmt: off
-_MANAGED_ODBC = {
-    "driver": "odbc_driver", "server": "db_server", "port": "db_port", "database": "db_database",
-    "uid": "db_username", "pwd": "db_password_env", "dsn": "odbc_driver/db_server (DSNs are not used)",
-}
-# fmt: on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,18 +97,6 @@ def _reveal(secret: Secret | None, env_var: str, owner: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- checks
-
-
-def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
-    """The candidate closest to ``word`` (case-insensitive), or None."""
-    folded = {c.lower(): c for c in candidates}
-    match = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=cutoff)
-    return folded[match[0]] if match else None
-
-
-def hint(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
-    best = close_match(word, candidates, cutoff)
-    return f", did you mean {best!r}?" if best else ""
 
 
 def _aet(value: Any, key: str) -> Any:
@@ -175,8 +162,8 @@ def _query_key(keyword: str, match: Any) -> None:
 
 
 def _odbc_option(name: str, option: Any) -> None:
-    if name.lower() in _MANAGED_ODBC:
-        fix = f"remove it from odbc_options and set {_MANAGED_ODBC[name.lower()]} instead"
+    if name.lower() in MANAGED_ATTRIBUTES:
+        fix = f"remove it from odbc_options and set {MANAGED_ATTRIBUTES[name.lower()]} instead"
         fail(f"{name} is derived from the source's own keys", fix)
     if not name or any(c in name for c in ";={} "):
         fail(f"{name!r} is not a valid ODBC attribute name", "use the driver's attribute name")
@@ -236,18 +223,16 @@ def _server(value: Any, key: str) -> Any:
     return value if value is _NO_SERVER else checks.host(value, key, "<EXAMPLE>", checks.host_problem)
 
 
-_UNSET = (
-    "export {var}=<password> in the environment of the Dagster code server, daemon and run workers (e.g. "
-    "the systemd unit's EnvironmentFile or .env)"
-)
-
-
 def _exported(value: str, info: ValidationInfo) -> str:
     """The variable a password key names must be set, in the selected environment only (the loader says
     which: secrets are read for it alone)."""
     if (info.context or {}).get("secrets") and not os.environ.get(value):
         state = "is empty" if value in os.environ else "is not set"
-        fail(f"environment variable {value} {state}", _UNSET.format(var=value))
+        fix = f"export {value}=<password> in the environment of the Dagster code server, daemon and run"
+        fail(
+            f"environment variable {value} {state}",
+            fix + " workers (e.g. the systemd unit's EnvironmentFile or .env)",
+        )
     return value
 
 

@@ -40,7 +40,7 @@ from dicom_backup_dagster.backup.manifest import InstanceEntry, read_manifest
 from dicom_backup_dagster.backup.restore import RestoreResult, Selection
 from dicom_backup_dagster.backup.staging import staging_client
 from dicom_backup_dagster.config import EnvironmentConfig
-from dicom_backup_dagster.config.models import BackupTarget, hint
+from dicom_backup_dagster.config.models import BackupTarget
 from dicom_backup_dagster.defs.checks import entries_by_day, label_days, latest_metadata_value
 from dicom_backup_dagster.defs.common import daily_partitions
 from dicom_backup_dagster.defs.keys import KIND_TAG, SourceNames
@@ -49,6 +49,7 @@ from dicom_backup_dagster.dicom.errors import DicomError
 from dicom_backup_dagster.dicom.find import FindSession
 from dicom_backup_dagster.dicom.network import Peer
 from dicom_backup_dagster.dicom.scp import StorageSCP
+from dicom_backup_dagster.notify.settings import hint
 from dicom_backup_dagster.orthanc import OrthancClient, OrthancRestError
 
 RESTORE_JOB = "restore"

@@ -18,6 +18,7 @@ import pyodbc
 from pydantic.dataclasses import dataclass
 
 __all__ = [
+    "MANAGED_ATTRIBUTES",
     "MosaiqConnection",
     "MosaiqConnectionError",
     "connect",
@@ -117,6 +118,16 @@ def _server_label(source: MosaiqConnection) -> str:
     if source.is_sqlite:
         return "local SQLite file"
     return f"{source.db_server}:{source.db_port}" if source.db_port else source.db_server
+
+
+# Attributes _attributes() derives from the source's own keys (lower case -> that key): the configuration
+# refuses them in odbc_options, where they would conflict.
+# fmt: off
+MANAGED_ATTRIBUTES = {
+    "driver": "odbc_driver", "server": "db_server", "port": "db_port", "database": "db_database",
+    "uid": "db_username", "pwd": "db_password_env", "dsn": "odbc_driver/db_server (DSNs are not used)",
+}
+# fmt: on
 
 
 def _attributes(source: MosaiqConnection, password: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import field
+from difflib import get_close_matches
 from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
@@ -67,6 +68,18 @@ def type_name(value: Any) -> str:
 
 def shown(value: Any) -> str:
     return repr(value) if isinstance(value, (int, float, str, bool)) else type_name(value)
+
+
+def close_match(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The candidate closest to ``word`` (case-insensitive), or None."""
+    folded = {c.lower(): c for c in candidates}
+    match = get_close_matches(word.lower(), list(folded), n=1, cutoff=cutoff)
+    return folded[match[0]] if match else None
+
+
+def hint(word: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    best = close_match(word, candidates, cutoff)
+    return f", did you mean {best!r}?" if best else ""
 
 
 def check(fn: Callable[..., Any], *args: Any) -> BeforeValidator:
@@ -211,8 +224,6 @@ def _url(example: str) -> BeforeValidator:
 
 
 def _routes(value: Any, key: str) -> dict[str, tuple[str, ...]]:
-    from difflib import get_close_matches
-
     if not isinstance(value, dict):
         fail(f"must be a table, got {type_name(value)}", 'write it as critical = ["pagerduty", "slack"]')
     errors, routes = [], dict(DEFAULT_ROUTES)
