@@ -40,9 +40,9 @@ from dicom_backup_dagster.sandbox.sandbox import ORTHANC_PASSWORD_ENV, Sandbox, 
 from dicom_backup_dagster.sandbox.synthetic import SyntheticOptions  # noqa: E402
 
 
-def by_c_find(main: Sandbox, uids: list[str]) -> set[str]:
-    assert main.main is not None
-    with FindSession(main.main.peer, main.options.script_aet) as session:
+def by_c_find(sandbox: Sandbox, uids: list[str]) -> set[str]:
+    assert sandbox.main is not None
+    with FindSession(sandbox.main.peer, sandbox.options.script_aet) as session:
         return {r.sop_instance_uid for r in session.instances_by_uid(uids)}
 
 

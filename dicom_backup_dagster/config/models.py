@@ -228,11 +228,11 @@ def _exported(value: str, info: ValidationInfo) -> str:
     which: secrets are read for it alone)."""
     if (info.context or {}).get("secrets") and not os.environ.get(value):
         state = "is empty" if value in os.environ else "is not set"
-        fix = f"export {value}=<password> in the environment of the Dagster code server, daemon and run"
-        fail(
-            f"environment variable {value} {state}",
-            fix + " workers (e.g. the systemd unit's EnvironmentFile or .env)",
+        fix = (
+            f"export {value}=<password> in the environment of the Dagster code server, daemon and run "
+            "workers (e.g. the systemd unit's EnvironmentFile or .env)"
         )
+        fail(f"environment variable {value} {state}", fix)
     return value
 
 

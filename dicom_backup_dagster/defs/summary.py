@@ -200,8 +200,8 @@ def _status(
 
 
 def instances_cell(counts: dict[str, int]) -> str:
-    """ "8 found: 5 already archived, 3 moved": the found instances and, of them, the non-zero outcomes."""
-    outcomes = [(k, counts[k]) for k in ("already_archived", "moved", "deferred", "failed") if counts[k]]
+    """The found instances and, of them, the non-zero outcomes: "8 found: 5 already archived, 3 moved"."""
+    outcomes = [(k, counts[k]) for k in COUNTS[1:] if counts[k]]
     detail = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in outcomes)
     return f"{counts['found']} found" + (f": {detail}" if detail else "")
 
