@@ -14,6 +14,10 @@
    schedule tick's run does, with the look-back (`lookback_days`), the late-data scan and all four checks
    on ARIA/archived. Timed from launch to the run's end; per-step seconds from the run's step stats.
 5. Re-run: the same launch again (every instance is on main: it must move 0) and timed.
+6. With --profile, after the timed parts: main cleared, the same job run twice in this process
+   (`execute_in_process`, a fresh instance and storage) under cProfile, first run and re-run, each with its
+   steps' seconds and the top functions of the main thread by cumulative and by own time. pynetdicom's
+   DUL threads are not profiled: the main thread's waits on their queues are the peers' time.
 
 Exit status 0 when every step worked and the counts are right (all instances on main after each part,
 the re-run moved 0, every check passed); 1 otherwise. A ratio below its goal is a result, not an error.
@@ -22,8 +26,11 @@ the re-run moved 0, every check passed); 1 otherwise. A ratio below its goal is 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime as dt
+import io
 import os
+import pstats
 import shutil
 import sys
 import tempfile
@@ -37,6 +44,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # runnable as a plain script
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from mosaiq_records import step_seconds  # noqa: E402
 from qr_backfill import Baseline, load, log, print_table, run_baseline, storescu_to_main  # noqa: E402
 
 from dicom_backup_dagster.sandbox.night import DagsterDev, DagsterGraphQL, sandbox_environment  # noqa: E402
@@ -115,6 +123,44 @@ def launch_night(client: DagsterGraphQL, sandbox: Sandbox, day: str, timeout_s: 
     return result
 
 
+def profile_nights(sandbox: Sandbox, day: str, home: Path, lines: int) -> list[str]:
+    """cProfile of the nightly job run in this process, first run and re-run; the problems found."""
+    import dagster as dg
+
+    from dicom_backup_dagster.config import load_config
+    from dicom_backup_dagster.defs import build_definitions
+
+    assert sandbox.main is not None
+    sandbox.main.clear()
+    os.environ.update(sandbox_environment(sandbox.config_path, sandbox.env_vars()))
+    os.environ.pop("DICOM_BACKUP_STORAGE_DIR", None)  # the fresh instance's own storage: nothing reused
+    job = build_definitions(load_config(sandbox.config_path, "SANDBOX")).resolve_job_def(JOB)
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    problems: list[str] = []
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        for name in ("first run", "re-run"):
+            log(f"profile: {JOB} for {day} in process ({name}, load {load()}) ...")
+            profiler = cProfile.Profile()
+            started = time.perf_counter()
+            profiler.enable()
+            result = job.execute_in_process(partition_key=day, instance=instance, raise_on_error=False)
+            profiler.disable()
+            seconds = time.perf_counter() - started
+            status = "SUCCESS" if result.success else "FAILURE"
+            print(f"\n==== profile, {name}: {status} in {seconds:.1f} s ====")
+            for key, step_s in sorted(step_seconds(instance, result.run_id).items(), key=lambda kv: -kv[1]):
+                print(f"    {key:<50} {step_s:7.2f} s")
+            for order in ("cumulative", "tottime"):
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(lines)
+                print(f"---- cProfile, {name}: top {lines} by {order} ----")
+                print(out.getvalue().split("\n\n", 1)[-1].rstrip())  # without the header paragraph
+            if not result.success:
+                problems.append(f"profile {name}: the in-process run failed")
+    return problems
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -126,6 +172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--day", type=dt.date.fromisoformat, default=dt.date(2026, 1, 5), help="a weekday")
     ap.add_argument("--min-instances", type=int, default=5000)
     ap.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
+    ap.add_argument("--profile", action="store_true", help="then cProfile the job in process (step 6)")
+    ap.add_argument("--profile-lines", type=int, default=30, help="functions per cProfile listing")
     return ap.parse_args(argv)
 
 
@@ -197,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                 rerun = night
         if rerun is not None and rerun.metadata.get("moved"):
             problems.append(f"re-run moved {rerun.metadata.get('moved')} (expected 0)")
+        if args.profile:
+            dagster.stop()
+            dagster = None
+            problems += profile_nights(sandbox, day, root / "profile_home", args.profile_lines)
     finally:
         log("stopping dagster dev and the sandbox ...")
         if dagster is not None:
