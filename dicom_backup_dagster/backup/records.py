@@ -47,7 +47,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_backup_dagster import rtrecord
 from dicom_backup_dagster.backup.staging import VerifiedRecord
-from dicom_backup_dagster.dicom.digest import content_digest, fast_content_digest
+from dicom_backup_dagster.dicom.digest import content_digest
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.mosaiq.deliveries import DeliveryBatch, Quarantined, Skipped
 from dicom_backup_dagster.rtrecord.builder import RecordOptions, RenderedRecord, write_rt_record
@@ -174,7 +174,7 @@ def verify_recorded_digests(
     try:
         recorded = {e.sop_instance_uid: e.digest for e in entries}
         with RetrieveSession(archive, calling_aet, timeouts, operation="C-GET") as session:
-            got = retrieve_digests(session, spool, list(recorded), result.errors, _fast_digest)
+            got = retrieve_digests(session, spool, list(recorded), result.errors)
         for uid, digest in recorded.items():
             result.compare(uid, digest, got.get(uid), keep)
     finally:
@@ -334,7 +334,3 @@ def _digests(path: Path, state: str | None = None) -> dict[str, str]:
         }
     except FileNotFoundError:
         return {}
-
-
-def _fast_digest(path: Path) -> str:
-    return fast_content_digest(path.read_bytes())

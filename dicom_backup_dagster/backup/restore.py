@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicom_backup_dagster.dicom.commitment import CommitmentResult, request_storage_commitment
-from dicom_backup_dagster.dicom.digest import fast_content_digest
 from dicom_backup_dagster.dicom.echo import c_echo
 from dicom_backup_dagster.dicom.errors import AssociationError, DicomError
 from dicom_backup_dagster.dicom.find import FindSession, InstanceRecord, study_date_range
@@ -414,16 +413,9 @@ def _digests_at(
                     return out, errors
                 where = (study, series) if per_series else None
                 out.update(
-                    retrieve_digests(
-                        session, spool, uids[start : start + chunk], errors, _digest, series=where
-                    )
+                    retrieve_digests(session, spool, uids[start : start + chunk], errors, series=where)
                 )
     return out, errors
-
-
-def _digest(path: Path) -> str:
-    """content_digest of a retrieved file, without a pydicom Dataset for Explicit VR Little Endian."""
-    return fast_content_digest(path.read_bytes())
 
 
 def _compare(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.digest import file_digest
 from dicom_backup_dagster.dicom.errors import DicomError, SubOperationError
 from dicom_backup_dagster.dicom.network import Peer, Timeouts
 from dicom_backup_dagster.dicom.retrieve import chunks
@@ -183,11 +183,12 @@ def retrieve_digests(
     spool: Path,
     uids: list[str],
     errors: list[str],
-    digest: Callable[[Path], str] = content_digest,
     *,
     series: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """SOP Instance UID -> `digest` of what C-GETs of `uids` brought back, MAX_UIDS_PER_REQUEST per request.
+    """SOP Instance UID -> content digest of what C-GETs of `uids` brought back, MAX_UIDS_PER_REQUEST per
+    request (`file_digest`: no pydicom Dataset for Explicit VR Little Endian, a sample's RT structure sets
+    and plans included).
 
     `series` (study, series UIDs) when all of `uids` are in one series of a hierarchical SCP (a source);
     None names them by SOP Instance UID alone, across series (`RetrieveSession.retrieve_instances`: the
@@ -205,7 +206,7 @@ def retrieve_digests(
             if error.status is not None and error.status >= 0xA000 and not received:
                 errors.append(str(error))
         for item in received:
-            out[item.sop_instance_uid] = digest(Path(item.path))
+            out[item.sop_instance_uid] = file_digest(item.path)
             Path(item.path).unlink(missing_ok=True)
     return out
 

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_backup_dagster.dicom.digest import content_digest
+from dicom_backup_dagster.dicom.digest import content_digest, file_digest
 
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "rtstruct.dcm"]
 
@@ -148,3 +148,33 @@ def test_any_value_change_changes_the_digest(
     ds = _load(name)
     mutate(ds)
     assert content_digest(_encode(ds, implicit=implicit)) != original
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+@pytest.mark.parametrize("name", FILES)
+def test_file_digest_is_content_digest(name: str, implicit: bool, tmp_path: Path) -> None:
+    """What the content checks use on retrieved files (file_digest walks Explicit VR Little Endian bytes
+    without pydicom, falls back otherwise) gives content_digest's value for images and RT objects alike."""
+    path = tmp_path / "retrieved.dcm"
+    path.write_bytes(_encode(_load(name), implicit=implicit))
+    assert file_digest(path) == content_digest(path)
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+@pytest.mark.parametrize(
+    ("name", "mutate"),
+    [
+        ("CT_small.dcm", CT_MUTATIONS["pixel_data_last_byte"]),
+        ("rtplan.dcm", PLAN_MUTATIONS["fractions_planned"]),
+    ],
+    ids=["pixel_data_last_byte", "fractions_planned"],
+)
+def test_file_digest_sees_a_value_change(
+    name: str, mutate: Callable[[Dataset], None], implicit: bool, tmp_path: Path
+) -> None:
+    before, after = tmp_path / "before.dcm", tmp_path / "after.dcm"
+    before.write_bytes(_encode(_load(name), implicit=implicit))
+    ds = _load(name)
+    mutate(ds)
+    after.write_bytes(_encode(ds, implicit=implicit))
+    assert file_digest(after) != file_digest(before)
