@@ -181,10 +181,10 @@ def generate(db: Path, day: Any, spool: Path, profile: bool) -> dict[str, Any]:
     }
 
 
-def report(profiler: cProfile.Profile, title: str, lines: int = 25) -> None:
+def report(profiler: cProfile.Profile, title: str, lines: int = 25, order: str = "cumulative") -> None:
     out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(lines)
-    print(f"\n---- cProfile: {title} (top {lines} by cumulative time) ----")
+    pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(lines)
+    print(f"\n---- cProfile: {title} (top {lines} by {order}) ----")
     print(out.getvalue())
 
 

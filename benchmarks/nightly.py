@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
-import io
 import os
-import pstats
 import shutil
 import sys
 import tempfile
@@ -44,7 +42,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):  # runnable as a plain script
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from mosaiq_records import step_seconds  # noqa: E402
+from mosaiq_records import report, step_seconds  # noqa: E402
 from qr_backfill import Baseline, load, log, print_table, run_baseline, storescu_to_main  # noqa: E402
 
 from dicom_backup_dagster.sandbox.night import DagsterDev, DagsterGraphQL, sandbox_environment  # noqa: E402
@@ -152,10 +150,7 @@ def profile_nights(sandbox: Sandbox, day: str, home: Path, lines: int) -> list[s
             for key, step_s in sorted(step_seconds(instance, result.run_id).items(), key=lambda kv: -kv[1]):
                 print(f"    {key:<50} {step_s:7.2f} s")
             for order in ("cumulative", "tottime"):
-                out = io.StringIO()
-                pstats.Stats(profiler, stream=out).sort_stats(order).print_stats(lines)
-                print(f"---- cProfile, {name}: top {lines} by {order} ----")
-                print(out.getvalue().split("\n\n", 1)[-1].rstrip())  # without the header paragraph
+                report(profiler, f"{JOB} in process, {name}", lines, order)
             if not result.success:
                 problems.append(f"profile {name}: the in-process run failed")
     return problems
