@@ -86,6 +86,11 @@ class Secret:
     __str__ = __repr__
 
 
+def _secret(env_var: str | None, info: ValidationInfo) -> Secret | None:
+    """What an *_env key names, read when loading the selected environment only (the loader says which)."""
+    return Secret(env_var, os.environ[env_var]) if env_var and (info.context or {}).get("secrets") else None
+
+
 def _reveal(secret: Secret | None, env_var: str, owner: str) -> str:
     """The secret load_config read; for models built in code, the variable read now."""
     value = secret.reveal() if secret is not None else os.environ.get(env_var)
@@ -345,9 +350,7 @@ class MosaiqSource(MosaiqConnection):
         # Dagster starts processes in different working directories; anchor relative paths to the file.
         if self.is_sqlite and not Path(self.db_database).is_absolute():
             changes["db_database"] = str((info.context["dir"] / self.db_database).resolve())
-        if info.context["secrets"]:
-            changes["password_secret"] = Secret(self.db_password_env, os.environ[self.db_password_env])
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **changes, password_secret=_secret(self.db_password_env, info))
 
     @property
     def password(self) -> str:
@@ -387,10 +390,7 @@ class BackupTarget:
             errors.append(((missing,), "rest_username and rest_password_env go together", fix))
         if errors:
             fail_at(errors)
-        if info.context["secrets"] and self.rest_password_env:
-            secret = Secret(self.rest_password_env, os.environ[self.rest_password_env])
-            return dataclasses.replace(self, rest_password_secret=secret)
-        return self
+        return dataclasses.replace(self, rest_password_secret=_secret(self.rest_password_env, info))
 
     @property
     def peer(self) -> Peer:

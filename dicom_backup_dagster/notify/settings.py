@@ -42,6 +42,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+_PORT = "a TCP port (integer 1..65535)"
 MODEL_CONFIG = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
 
 # ------------------------------------------------------------------------------------------- checks
@@ -100,19 +101,6 @@ def string(value: Any, key: str, example: str) -> str:
     return value
 
 
-def integer(value: Any, key: str, low: int, high: int, example: str, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        fail(
-            f"must be {what or f'an integer between {low} and {high}'}, got {shown(value)}",
-            f"set {key} to an integer between {low} and {high} (no quotes), e.g. {key} = {example}",
-        )
-    return value
-
-
-def port(value: Any, key: str, example: str) -> int:
-    return integer(value, key, 1, 65535, example, "a TCP port (integer 1..65535)")
-
-
 def number(value: Any, key: str, low: float, high: float, example: str, above: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not (value > low if above else value >= low) or value > high:
@@ -122,12 +110,6 @@ def number(value: Any, key: str, low: float, high: float, example: str, above: b
             f"set {key} to a number from {bound} (no quotes), e.g. {key} = {example}",
         )
     return float(value)
-
-
-def boolean(value: Any, key: str, fix: str) -> bool:
-    if not isinstance(value, bool):
-        fail(f"must be true or false, got {type_name(value)}", fix)
-    return value
 
 
 def env_var(value: Any, key: str, example: str) -> str:
@@ -229,30 +211,15 @@ def _routes(value: Any, key: str) -> dict[str, tuple[str, ...]]:
     errors, routes = [], dict(DEFAULT_ROUTES)
     for severity, channels in value.items():
         if severity not in SEVERITIES:
-            close = get_close_matches(severity, SEVERITIES, n=1)
-            hint = f", did you mean {close[0]!r}?" if close else ""
-            errors.append(
-                ((severity,), f"unknown severity {severity!r}{hint}", f"use one of: {', '.join(SEVERITIES)}")
-            )
+            problem = f"unknown severity {severity!r}{hint(severity, SEVERITIES)}"
+            errors.append(((severity,), problem, f"use one of: {', '.join(SEVERITIES)}"))
         elif not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
-            errors.append(
-                (
-                    (severity,),
-                    f"must be an array of channel names, got {type_name(channels)}",
-                    f'write {severity} = ["slack"]',
-                )
-            )
+            problem = f"must be an array of channel names, got {type_name(channels)}"
+            errors.append(((severity,), problem, f'write {severity} = ["slack"]'))
         else:
-            for channel in (c for c in channels if c not in CHANNELS):
-                close = get_close_matches(channel, CHANNELS, n=1, cutoff=0.5)
-                hint = f", did you mean {close[0]!r}?" if close else ""
-                errors.append(
-                    (
-                        (severity,),
-                        f"unknown channel {channel!r}{hint}",
-                        f"use channels from: {', '.join(CHANNELS)}",
-                    )
-                )
+            fix = f"use channels from: {', '.join(CHANNELS)}"
+            unknown = [c for c in channels if c not in CHANNELS]
+            errors += [((severity,), f"unknown channel {c!r}{hint(c, CHANNELS, 0.5)}", fix) for c in unknown]
             routes[severity] = tuple(dict.fromkeys(channels))
     if errors:
         fail_at(errors)
@@ -313,8 +280,8 @@ class EmailSettings:
     recipients: Annotated[tuple[str, ...], check(email_list)] = Field(
         alias="to", examples=[["radonc-it@example.org"]]
     )
-    smtp_port: Annotated[int, check(port, "587")] = 587
-    starttls: Annotated[bool, check(boolean, "write starttls = true")] = True
+    smtp_port: Annotated[int, Field(strict=True, ge=1, le=65535, examples=[587], description=_PORT)] = 587
+    starttls: Annotated[bool, Field(strict=True)] = True
     username: Annotated[str | None, check(string, '"dicom-backup"')] = None
     password_env: Annotated[str | None, _env_name('"<ENV>_SMTP_PASSWORD"')] = None
 
@@ -342,11 +309,11 @@ class NotificationSettings:
     runbook_base_url: Annotated[
         str, check(lambda v, k: string(v, k, '"https://git.example.org/runbooks"').rstrip("/"))
     ] = "docs/runbooks"
-    timeout_s: Annotated[float, check(number, 0.0, 300.0, "10", True)] = DEFAULT_TIMEOUT_S
+    timeout_s: Annotated[float, Field(strict=True, gt=0.0, le=300.0, examples=[10])] = DEFAULT_TIMEOUT_S
     # Cause grouping (notify/causes.py): failures within the window that share a cause make one alert,
     # held up to hold_s after the first one unless every dependent source has failed sooner.
-    grouping_window_s: Annotated[float, check(number, 0.0, 86400.0, "900", True)] = 900.0
-    grouping_hold_s: Annotated[float, check(number, 0.0, 3600.0, "120")] = 120.0
+    grouping_window_s: Annotated[float, Field(strict=True, gt=0.0, le=86400.0, examples=[900])] = 900.0
+    grouping_hold_s: Annotated[float, Field(strict=True, ge=0.0, le=3600.0, examples=[120])] = 120.0
     routes: Annotated[dict[Severity, tuple[Channel, ...]], check(_routes)] = field(
         default_factory=lambda: dict(DEFAULT_ROUTES)
     )

@@ -106,6 +106,18 @@ def test_missing_table_means_no_channels(tmp_path):
             "go together",
         ),
         ({"timeout_s": 0}, "notifications.timeout_s", "number from above 0.0"),
+        ({"timeout_s": "10"}, "notifications.timeout_s", "e.g. timeout_s = 10"),
+        ({"grouping_hold_s": 3601}, "notifications.grouping_hold_s", "number from 0.0 to 3600.0, got 3601"),
+        (
+            {"email": {**NOTIFICATIONS["email"], "smtp_port": "587"}},
+            "email.smtp_port",
+            "must be a TCP port (integer 1..65535), got '587'",
+        ),
+        (
+            {"email": {**NOTIFICATIONS["email"], "starttls": "yes"}},
+            "email.starttls",
+            "got a string. Fix: write starttls = true or starttls = false (no quotes)",
+        ),
         ({"slak": {}}, "notifications.slak", "did you mean 'slack'"),
     ],
 )
