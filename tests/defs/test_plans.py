@@ -57,3 +57,19 @@ def test_any_other_staging_gets_one_request_per_series():
     assert requests[0] == (("1.2.3", "1.2.3.0"), ["1.2.3.0.0", "1.2.3.0.1"])
     assert plan.database_key == "mosaiq_mosaiq" and plan.names.pool == "dicom_STAGE_AE"
     assert replace(plan, staging=replace(plan.staging, type="orthanc")).stage == plan.stage
+
+
+def test_the_content_check_says_how_large_its_sample_is():
+    from types import SimpleNamespace
+
+    from dicom_backup_dagster.defs.qr_backup import content_verified_description
+
+    def sample(fraction: float) -> str:
+        plan = SimpleNamespace(
+            alias="ARIA", archive_alias="MAIN", settings=Settings(verification_fraction=fraction)
+        )
+        return content_verified_description(plan).split("Sample: ")[1]  # type: ignore[arg-type]
+
+    assert sample(0.0) == "one instance per series (verification_fraction 0)."
+    assert sample(0.05) == "5% of each series' instances, rounded up (verification_fraction 0.05)."
+    assert sample(1.0) == "every instance (verification_fraction 1)."
