@@ -27,6 +27,7 @@ from dicom_backup_dagster.mosaiq.queries import QueryOverrideError, resolve_quer
 from dicom_backup_dagster.notify import settings as checks
 from dicom_backup_dagster.notify.settings import (
     MODEL_CONFIG,
+    PORT,
     NotificationSettings,
     check,
     fail,
@@ -241,12 +242,11 @@ def _exported(value: str, info: ValidationInfo) -> str:
     return value
 
 
-# Shared by several keys. ``strict``: TOML's 104 and "104" are different things, and only one is a port.
+# Shared by several keys, like PORT (notify/settings.py). ``strict``: TOML's 7 and "7" are not the same.
 def _int(ge: int, le: int, **info: Any) -> Any:
     return Field(strict=True, ge=ge, le=le, **info)
 
 
-PORT = _int(1, 65535, description="a TCP port (integer 1..65535)")
 DAYS, NIGHTS = _int(0, 3650), _int(1, 366)
 AETitle = Annotated[str, Field(examples=["<ALIAS>"]), check(_aet)]
 Host = Annotated[str, Field(examples=["10.0.0.20"]), check(checks.host, "<EXAMPLE>", checks.host_problem)]

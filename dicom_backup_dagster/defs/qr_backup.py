@@ -535,13 +535,15 @@ def evaluate_complete_in_archive(
 
 
 def content_verified_description(plan: QRPlan) -> str:
-    fraction = plan.settings.verification_fraction
-    share = f"{fraction * 100:g}% of each series' instances, rounded up" if 0 < fraction < 1 else ""
-    share = "every instance" if fraction >= 1 else share
+    fraction, sample = plan.settings.verification_fraction, "one instance per series"
+    if fraction >= 1:
+        sample = "every instance"
+    elif fraction > 0:
+        sample = f"{fraction * 100:g}% of each series' instances, rounded up"
     return (
         "Content digest (transfer-syntax independent) of a sample of the day, retrieved by C-GET from "
         f"{plan.alias} and from {plan.archive_alias}, must match. Sample: "
-        f"{share or 'one instance per series'} (verification_fraction {fraction:g})."
+        f"{sample} (verification_fraction {fraction:g})."
     )
 
 

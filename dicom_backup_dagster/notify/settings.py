@@ -42,8 +42,9 @@ DEFAULT_TIMEOUT_S = 10.0
 
 ENV_VAR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EMAIL_RE = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+$")
-_PORT = "a TCP port (integer 1..65535)"
 MODEL_CONFIG = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, extra="forbid")
+# ``strict``: TOML's 104 and "104" are different things, and only one is a port.
+PORT = Field(strict=True, ge=1, le=65535, description="a TCP port (integer 1..65535)")
 
 # ------------------------------------------------------------------------------------------- checks
 
@@ -280,7 +281,7 @@ class EmailSettings:
     recipients: Annotated[tuple[str, ...], check(email_list)] = Field(
         alias="to", examples=[["radonc-it@example.org"]]
     )
-    smtp_port: Annotated[int, Field(strict=True, ge=1, le=65535, examples=[587], description=_PORT)] = 587
+    smtp_port: Annotated[int, PORT, Field(examples=[587])] = 587
     starttls: Annotated[bool, Field(strict=True)] = True
     username: Annotated[str | None, check(string, '"dicom-backup"')] = None
     password_env: Annotated[str | None, _env_name('"<ENV>_SMTP_PASSWORD"')] = None
